@@ -1,0 +1,218 @@
+"""The CLIP-DIY engine: models on one device, a batch of images in, labels out.
+
+Usable without Ray (benchmarks, notebooks)::
+
+    from annotator.config import EngineConfig
+    from annotator.engine import Engine
+    from annotator.vocab import load_vocabulary
+
+    engine = Engine(EngineConfig(), load_vocabulary("vocab.txt"))
+    preds = engine.predict([rgb_uint8_hwc, ...], names=["a.jpg", ...])
+
+Each :class:`Prediction` is at the image's ORIGINAL resolution.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import guidance, multiscale
+from .config import ConfigError, EngineConfig
+from .geometry import scale_grids, total_patches
+from .models import ResolvedWeights, build_clip, build_saliency, resolve_weights
+from .vocab import Vocabulary
+
+
+@dataclass
+class Prediction:
+    """Per-pixel result for one image at its original resolution.
+
+    ``labels_hw``: (H, W) int32 class indices (0 = background; c >= 1 = category_id c).
+    ``confidence_hw``: (H, W) float32 in [0, 1], max softmax(logit_scale * guided scores).
+    """
+
+    labels_hw: np.ndarray
+    confidence_hw: np.ndarray
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; validates explicit CUDA requests."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the encoders (None = fp32)."""
+    if device.type == "cpu":
+        if precision in ("fp16", "bf16"):
+            raise ConfigError(f"--precision {precision}: reduced precision needs a CUDA device; the CPU runs fp32")
+        return None
+    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def to_chw_uint8(image, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 numpy or (3, H, W) uint8 tensor -> (3, H, W) uint8 on ``device``."""
+    if isinstance(image, torch.Tensor):
+        t = image
+        if t.dim() != 3 or t.shape[0] != 3 or t.dtype != torch.uint8:
+            raise ValueError(f"expected a (3, H, W) uint8 tensor, got {tuple(t.shape)} {t.dtype}")
+        return t.to(device, non_blocking=True)
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {a.shape} {a.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device).permute(2, 0, 1)
+
+
+class Engine:
+    """CLIP-DIY on one device. Models are loaded once; text embeddings once per vocabulary."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        vocabulary: Vocabulary,
+        *,
+        weights: ResolvedWeights | None = None,
+        profile: bool = False,
+    ):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.autocast_dtype = resolve_precision(config.precision, self.device)
+        weights = weights if weights is not None else resolve_weights(config)
+        self.clip = build_clip(config, weights, self.device)
+        self.saliency = build_saliency(config, weights, self.device, self.autocast_dtype)
+        self.grids = scale_grids(config.input_size, config.patch_sizes_px, config.stride_fraction)
+        self.patches_per_image = total_patches(self.grids)
+        self.scale_weights = config.normalized_scale_weights
+        self.logit_scale = float(self.clip.logit_scale)
+        self.profile = profile
+        self.timings: dict[str, float] = defaultdict(float)
+        self.set_vocabulary(vocabulary)
+
+    # ----------------------------------------------------------------- helpers
+    @contextmanager
+    def _stage(self, name: str):
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] += time.perf_counter() - t0
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def set_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Compute the (K, D) class embeddings: mean of L2-normalised prompt embeddings, renormalised."""
+        self.vocabulary = vocabulary
+        per_class = vocabulary.prompts(self.config.templates)
+        flat = [p for ps in per_class for p in ps]
+        with self._autocast():
+            emb = self.clip.encode_text(flat).float()
+        emb = F.normalize(emb, dim=-1)
+        out, start = [], 0
+        for ps in per_class:
+            out.append(F.normalize(emb[start : start + len(ps)].mean(dim=0), dim=-1))
+            start += len(ps)
+        self.text_kd = torch.stack(out)
+
+    # ----------------------------------------------------------------- stages
+    @torch.inference_mode()
+    def patch_scores(self, small_b3ss: torch.Tensor) -> torch.Tensor:
+        """(B, 3, L, L) resized images -> (B, N, K) raw cosine scores of every patch."""
+        b = small_b3ss.shape[0]
+        per_chunk = max(1, self.config.crop_chunk // self.patches_per_image)
+        out = []
+        for i in range(0, b, per_chunk):
+            with self._stage("crops"):
+                crops = multiscale.cut_crops(
+                    small_b3ss[i : i + per_chunk], self.grids, self.clip.input_size, self.clip.mean, self.clip.std
+                )
+                if self.autocast_dtype is not None:
+                    crops = crops.to(self.autocast_dtype)
+            with self._stage("clip"), self._autocast():
+                emb = self.clip.encode_image(crops)
+            out.append(multiscale.patch_scores(emb, self.text_kd))
+        return torch.cat(out).view(b, self.patches_per_image, -1)
+
+    def _decide_one(self, maps: list[torch.Tensor], sal: torch.Tensor | None, size_hw: tuple[int, int]):
+        cfg = self.config
+        if cfg.protocol == "official":
+            side = cfg.input_size
+            m = multiscale.dense_scores(maps, self.scale_weights, (side, side))
+            s = None
+            if sal is not None:
+                s = F.interpolate(sal[None, None].float(), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+            labels, conf = guidance.decide(guidance.guide(m, s), self.logit_scale)
+            both = torch.stack([labels.float(), conf])[None]
+            both = F.interpolate(both, size=size_hw, mode="nearest")[0]
+            return both[0].to(torch.int32), both[1]
+        s_full = None
+        if sal is not None:
+            s_full = F.interpolate(sal[None, None].float(), size=size_hw, mode="bilinear", align_corners=False)[0, 0]
+        labels = torch.empty(size_hw, dtype=torch.int32, device=self.device)
+        conf = torch.empty(size_hw, dtype=torch.float32, device=self.device)
+        for y0, y1 in guidance.band_rows(len(self.vocabulary), size_hw):
+            m = multiscale.dense_scores(maps, self.scale_weights, size_hw, rows=(y0, y1))
+            lab, cf = guidance.decide(guidance.guide(m, None if s_full is None else s_full[y0:y1]), self.logit_scale)
+            labels[y0:y1], conf[y0:y1] = lab, cf
+        return labels, conf
+
+    # ----------------------------------------------------------------- API
+    @torch.inference_mode()
+    def predict(self, images: Sequence, names: Sequence[str] | None = None) -> list[Prediction]:
+        """CLIP-DIY for a batch.
+
+        Args:
+            images: RGB images, each (H, W, 3) uint8 numpy or (3, H, W) uint8 tensor;
+                sizes may differ.
+            names: the images' file names (needed by ``precomputed:`` saliency).
+        Returns:
+            One :class:`Prediction` per image, at its original resolution.
+        """
+        if len(images) == 0:
+            return []
+        bs = self.config.batch_size
+        if len(images) > bs:
+            out: list[Prediction] = []
+            for i in range(0, len(images), bs):
+                out += self.predict(images[i : i + bs], None if names is None else names[i : i + bs])
+            return out
+        # Stage: upload and resize to the square input
+        with self._stage("upload"):
+            tensors = [to_chw_uint8(im, self.device) for im in images]
+            small = torch.stack([multiscale.resize_input(t, self.config.input_size) for t in tensors])
+        # Stage: crops -> CLIP -> per-scale grids
+        maps_b = multiscale.scale_maps(self.patch_scores(small), self.grids)
+        # Stage: saliency on the original images
+        with self._stage("saliency"):
+            sal = self.saliency(tensors, list(names) if names is not None else None) if self.saliency else [None] * len(tensors)
+        # Stage: guidance and the per-pixel decision at the output resolution
+        results = []
+        with self._stage("guidance"):
+            for i, t in enumerate(tensors):
+                size_hw = (int(t.shape[1]), int(t.shape[2]))
+                labels, conf = self._decide_one([m[i] for m in maps_b], sal[i], size_hw)
+                results.append((labels, conf))
+        with self._stage("download"):
+            return [Prediction(lab.cpu().numpy(), cf.float().cpu().numpy()) for lab, cf in results]

@@ -1,0 +1,136 @@
+"""Multi-scale dense CLIP inference (pure torch: tensors in, tensors out).
+
+Stages, as in the released CLIP-DIY code:
+
+1. ``resize_input``: each image to ``input_size`` squared, bilinear without antialiasing
+   (OpenCV ``INTER_LINEAR`` semantics), rounded back to 0..255 integers.
+2. ``cut_crops``: every patch of every scale cut on the device and resized to the
+   encoder's input size with antialiased bicubic (PIL's kernel), rounded like a PIL
+   uint8 image, scaled to 0..1 and normalised with the encoder's mean/std.
+3. the encoder embeds the crops; ``patch_scores`` = raw cosine with every class.
+4. ``scale_maps``: each scale's scores laid out on its grid; ``dense_scores`` upsamples
+   each grid bilinearly (``align_corners=False``) and takes the weighted mean.
+
+Upsampling is written as separable interpolation matrices (``bilinear_matrix``), which
+equal ``F.interpolate(mode="bilinear", align_corners=False)`` exactly and let the
+``full`` protocol produce class maps at the original resolution band by band, without
+ever holding a K x H x W tensor for a 4000x3000 photo.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import ScaleGrid
+
+
+def resize_input(image_3hw: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize one uint8 image to ``size`` x ``size`` (OpenCV INTER_LINEAR semantics).
+
+    Args:
+        image_3hw: (3, H, W) uint8, RGB.
+    Returns:
+        (3, size, size) float32 holding integers in 0..255 (like a uint8 image).
+    """
+    x = image_3hw.unsqueeze(0).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return x.round_().clamp_(0, 255)[0]
+
+
+def cut_crops(
+    images_b3ss: torch.Tensor,
+    grids: list[ScaleGrid],
+    out_size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> torch.Tensor:
+    """All patches of all scales, resized and normalised for the encoder.
+
+    Args:
+        images_b3ss: (B, 3, L, L) float32, integer values 0..255 (from ``resize_input``).
+        grids: the scales (see :func:`annotator.geometry.scale_grids`).
+        out_size: the encoder's square input size.
+    Returns:
+        (B * N, 3, out_size, out_size) float32, normalised; ordered image-major, then
+        scale, then patch row-major (N = patches per image).
+    """
+    b = images_b3ss.shape[0]
+    per_scale = []
+    for g in grids:
+        # unfold -> (B, 3, n_rows, n_cols, P, P) views, no copy
+        u = images_b3ss.unfold(2, g.patch_px, g.stride_px).unfold(3, g.patch_px, g.stride_px)
+        u = u[:, :, : g.n_rows, : g.n_cols]
+        u = u.permute(0, 2, 3, 1, 4, 5).reshape(b * g.num_patches, 3, g.patch_px, g.patch_px)
+        if g.patch_px != out_size:
+            u = F.interpolate(u, size=(out_size, out_size), mode="bicubic", align_corners=False, antialias=True)
+            u = u.round_().clamp_(0, 255)  # PIL hands the encoder a uint8 image
+        per_scale.append(u.reshape(b, g.num_patches, 3, out_size, out_size))
+    crops = torch.cat(per_scale, dim=1).reshape(-1, 3, out_size, out_size)
+    m = torch.tensor(mean, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255.0
+    return (crops - m) / s
+
+
+def patch_scores(image_emb_nd: torch.Tensor, text_emb_kd: torch.Tensor) -> torch.Tensor:
+    """Raw cosine similarity, (N, D) x (K, D) -> (N, K) float32 (no logit scale, no softmax)."""
+    img = F.normalize(image_emb_nd.float(), dim=-1)
+    txt = F.normalize(text_emb_kd.float(), dim=-1)
+    return img @ txt.T
+
+
+def scale_maps(scores_bnk: torch.Tensor, grids: list[ScaleGrid]) -> list[torch.Tensor]:
+    """Split per-image patch scores into one (B, K, n_rows, n_cols) grid per scale."""
+    out, start = [], 0
+    b, _, k = scores_bnk.shape
+    for g in grids:
+        s = scores_bnk[:, start : start + g.num_patches]
+        out.append(s.reshape(b, g.n_rows, g.n_cols, k).permute(0, 3, 1, 2).contiguous())
+        start += g.num_patches
+    return out
+
+
+def bilinear_matrix(n_in: int, n_out: int, device=None) -> torch.Tensor:
+    """(n_out, n_in) float32 matrix R with ``R @ v`` == 1-D bilinear resize of v.
+
+    Follows PyTorch's ``align_corners=False`` source index (clamped at 0), so
+    ``R_y @ G @ R_x.T`` equals ``F.interpolate(G, mode="bilinear", align_corners=False)``.
+    """
+    dst = torch.arange(n_out, dtype=torch.float64, device=device)
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0.0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    w1 = (src - i0.double()).clamp_(0.0, 1.0)
+    r = torch.zeros(n_out, n_in, dtype=torch.float64, device=device)
+    rows = torch.arange(n_out, device=device)
+    r.index_put_((rows, i0), 1.0 - w1, accumulate=True)
+    r.index_put_((rows, i1), w1, accumulate=True)
+    return r.float()
+
+
+def dense_scores(
+    maps: list[torch.Tensor],
+    weights: tuple[float, ...],
+    size_hw: tuple[int, int],
+    rows: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Weighted mean over scales of the grids upsampled to ``size_hw`` (M_clip).
+
+    Args:
+        maps: per scale, (K, n_rows, n_cols) float32 for ONE image.
+        weights: per-scale weights summing to 1.
+        size_hw: output (H, W).
+        rows: optional ``(y0, y1)`` band of output rows to compute (memory bound).
+    Returns:
+        (K, y1 - y0, W) float32.
+    """
+    h, w = size_hw
+    y0, y1 = rows if rows is not None else (0, h)
+    out = None
+    for grid, wt in zip(maps, weights):
+        k, nr, nc = grid.shape
+        ry = bilinear_matrix(nr, h, device=grid.device)[y0:y1]  # (h', nr)
+        rx = bilinear_matrix(nc, w, device=grid.device)  # (W, nc)
+        up = torch.matmul(torch.matmul(ry, grid), rx.T)  # (K, h', W)
+        out = up * wt if out is None else out.add_(up, alpha=wt)
+    return out
