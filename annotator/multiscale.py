@@ -38,6 +38,24 @@ def resize_input(image_3hw: torch.Tensor, size: int) -> torch.Tensor:
     return x.round_().clamp_(0, 255)[0]
 
 
+def pil_bicubic_resize(x_bchw: torch.Tensor, size: int) -> torch.Tensor:
+    """PIL's ``Image.resize(BICUBIC)`` of uint8 images, on the device.
+
+    PIL resamples horizontally, rounds and clips to uint8, then vertically; doing the
+    same (antialiased bicubic is PIL's kernel, a = -0.5) matches PIL to +-1 even on
+    noise, where one 2-D pass would differ wherever the first pass overshoots 0..255.
+
+    Args:
+        x_bchw: (B, C, H, W) float32 holding integers 0..255.
+    Returns:
+        (B, C, size, size) float32 integers 0..255.
+    """
+    h = F.interpolate(x_bchw, size=(x_bchw.shape[2], size), mode="bicubic", align_corners=False, antialias=True)
+    h = h.round_().clamp_(0, 255)
+    v = F.interpolate(h, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return v.round_().clamp_(0, 255)
+
+
 def cut_crops(
     images_b3ss: torch.Tensor,
     grids: list[ScaleGrid],
@@ -63,8 +81,7 @@ def cut_crops(
         u = u[:, :, : g.n_rows, : g.n_cols]
         u = u.permute(0, 2, 3, 1, 4, 5).reshape(b * g.num_patches, 3, g.patch_px, g.patch_px)
         if g.patch_px != out_size:
-            u = F.interpolate(u, size=(out_size, out_size), mode="bicubic", align_corners=False, antialias=True)
-            u = u.round_().clamp_(0, 255)  # PIL hands the encoder a uint8 image
+            u = pil_bicubic_resize(u, out_size)
         per_scale.append(u.reshape(b, g.num_patches, 3, out_size, out_size))
     crops = torch.cat(per_scale, dim=1).reshape(-1, 3, out_size, out_size)
     m = torch.tensor(mean, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255.0

@@ -106,6 +106,7 @@ def _parse_line(line: str, where: str) -> VocabClass:
 
 def parse_vocabulary(text: str, source: str = "<text>") -> Vocabulary:
     """Parse vocabulary text (see the module docstring); raises :class:`VocabularyError`."""
+    text = text.lstrip("\ufeff")
     classes: list[VocabClass] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
