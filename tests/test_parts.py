@@ -1,0 +1,361 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from annotator.parts import (
+    Manifest,
+    ManifestError,
+    OutputConflictError,
+    clear,
+    config_hash,
+    iter_records,
+    iter_rows,
+    list_parts,
+    listing_fingerprint,
+    open_output,
+    part_path,
+    read_part_metadata,
+    write_part,
+)
+from annotator.records import error_record, ok_record
+from annotator.retry import is_transient_storage_error, retry
+from annotator.schema import PART_ARROW_SCHEMA, validate_row
+
+NAMES = ["background", "cat", "dog"]
+META = {"vocabulary": NAMES, "model": "toy", "config_hash": "0123456789abcdef"}
+
+
+@dataclass
+class Ref:
+    image_id: int
+    file_name: str
+    uri: str
+
+
+def _records(ids):
+    out = []
+    for i in ids:
+        ref = Ref(i, f"img{i:03d}.jpg", f"/src/img{i:03d}.jpg")
+        if i % 3 == 0:
+            out.append(error_record(ref, "decode-failed", f"bad file {i}"))
+        else:
+            labels = np.zeros((5, 6), np.int32)
+            labels[: i % 5 + 1, :2] = 1
+            labels[4, 5] = 2
+            out.append(ok_record(ref, labels, np.full((5, 6), 0.5, np.float32), NAMES))
+    return out
+
+
+@pytest.fixture
+def mem_output():
+    url = f"memory://test-{uuid.uuid4().hex}/out"
+    yield url
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def test_part_path():
+    assert part_path("out", 3) == "out/parts/part-00003.parquet"
+    assert part_path("s3://b/run/", 12345) == "s3://b/run/parts/part-12345.parquet"
+    assert part_path("o", 123456) == "o/parts/part-123456.parquet"
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError):
+            part_path("o", bad)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_write_read_round_trip(tmp_path, mem_output, where):
+    output = str(tmp_path / "out") if where == "local" else mem_output
+    recs = _records([5, 1, 3, 2, 4])
+    path = part_path(output, 0)
+    digest = write_part(recs, path, META)
+    fs, p = fsspec.core.url_to_fs(path)
+    assert digest == hashlib.sha256(fs.cat_file(p)).hexdigest()
+    assert read_part_metadata(path) == META
+    rows = list(iter_rows([path]))
+    assert [r["image_id"] for r in rows] == [1, 2, 3, 4, 5]  # sorted
+    for r in rows:
+        validate_row(r)
+    back = list(iter_records([path], batch_size=2))
+    assert back == sorted(recs, key=lambda r: r.image_id)
+    assert list_parts(output) == [path]
+    assert fs.ls(fs._parent(p), detail=False) == [p]  # no temporary files left
+
+
+def test_part_file_schema_and_row_groups(tmp_path):
+    path = part_path(str(tmp_path), 1)
+    write_part(_records(range(1, 140)), path, META)
+    pf = pq.ParquetFile(path)
+    assert pf.schema_arrow.remove_metadata().equals(PART_ARROW_SCHEMA)
+    assert pf.metadata.num_rows == 139
+    assert pf.metadata.num_row_groups == 3  # 64-row groups keep streaming reads small
+
+
+def test_iter_rows_columns_and_order(tmp_path):
+    p0, p1 = part_path(str(tmp_path), 0), part_path(str(tmp_path), 1)
+    write_part(_records([4, 5]), p1, META)
+    write_part(_records([1, 2, 3]), p0, META)
+    rows = list(iter_rows(list_parts(str(tmp_path)), columns=["image_id", "status"], batch_size=1))
+    assert rows == [
+        {"image_id": 1, "status": "ok"},
+        {"image_id": 2, "status": "ok"},
+        {"image_id": 3, "status": "error"},
+        {"image_id": 4, "status": "ok"},
+        {"image_id": 5, "status": "ok"},
+    ]
+    with pytest.raises(ValueError, match="unknown"):
+        list(iter_rows([p0], columns=["nope"]))
+
+
+def test_write_part_rejects_duplicates_and_bad_metadata(tmp_path):
+    with pytest.raises(ValueError, match="duplicates"):
+        write_part(_records([1, 1]), part_path(str(tmp_path), 0), META)
+    with pytest.raises(TypeError):
+        write_part(_records([1]), part_path(str(tmp_path), 0), ["not", "a", "dict"])
+    with pytest.raises(ValueError):
+        write_part(_records([1]), part_path(str(tmp_path), 0), {"x": float("nan")})
+
+
+def test_list_parts_ignores_temporaries_and_others(tmp_path):
+    assert list_parts(str(tmp_path)) == []
+    d = tmp_path / "parts"
+    d.mkdir()
+    for name in [
+        "part-00002.parquet",
+        "part-00000.parquet",
+        "part-00001.parquet.tmp-abc",
+        "notes.txt",
+        "part-1.parquet",
+    ]:
+        (d / name).write_bytes(b"x")
+    assert list_parts(str(tmp_path)) == [part_path(str(tmp_path), 0), part_path(str(tmp_path), 2)]
+
+
+def test_read_part_metadata_of_foreign_parquet(tmp_path):
+    import pyarrow as pa
+
+    path = str(tmp_path / "x.parquet")
+    pq.write_table(pa.table({"a": [1]}), path)
+    with pytest.raises(ValueError, match="annotator"):
+        read_part_metadata(path)
+
+
+class _FlakyOpen:
+    """Wraps fs.open so its first `failures` write opens raise ConnectionError."""
+
+    def __init__(self, fs, failures):
+        self.fs, self.failures, self.calls = fs, failures, 0
+        self._open = fs.open
+
+    def __call__(self, path, mode="rb", *a, **kw):
+        if "w" in mode:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise ConnectionError("connection reset by peer")
+        return self._open(path, mode, *a, **kw)
+
+
+def test_write_part_retries_transient_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr("annotator.retry.time.sleep", lambda s: None)
+    fs = fsspec.filesystem("file")
+    flaky = _FlakyOpen(fs, failures=2)
+    monkeypatch.setattr(fs, "open", flaky)
+    path = part_path(str(tmp_path), 0)
+    write_part(_records([1, 2]), path, META, retries=3)
+    assert flaky.calls == 3
+    assert [r["image_id"] for r in iter_rows([path])] == [1, 2]
+
+
+def test_write_part_gives_up_and_keeps_old_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("annotator.retry.time.sleep", lambda s: None)
+    path = part_path(str(tmp_path), 0)
+    write_part(_records([1]), path, META)
+    before = Path(path).read_bytes()
+    fs = fsspec.filesystem("file")
+
+    def failing_mv(*a, **kw):
+        raise TimeoutError("slow storage")
+
+    monkeypatch.setattr(fs, "mv", failing_mv)
+    with pytest.raises(TimeoutError):
+        write_part(_records([1, 2]), path, META, retries=1)
+    assert Path(path).read_bytes() == before  # the old part is intact
+    assert sorted(p.name for p in Path(path).parent.iterdir()) == ["part-00000.parquet"]  # tmp removed
+
+
+def test_retry_helper():
+    calls, waits = [], []
+
+    def fn():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("EIO")
+        return "ok"
+
+    assert retry(fn, retries=3, backoff_s=0.5, sleep=waits.append) == "ok"
+    assert waits == [0.5, 1.0]
+    with pytest.raises(FileNotFoundError):
+        retry(lambda: (_ for _ in ()).throw(FileNotFoundError("x")), retries=3, sleep=waits.append)
+    assert waits == [0.5, 1.0]  # permanent errors are not retried
+    assert is_transient_storage_error(ConnectionResetError()) and not is_transient_storage_error(
+        PermissionError()
+    )
+    assert not is_transient_storage_error(ValueError())
+
+
+def test_config_hash_and_fingerprint():
+    assert config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+    assert len(config_hash({})) == 16 and int(config_hash({}), 16) >= 0
+    with pytest.raises(TypeError):
+        config_hash({"a": object()})
+    fp = listing_fingerprint(["a.jpg", "b.jpg"])
+    assert fp == listing_fingerprint(iter(["a.jpg", "b.jpg"]))
+    assert fp != listing_fingerprint(["b.jpg", "a.jpg"])
+    assert listing_fingerprint(["ab", "c"]) != listing_fingerprint(["a", "bc"])
+    assert listing_fingerprint([]) != listing_fingerprint([""])
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_manifest_lifecycle(tmp_path, mem_output, where):
+    output = str(tmp_path / "run") if where == "local" else mem_output
+    assert Manifest.load(output) is None
+    m = Manifest.create(output, "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", num_shards=3, shard_size=2)
+    assert Manifest.load(output) == m
+    assert not m.is_finished(0) and m.pending_shards() == [0, 1, 2]
+
+    p1 = part_path(output, 1)
+    digest = write_part(_records([3, 4]), p1, META)
+    m.mark_finished(1, p1, rows=2)  # digest computed from the file
+    loaded = Manifest.load(output)
+    assert loaded.finished == {"1": {"path": "parts/part-00001.parquet", "rows": 2, "sha256": digest}}
+    assert loaded.is_finished(1) and not loaded.is_finished(0)
+    assert loaded.finished_shards() == {1} and loaded.pending_shards() == [0, 2]
+
+    # a deleted part re-runs its shard
+    fs, p = fsspec.core.url_to_fs(p1)
+    fs.rm(p)
+    assert not loaded.is_finished(1) and loaded.pending_shards() == [0, 1, 2]
+
+    with pytest.raises(ValueError):
+        loaded.mark_finished(3, p1, rows=1)
+
+
+def test_manifest_file_is_valid_json_with_the_documented_keys(tmp_path):
+    m = Manifest.create(str(tmp_path), "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", 2, 10)
+    m.mark_finished(0, part_path(str(tmp_path), 0), 10, sha256="0" * 64)
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(doc) == {
+        "version",
+        "config_hash",
+        "listing_fingerprint",
+        "num_shards",
+        "shard_size",
+        "finished",
+        "created",
+        "updated",
+    }
+    assert doc["finished"]["0"] == {"path": "parts/part-00000.parquet", "rows": 10, "sha256": "0" * 64}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary left
+
+
+def test_corrupt_manifest(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="--overwrite"):
+        Manifest.load(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": 1}))
+    with pytest.raises(ManifestError):
+        Manifest.load(str(tmp_path))
+
+
+def test_check_compatible(tmp_path):
+    m = Manifest.create(str(tmp_path), "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", 2, 10)
+    assert m.check_compatible("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", overwrite=False)
+    with pytest.raises(OutputConflictError) as err:
+        m.check_compatible("cccccccccccccccc", "bbbbbbbbbbbbbbbb", overwrite=False)
+    msg = str(err.value)
+    assert "aaaaaaaaaaaaaaaa" in msg and "cccccccccccccccc" in msg and "--overwrite" in msg
+    assert "listing" not in msg
+    with pytest.raises(OutputConflictError, match="listing fingerprint bbbbbbbbbbbbbbbb"):
+        m.check_compatible("aaaaaaaaaaaaaaaa", "dddddddddddddddd", overwrite=False)
+    assert m.check_compatible("cccccccccccccccc", "dddddddddddddddd", overwrite=True) is False
+    with pytest.raises(OutputConflictError, match="shard size 10"):
+        m.check_compatible("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", shard_size=5)
+
+
+def test_clear_and_open_output(tmp_path):
+    out = str(tmp_path)
+    kw = {"config_hash": "a" * 16, "listing_fingerprint": "b" * 16, "num_shards": 2, "shard_size": 2}
+    m = open_output(out, **kw)
+    write_part(_records([1, 2]), part_path(out, 0), META)
+    m.mark_finished(0, part_path(out, 0), 2)
+    (tmp_path / "summary.json").write_text("{}")
+
+    resumed = open_output(out, **kw)
+    assert resumed.pending_shards() == [1]
+
+    with pytest.raises(OutputConflictError, match="--overwrite"):
+        open_output(out, **{**kw, "config_hash": "c" * 16})
+
+    fresh = open_output(out, **{**kw, "config_hash": "c" * 16}, overwrite=True)
+    assert fresh.finished == {} and list_parts(out) == [] and fresh.config_hash == "c" * 16
+    assert (tmp_path / "summary.json").exists()  # clear only removes parts and the manifest
+
+    clear(out)
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "parts").exists()
+    write_part(_records([1]), part_path(out, 0), META)
+    with pytest.raises(OutputConflictError, match="no manifest.json"):
+        open_output(out, **kw)
+
+
+def test_s3_round_trip_with_moto(monkeypatch):
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bkt")
+        so = {"client_kwargs": {"endpoint_url": endpoint}, "skip_instance_cache": True}
+        out = "s3://bkt/run"
+        m = open_output(
+            out,
+            config_hash="a" * 16,
+            listing_fingerprint="b" * 16,
+            num_shards=1,
+            shard_size=3,
+            storage_options=so,
+        )
+        path = part_path(out, 0)
+        digest = write_part(_records([1, 2, 3]), path, META, storage_options=so)
+        m.mark_finished(0, path, 3, sha256=digest)
+        assert list_parts(out, so) == [path]
+        assert [r["image_id"] for r in iter_rows([path], so)] == [1, 2, 3]
+        assert read_part_metadata(path, so) == META
+        loaded = Manifest.load(out, so)
+        assert loaded.finished_shards() == {0} and loaded.is_finished(0)
+        fs, root = fsspec.core.url_to_fs(out, **so)
+        assert sorted(fs.find(root)) == ["bkt/run/manifest.json", "bkt/run/parts/part-00000.parquet"]
+        clear(out, so)
+        assert Manifest.load(out, so) is None and list_parts(out, so) == []
+    finally:
+        server.stop()
