@@ -1,0 +1,202 @@
+"""Processing one shard: read -> decode -> engine -> records -> one Parquet part.
+
+No Ray here: a Ray actor (``pipeline.py``), the benchmark and tests all call
+:class:`ShardProcessor` directly. Reading and decoding run in a thread pool ahead of
+the engine; encoding masks (RLE, confidence PNG) runs in threads behind it, so the
+device is not kept waiting on the CPU work of neighbouring batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import metrics, parts, records
+from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from .sources import HFSource, ImageRef, read_image_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardTask:
+    """One shard: its index and the images in it (``hf`` set for Hugging Face rows)."""
+
+    shard_index: int
+    refs: list[ImageRef]
+    hf: HFSource | None = None
+
+
+@dataclass
+class ShardResult:
+    """What the driver needs to know about a finished shard (no image data)."""
+
+    shard_index: int
+    path: str
+    rows: int
+    errors: int
+    sha256: str
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunOptions:
+    """Per-run settings that a shard processor needs besides the engine."""
+
+    output: str
+    metadata: dict
+    storage_options: dict | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    read_threads: int = 8
+    encode_threads: int = 4
+    prefetch_batches: int = 1
+    gt_spec: str | None = None
+    gt_format: str | None = None
+
+
+class ShardProcessor:
+    """Holds an engine (loaded once) and turns shards into part files."""
+
+    def __init__(self, engine, options: RunOptions):
+        self.engine = engine
+        self.options = options
+        self.class_names = engine.vocabulary.names
+        self.gt = None
+        if options.gt_spec:
+            from .gt import load_gt
+
+            self.gt = load_gt(options.gt_spec, options.gt_format, self.class_names)
+        self._io = ThreadPoolExecutor(max_workers=max(1, options.read_threads), thread_name_prefix="read")
+        self._enc = ThreadPoolExecutor(max_workers=max(1, options.encode_threads), thread_name_prefix="encode")
+
+    # ---------------------------------------------------------------- stages
+    def _read_decode(self, ref: ImageRef, data: bytes | Exception | None) -> np.ndarray | ImageDecodeError:
+        t0 = time.perf_counter()
+        try:
+            if data is None:
+                data = read_image_bytes(ref, self.options.storage_options)
+            if isinstance(data, Exception):
+                raise data
+            t1 = time.perf_counter()
+            rgb = decode_image(data, max_pixels=self.options.max_pixels, name=ref.file_name)
+            self._times["read"] += t1 - t0
+            self._times["decode"] += time.perf_counter() - t1
+            return rgb
+        except ImageDecodeError as e:
+            return e
+        except Exception as e:  # anything else reading one file must not kill the shard
+            return ImageDecodeError("unreadable", f"{type(e).__name__}: {e}")
+
+    def _decoded(self, task: ShardTask) -> Iterator[list[tuple[ImageRef, np.ndarray | ImageDecodeError]]]:
+        """Batches of decoded images; at most ``prefetch_batches`` batches decoded ahead.
+
+        The window bounds memory: a shard of 4000x3000 photos never sits decoded at once.
+        """
+        bs = self.engine.config.batch_size
+        refs = task.refs
+        raw: list = [None] * len(refs)
+        if task.hf is not None and refs:
+            start = refs[0].index
+            raw = task.hf.read_rows(start, start + len(refs))
+        batches = [range(i, min(i + bs, len(refs))) for i in range(0, len(refs), bs)]
+        inflight: list[list[Future]] = []
+        nxt = 0
+        for _ in batches:
+            while nxt < len(batches) and len(inflight) <= self.options.prefetch_batches:
+                inflight.append([self._io.submit(self._read_decode, refs[j], raw[j]) for j in batches[nxt]])
+                for j in batches[nxt]:
+                    raw[j] = None  # the bytes now belong to the future
+                nxt += 1
+            head = inflight.pop(0)
+            yield [(refs[j], f.result()) for j, f in zip(batches[nxt - len(inflight) - 1], head)]
+
+    def _predict(self, batch: list[tuple[ImageRef, np.ndarray]]):
+        """Engine on a batch; a failing batch is retried image by image to isolate the culprit."""
+        images = [img for _, img in batch]
+        names = [ref.file_name for ref, _ in batch]
+        try:
+            return list(self.engine.predict(images, names=names))
+        except Exception as e:
+            if len(batch) == 1:
+                return [e]
+            log.warning("batch failed (%s); retrying its %d images one by one", e, len(batch))
+            return [self._predict([item])[0] for item in batch]
+
+    def _encode(self, ref: ImageRef, pred) -> tuple[records.ImageRecord, np.ndarray | None]:
+        t0 = time.perf_counter()
+        rec = records.ok_record(ref, pred.labels_hw, pred.confidence_hw, self.class_names)
+        cm = None
+        if self.gt is not None:
+            gt = self.gt.labels_for(ref.file_name, pred.labels_hw.shape)
+            if gt is not None:
+                cm = metrics.released_protocol_confusion(pred.labels_hw, gt, len(self.class_names))
+        self._times["encode"] += time.perf_counter() - t0
+        return rec, cm
+
+    # ---------------------------------------------------------------- API
+    def process(self, task: ShardTask) -> ShardResult:
+        """Run one shard and write its part atomically; every image yields exactly one row."""
+        t_start = time.perf_counter()
+        self._times: dict[str, float] = defaultdict(float)
+        engine_before = dict(self.engine.timings)
+        pending: list[Future | records.ImageRecord] = []
+        for batch in self._decoded(task):
+            ok = [(ref, img) for ref, img in batch if not isinstance(img, ImageDecodeError)]
+            for ref, img in batch:
+                if isinstance(img, ImageDecodeError):
+                    pending.append(records.error_record(ref, img.reason, img.detail))
+            if ok:
+                for (ref, img), pred in zip(ok, self._predict(ok)):
+                    if isinstance(pred, Exception):
+                        pending.append(records.error_record(ref, "inference-failed", f"{type(pred).__name__}: {pred}",
+                                                            size_hw=img.shape[:2]))
+                    else:
+                        pending.append(self._enc.submit(self._encode, ref, pred))
+        recs: list[records.ImageRecord] = []
+        confusion = None
+        for p in pending:
+            if isinstance(p, Future):
+                rec, cm = p.result()
+                if cm is not None:
+                    confusion = cm if confusion is None else confusion + cm
+            else:
+                rec = p
+            recs.append(rec)
+        meta = dict(self.options.metadata)
+        meta["shard_index"] = task.shard_index
+        if self.gt is not None:
+            meta["confusion"] = None if confusion is None else confusion.tolist()
+        t0 = time.perf_counter()
+        path = parts.part_path(self.options.output, task.shard_index)
+        sha = parts.write_part(recs, path, meta, self.options.storage_options)
+        self._times["write"] += time.perf_counter() - t0
+        stages = dict(self._times)
+        for k, v in self.engine.timings.items():
+            stages[k] = stages.get(k, 0.0) + v - engine_before.get(k, 0.0)
+        return ShardResult(
+            shard_index=task.shard_index,
+            path=path,
+            rows=len(recs),
+            errors=sum(r.status == "error" for r in recs),
+            sha256=sha,
+            seconds=time.perf_counter() - t_start,
+            stages=stages,
+        )
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._enc.shutdown(wait=False, cancel_futures=True)
+
+
+def make_shards(refs: Sequence[ImageRef], shard_size: int, hf: HFSource | None = None) -> list[ShardTask]:
+    """Cut the listing into consecutive shards of ``shard_size`` images."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size: expected >= 1, got {shard_size}")
+    return [ShardTask(i // shard_size, list(refs[i : i + shard_size]), hf) for i in range(0, len(refs), shard_size)]
