@@ -77,7 +77,10 @@ def to_chw_uint8(image, device: torch.device) -> torch.Tensor:
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {a.shape} {a.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(a)).to(device).permute(2, 0, 1)
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # torch refuses read-only memory; decoders may hand us one
+        a = a.copy()
+    return torch.from_numpy(a).to(device).permute(2, 0, 1)
 
 
 class Engine:

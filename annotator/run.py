@@ -1,0 +1,255 @@
+"""``python -m annotator.run``: pre-label a dataset with CLIP-DIY on Ray.
+
+Stages: validate everything (vocabulary, engine options, weights, source, output) ->
+list images -> open or resume the output -> shards to Ray actors -> reduce (merged
+Parquet, COCO JSON, summary, metrics, report).
+
+With no arguments it annotates the sample photographs shipped with the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import ConfigError, add_engine_arguments, engine_config_from_args
+
+log = logging.getLogger("annotator")
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+DEFAULT_OUTPUT = "annotator-output"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m annotator.run",
+        description="Pre-label images with pixel masks for any list of classes (CLIP-DIY), on Ray. "
+        "Writes OUTPUT/parts/*.parquet, OUTPUT/annotations.parquet, OUTPUT/coco.json, "
+        "OUTPUT/summary.json, OUTPUT/report.html (and OUTPUT/metrics.json with --gt).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument("--vocab", default=str(SAMPLES_DIR / "vocab.txt"),
+                    help="vocabulary file: one class per line, optional 'name: prompt; prompt' "
+                         "(default: the bundled sample vocabulary)")
+    io.add_argument("--source", default=None,
+                    help="images: a directory (recursive), a glob, or an fsspec URL (s3://, gs://, "
+                         "memory://, http(s)://...). Default: the bundled sample photographs")
+    io.add_argument("--hf-dataset", default=None, metavar="NAME_OR_PATH",
+                    help="a Hugging Face dataset instead of --source: hub name (streamed), "
+                         "save_to_disk folder, or folder of Parquet/imagefolder files")
+    io.add_argument("--hf-split", default=None, help="dataset split (required when there are several)")
+    io.add_argument("--hf-image-column", default=None, help="image column (auto-detected when unique)")
+    io.add_argument("--storage-options", default=None, metavar="JSON",
+                    help="fsspec storage options for source and output as JSON, e.g. "
+                         "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (never logged)")
+    io.add_argument("--output", default=DEFAULT_OUTPUT, help="output folder or fsspec URL")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace an existing output made with another configuration or listing")
+    io.add_argument("--image-list", default=None, metavar="FILE",
+                    help="only these images: one image_id, relative path or stem per line "
+                         "(e.g. VOC's ImageSets/Segmentation/val.txt)")
+    io.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                    help="refuse images with more pixels than this before decoding them "
+                         "(default: Pillow's limit, 178,956,970)")
+    ev = p.add_argument_group("scoring against ground truth")
+    ev.add_argument("--gt", default=None,
+                    help="ground truth: COCO instances JSON, folder of VOC-style PNG label maps, "
+                         "or hf-column:NAME for the HF dataset's label column")
+    ev.add_argument("--gt-format", choices=("coco", "voc-png", "hf-column"), default=None,
+                    help="format of --gt where the path does not make it clear")
+    sch = p.add_argument_group("scheduling")
+    sch.add_argument("--shard-size", type=int, default=64, metavar="N", help="images per shard (one Parquet part each)")
+    sch.add_argument("--num-actors", type=int, default=None, metavar="N",
+                     help="actors: default one per GPU, or CPUs/2 CPU actors when there is no GPU")
+    sch.add_argument("--ray-address", default=None,
+                     help="Ray cluster to join (default: $RAY_ADDRESS, else start a local Ray)")
+    sch.add_argument("--max-failure-rate", type=float, default=0.05, metavar="F",
+                     help="exit non-zero when more than this fraction of images failed")
+    sch.add_argument("--no-report", action="store_true", help="skip the HTML report and previews")
+    sch.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(p)
+    return p
+
+
+def _parse_storage_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--storage-options: expected a JSON object, got invalid JSON ({e.msg})") from None
+    if not isinstance(opts, dict):
+        raise ConfigError(f"--storage-options: expected a JSON object, got {type(opts).__name__}")
+    return opts
+
+
+def _check_output_writable(output: str, storage_options: dict) -> None:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output, **storage_options)
+    probe = f"{root.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as e:
+        from .sources import redact_uri
+
+        raise ConfigError(f"--output {redact_uri(output)}: not writable ({type(e).__name__}: {e})") from None
+
+
+def _filter_image_list(refs: list, path: str) -> list:
+    wanted = {ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()}
+    if not wanted:
+        raise ConfigError(f"--image-list {path}: expected one id or path per line, got an empty file")
+
+    def keys(r):
+        stem = r.file_name.rsplit(".", 1)[0]
+        return {str(r.image_id), r.file_name, stem, stem.rsplit("/", 1)[-1]}
+
+    out = [r for r in refs if keys(r) & wanted]
+    if not out:
+        raise ConfigError(f"--image-list {path}: none of its {len(wanted)} entries matches an image of the source")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        from .models.weights import WeightsUnavailableError
+        from .parts import OutputConflictError
+        from .pipeline import ShardFailedError
+
+        known = (ConfigError, WeightsUnavailableError, OutputConflictError, ShardFailedError, ValueError, FileNotFoundError)
+        if isinstance(e, known):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import parts, pipeline
+    from .decode import DEFAULT_MAX_PIXELS
+    from .models import resolve_weights
+    from .sources import list_hf_dataset, list_images, redact_uri, resolve_source
+    from .vocab import load_vocabulary
+    from .worker import RunOptions, make_shards
+
+    # Stage: validate configuration (before any model or worker starts)
+    if args.source and args.hf_dataset:
+        raise ConfigError("--source and --hf-dataset are mutually exclusive; got both")
+    if (args.hf_split or args.hf_image_column) and not args.hf_dataset:
+        raise ConfigError("--hf-split/--hf-image-column need --hf-dataset")
+    if args.gt_format == "hf-column" and not args.hf_dataset:
+        raise ConfigError("--gt-format hf-column needs --hf-dataset")
+    if not 0.0 <= args.max_failure_rate <= 1.0:
+        raise ConfigError(f"--max-failure-rate: expected a fraction in [0, 1], got {args.max_failure_rate}")
+    vocabulary = load_vocabulary(args.vocab)
+    engine_config = engine_config_from_args(args)
+    storage_options = _parse_storage_options(args.storage_options)
+    resolve_weights(engine_config)  # unknown model/tag, missing weights: one clear error now
+
+    # Stage: list the source (names only; no pixels on the driver)
+    hf = None
+    if args.hf_dataset:
+        hf = list_hf_dataset(args.hf_dataset, args.hf_split, args.hf_image_column)
+        refs, source_desc = hf.refs(), f"hf:{args.hf_dataset}:{hf.split}"
+        source_opts = storage_options
+    else:
+        source = args.source or str(SAMPLES_DIR)
+        source, source_opts = resolve_source(source, storage_options)
+        refs, source_desc = list_images(source, source_opts), redact_uri(source)
+    if args.image_list:
+        refs = _filter_image_list(refs, args.image_list)
+    _check_output_writable(args.output, storage_options)
+
+    # Stage: open or resume the output
+    identity = {
+        "engine": engine_config.identity(),
+        "vocabulary": vocabulary.to_json(),
+        "source": source_desc,
+        "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS,
+        "gt": args.gt,
+    }
+    chash = parts.config_hash(identity)
+    tasks = make_shards(refs, args.shard_size, hf)
+    manifest = parts.open_output(
+        args.output, config_hash=chash, listing_fingerprint=parts.listing_fingerprint(r.file_name for r in refs),
+        num_shards=len(tasks), shard_size=args.shard_size, overwrite=args.overwrite, storage_options=storage_options,
+    )
+    pending = [t for t in tasks if not manifest.is_finished(t.shard_index)]
+    metadata = {
+        "vocabulary": vocabulary.names,
+        "vocabulary_prompts": vocabulary.to_json(),
+        "model": engine_config.model,
+        "pretrained": engine_config.pretrained if not Path(engine_config.pretrained).is_file() else Path(engine_config.pretrained).name,
+        "saliency": engine_config.saliency,
+        "protocol": engine_config.protocol,
+        "templates": list(engine_config.templates),
+        "version": __version__,
+        "config_hash": chash,
+        "source": source_desc,
+        "num_images": len(refs),
+        "num_shards": len(tasks),
+    }
+    options = RunOptions(output=args.output, metadata=metadata, storage_options=source_opts or None,
+                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, gt_spec=args.gt, gt_format=args.gt_format)
+    print(f"annotator {__version__}: {len(refs)} images from {source_desc} in {len(tasks)} shards; "
+          f"{len(tasks) - len(pending)} already done; output {redact_uri(args.output)}", file=sys.stderr)
+
+    # Stage: shards -> Ray actors -> parts
+    t0 = time.perf_counter()
+    if pending:
+        pipeline.init_ray(args.ray_address)
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(len(t.refs) for t in pending), unit="img", desc="annotating", file=sys.stderr)
+
+        def on_done(result: dict) -> None:
+            manifest.mark_finished(result["shard_index"], result["path"], result["rows"], result["sha256"])
+            if bar is not None:
+                bar.update(result["rows"])
+
+        try:
+            stats = pipeline.run_shards(pending, engine_config, vocabulary, options,
+                                        num_actors=args.num_actors, on_done=on_done)
+        finally:
+            if bar is not None:
+                bar.close()
+        if stats.get("shard_seconds"):
+            log.info("scheduling overhead: %.3f%% of shard time (%d actors, %d retries)",
+                     100 * stats["driver_overhead_s"] / stats["shard_seconds"], stats["actors"], stats["retries"])
+    elapsed = time.perf_counter() - t0
+
+    # Stage: reduce (merge, COCO, summary, metrics, report)
+    from .reduce import reduce_output
+
+    summary = reduce_output(args.output, storage_options=storage_options or None, report=not args.no_report)
+    done = summary["images"]
+    failed = summary["failed"]
+    print(f"done: {done} images ({failed} failed) in {elapsed:.1f} s; "
+          f"{summary['annotations']} annotations; see {redact_uri(args.output)}/summary.json", file=sys.stderr)
+    rate = failed / done if done else 0.0
+    if rate > args.max_failure_rate:
+        print(f"error: {failed}/{done} images failed ({rate:.1%}), above --max-failure-rate "
+              f"{args.max_failure_rate:.1%}; reasons in summary.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
