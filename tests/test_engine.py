@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from annotator import metrics
+from annotator.config import ConfigError, EngineConfig
+from annotator.engine import Engine
+from annotator.models import ResolvedWeights
+from annotator.vocab import Vocabulary
+from tests.synthetic import VOCAB, make_image
+
+
+def toy_engine(**kw):
+    cfg = EngineConfig(model="toy", saliency=kw.pop("saliency", "toy"), pretrained="toy", device="cpu", **kw)
+    return Engine(cfg, Vocabulary.from_names(VOCAB))
+
+
+@pytest.mark.parametrize("protocol", ["full", "official"])
+def test_toy_model_recovers_known_masks(protocol):
+    engine = toy_engine(protocol=protocol, batch_size=4)
+    data = [make_image(seed, size_hw=(200 + 20 * (seed % 3), 300)) for seed in range(12)]
+    preds = engine.predict([rgb for rgb, _ in data])
+    cm = sum(metrics.confusion_matrix(p.labels_hw, lab, len(VOCAB) + 1) for p, (_, lab) in zip(preds, data))
+    scores = metrics.scores_from_confusion(cm, ["background", *VOCAB])
+    assert scores["miou"] >= 0.9, scores
+    for p, (rgb, _) in zip(preds, data):
+        assert p.labels_hw.shape == rgb.shape[:2] and p.labels_hw.dtype == np.int32
+        assert p.confidence_hw.dtype == np.float32 and 0 <= p.confidence_hw.min() and p.confidence_hw.max() <= 1
+
+
+def test_without_saliency_the_toy_model_is_much_worse():
+    """The guidance matters: with saliency 'none', background floods or vanishes."""
+    data = [make_image(seed) for seed in range(6)]
+    res = {}
+    for sal in ("toy", "none"):
+        preds = toy_engine(saliency=sal).predict([rgb for rgb, _ in data])
+        cm = sum(metrics.confusion_matrix(p.labels_hw, lab, 5) for p, (_, lab) in zip(preds, data))
+        res[sal] = metrics.scores_from_confusion(cm, ["background", *VOCAB])["miou"]
+    assert res["toy"] > res["none"] + 0.2, res
+
+
+def test_cpu_is_deterministic_and_batch_independent():
+    data = [make_image(seed)[0] for seed in range(5)]
+    cfg = EngineConfig(model="tiny-random", saliency="found-tiny-random", pretrained="random", device="cpu", batch_size=2)
+    e1 = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights())
+    e2 = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights())
+    a, b = e1.predict(data), e2.predict(data)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.labels_hw, y.labels_hw)
+        np.testing.assert_array_equal(x.confidence_hw, y.confidence_hw)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "png"])
+def test_precomputed_saliency(tmp_path, fmt):
+    rgb, lab = make_image(3)
+    sal = (lab > 0).astype(np.float32)
+    if fmt == "npy":
+        np.save(tmp_path / "img_0003.npy", sal)
+    else:
+        Image.fromarray((sal * 255).astype(np.uint8)).save(tmp_path / "img_0003.png")
+    engine = toy_engine(saliency=f"precomputed:{tmp_path}")
+    (pred,) = engine.predict([rgb], names=["sub0/img_0003.jpg"])
+    assert ((pred.labels_hw > 0) == (lab > 0)).mean() > 0.99
+    with pytest.raises(Exception, match="no precomputed saliency map for 'other.jpg'"):
+        engine.predict([rgb], names=["other.jpg"])
+
+
+def test_precomputed_saliency_rejects_out_of_range(tmp_path):
+    np.save(tmp_path / "a.npy", np.full((4, 4), 3.0, np.float32))
+    engine = toy_engine(saliency=f"precomputed:{tmp_path}")
+    with pytest.raises(ValueError, match=r"expected values in \[0, 1\]"):
+        engine.predict([make_image(0)[0]], names=["a.png"])
+
+
+def test_large_image_is_done_in_bands_and_matches_official_on_toy():
+    rgb, lab = make_image(5, size_hw=(900, 1400))
+    full = toy_engine().predict([rgb])[0]
+    assert full.labels_hw.shape == (900, 1400)
+    assert (full.labels_hw == lab).mean() > 0.97
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"protocol": "paper"}, "--protocol"),
+        ({"templates": ("a photo",)}, "exactly one '{}'"),
+        ({"patch_sizes_px": (300,)}, "--patch-sizes"),
+        ({"scale_weights": (1.0,)}, "--scale-weights: expected 3 weights"),
+        ({"batch_size": 0}, "--batch-size"),
+    ],
+)
+def test_config_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        EngineConfig(**kw)
+
+
+def test_device_and_precision_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            Engine(EngineConfig(model="toy", saliency="toy", device="cuda"), Vocabulary.from_names(VOCAB))
+    with pytest.raises(ConfigError, match="reduced precision needs a CUDA device"):
+        Engine(EngineConfig(model="toy", saliency="toy", device="cpu", precision="fp16"), Vocabulary.from_names(VOCAB))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_on_tiny_model():
+    data = [make_image(seed)[0] for seed in range(4)]
+    out = {}
+    for dev in ("cpu", "cuda"):
+        cfg = EngineConfig(model="tiny-random", saliency="found-tiny-random", pretrained="random", device=dev,
+                           precision="fp32")
+        out[dev] = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights()).predict(data)
+    agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["cpu"], out["cuda"])])
+    assert agree > 0.99
