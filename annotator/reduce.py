@@ -111,7 +111,6 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
         "coco": coco_counts,
         "run": {k: meta.get(k) for k in ("model", "pretrained", "saliency", "protocol", "version", "config_hash", "source")},
     }
-    _write_json(fs, f"{root}/summary.json", summary)
     if summary["annotations"] == 0 and status["ok"]:
         log.warning("no annotation at all in %d images: check the vocabulary and the saliency", status["ok"])
     if never:
@@ -119,6 +118,7 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
 
     # Stage: metrics from the confusion matrices computed in the actors
     cms = [m.get("confusion") for m in metas if m.get("confusion") is not None]
+    metrics_path = f"{root}/metrics.json"
     if any("confusion" in m for m in metas):
         k = len(class_names)
         cm = np.zeros((k, k), dtype=np.int64)
@@ -126,9 +126,12 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
             cm += np.asarray(c, dtype=np.int64)
         scores = metrics.scores_from_confusion(cm, class_names)
         scores["confusion_matrix"] = cm.tolist()
-        _write_json(fs, f"{root}/metrics.json", scores)
+        _write_json(fs, metrics_path, scores)
         summary["miou"] = scores["miou"]
         print(metrics.format_table(scores), file=sys.stderr)
+    elif fs.exists(metrics_path):  # left by an earlier run (e.g. one replaced with --overwrite)
+        fs.rm(metrics_path)
+    _write_json(fs, f"{root}/summary.json", summary)
 
     # Stage: review report
     if report:

@@ -107,6 +107,22 @@ def _check_output_writable(output: str, storage_options: dict) -> None:
         raise ConfigError(f"--output {redact_uri(output)}: not writable ({type(e).__name__}: {e})") from None
 
 
+#: What a finished run leaves beside parts/ and manifest.json (which parts.clear removes).
+PREVIOUS_RESULTS = ("annotations.parquet", "coco.json", "summary.json", "metrics.json", "report.html", "previews")
+
+
+def _remove_previous_results(output: str, storage_options: dict) -> None:
+    """--overwrite: remove the replaced run's merged results, so that none of them (e.g. a
+    report.html under --no-report, metrics.json without --gt) outlives it."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output, **storage_options)
+    for name in PREVIOUS_RESULTS:
+        path = f"{root.rstrip('/')}/{name}"
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
 def _filter_image_list(refs: list, path: str) -> list:
     wanted = {ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()}
     if not wanted:
@@ -189,6 +205,8 @@ def _run(args: argparse.Namespace) -> int:
         args.output, config_hash=chash, listing_fingerprint=parts.listing_fingerprint(r.file_name for r in refs),
         num_shards=len(tasks), shard_size=args.shard_size, overwrite=args.overwrite, storage_options=storage_options,
     )
+    if args.overwrite:
+        _remove_previous_results(args.output, storage_options)
     pending = [t for t in tasks if not manifest.is_finished(t.shard_index)]
     metadata = {
         "vocabulary": vocabulary.names,

@@ -1,0 +1,35 @@
+"""Shared fixtures.
+
+``ray_session``: one local Ray instance (2 CPUs, no dashboard) for the whole test
+session. Tests that run the pipeline on Ray request it; ``annotator.pipeline.init_ray``
+then reuses it instead of starting a Ray per run (starting Ray costs ~10 s).
+
+It is deliberately not autouse: unit tests that never touch Ray do not pay for it. It
+always starts a NEW local instance (``address="local"``), never joining a cluster found
+through ``$RAY_ADDRESS`` or a ``ray start`` on this machine (``tests/test_ray_job.py``
+runs such a cluster of its own, with explicit addresses).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The session's Ray (the ``ray`` module, initialised); shut down at the end."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # someone already started one in this process: share it
+        yield ray
+        return
+    saved_address = os.environ.pop("RAY_ADDRESS", None)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if saved_address is not None:
+            os.environ["RAY_ADDRESS"] = saved_address

@@ -1,0 +1,182 @@
+"""``annotator.reduce``: merging hand-made part files (no engine, no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from annotator import metrics, parts, records
+from annotator.reduce import ReduceError, main, reduce_output
+from annotator.schema import validate, validate_row
+from annotator.sources import ImageRef
+
+CLASSES = ["background", "cat", "dog"]
+SIZE_HW = (6, 8)
+
+
+def _labels(seed: int) -> np.ndarray:
+    """(6, 8) int32 labels: a cat block and, for even seeds, a dog block."""
+    lab = np.zeros(SIZE_HW, np.int32)
+    lab[1:3, 1 + seed % 3 : 4 + seed % 3] = 1
+    if seed % 2 == 0:
+        lab[4:6, 5:8] = 2
+    return lab
+
+
+def _ok(image_id: int) -> records.ImageRecord:
+    ref = ImageRef(image_id, f"img_{image_id:03d}.png", f"/data/img_{image_id:03d}.png")
+    conf = np.full(SIZE_HW, 0.75, np.float32)
+    return records.ok_record(ref, _labels(image_id), conf, CLASSES)
+
+
+def _err(image_id: int, reason: str = "truncated") -> records.ImageRecord:
+    ref = ImageRef(image_id, f"img_{image_id:03d}.png", f"/data/img_{image_id:03d}.png")
+    return records.error_record(ref, reason, "file ends early")
+
+
+def _meta(num_images: int, **extra) -> dict:
+    return {"vocabulary": CLASSES, "config_hash": "abc123", "num_images": num_images, "model": "toy",
+            "protocol": "full", "version": "test", **extra}
+
+
+def _write(output, shard: int, recs, **meta) -> str:
+    path = parts.part_path(str(output), shard)
+    parts.write_part(recs, path, {**_meta(meta.pop("num_images", 6)), "shard_index": shard, **meta})
+    return path
+
+
+def test_merge_counts_and_files(tmp_path):
+    out = tmp_path / "run"
+    # shards written out of order; one error row
+    _write(out, 1, [_ok(4), _err(5, "truncated"), _ok(6)])
+    _write(out, 0, [_ok(1), _ok(2), _ok(3)])
+    summary = reduce_output(str(out), report=False)
+
+    rows = pq.read_table(out / "annotations.parquet").to_pylist()
+    assert [r["image_id"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        validate_row(r)
+    meta = parts.read_part_metadata(str(out / "annotations.parquet"))
+    assert meta["vocabulary"] == CLASSES and "shard_index" not in meta and "confusion" not in meta
+
+    assert summary["images"] == summary["expected_images"] == 6
+    assert (summary["ok"], summary["failed"]) == (5, 1)
+    assert summary["failures_by_reason"] == {"truncated": 1}
+    dogs = [i for i in (1, 2, 3, 4, 6) if i % 2 == 0]
+    assert summary["per_class"]["cat"]["annotations"] == 5
+    assert summary["per_class"]["dog"]["annotations"] == len(dogs)
+    assert summary["per_class"]["cat"]["pixels"] == 5 * 6
+    assert summary["per_class"]["dog"]["pixels"] == len(dogs) * 6
+    assert summary["per_class"]["cat"]["mean_score"] == pytest.approx(0.75, abs=1e-6)
+    assert summary["annotations"] == 5 + len(dogs)
+    assert summary["classes_never_predicted"] == []
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert not (out / "metrics.json").exists()
+
+    coco = json.loads((out / "coco.json").read_text())
+    assert len(coco["images"]) == 5  # the error row is not an image of the COCO file
+    assert len(coco["annotations"]) == summary["annotations"]
+    assert [c["id"] for c in coco["categories"]] == [1, 2]
+    assert all(a["iscrowd"] == 0 for a in coco["annotations"])
+    assert not list(out.glob("*.tmp"))
+
+
+def test_metrics_sum_the_confusion_of_every_part(tmp_path):
+    out = tmp_path / "run"
+    gt = {i: np.roll(_labels(i), 1, axis=1) for i in range(1, 5)}
+    cms = {}
+    for shard, ids in enumerate(([1, 2], [3, 4])):
+        cm = sum(metrics.released_protocol_confusion(_labels(i), gt[i], len(CLASSES)) for i in ids)
+        cms[shard] = cm
+        _write(out, shard, [_ok(i) for i in ids], num_images=5, confusion=cm.tolist())
+    _write(out, 2, [_ok(5)], num_images=5, confusion=None)  # a shard with no ground truth matched
+
+    summary = reduce_output(str(out), report=False)
+    got = json.loads((out / "metrics.json").read_text())
+    validate(got, "metrics")
+    total = cms[0] + cms[1]
+    expected = metrics.scores_from_confusion(total, CLASSES)
+    assert got["confusion_matrix"] == total.tolist()
+    assert got["miou"] == pytest.approx(expected["miou"])
+    assert 0 < got["miou"] < 1
+    assert summary["miou"] == pytest.approx(expected["miou"])
+    assert json.loads((out / "summary.json").read_text())["miou"] == pytest.approx(expected["miou"])
+
+
+def test_stale_metrics_are_removed(tmp_path):
+    out = tmp_path / "run"
+    _write(out, 0, [_ok(1)], num_images=1)
+    out.joinpath("metrics.json").write_text('{"miou": 0.5}')  # from an earlier run with ground truth
+    summary = reduce_output(str(out), report=False)
+    assert "miou" not in summary
+    assert not (out / "metrics.json").exists()
+
+
+def test_missing_shard_is_reported_not_hidden(tmp_path, caplog):
+    out = tmp_path / "run"
+    _write(out, 0, [_ok(1), _ok(2), _ok(3)])
+    summary = reduce_output(str(out), report=False)
+    assert (summary["images"], summary["expected_images"]) == (3, 6)
+    assert "3 of 6 images have output" in caplog.text
+
+
+def test_duplicate_image_is_refused(tmp_path):
+    out = tmp_path / "run"
+    _write(out, 0, [_ok(1), _ok(2)])
+    _write(out, 1, [_ok(2), _ok(3)])
+    with pytest.raises(ReduceError, match="image_id 2"):
+        reduce_output(str(out), report=False)
+
+
+def test_parts_of_different_configurations_are_refused(tmp_path):
+    out = tmp_path / "run"
+    _write(out, 0, [_ok(1)])
+    _write(out, 1, [_ok(2)], config_hash="other")
+    with pytest.raises(ReduceError, match="different configurations"):
+        reduce_output(str(out), report=False)
+
+
+def test_no_parts(tmp_path, capsys):
+    with pytest.raises(ReduceError, match="no parts"):
+        reduce_output(str(tmp_path), report=False)
+    assert main([str(tmp_path), "--no-report"]) == 2
+    assert "no parts" in capsys.readouterr().err
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    _write(out, 0, [_ok(1), _err(2, "not-an-image")], num_images=2)
+    assert main([str(out), "--no-report"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == {"images": 2, "ok": 1, "failed": 1, "annotations": 1}  # image 1: a cat only
+    assert (out / "coco.json").is_file() and not (out / "report.html").exists()
+
+
+def test_reduce_is_repeatable(tmp_path):
+    out = tmp_path / "run"
+    _write(out, 0, [_ok(1), _ok(2)], num_images=2)
+    reduce_output(str(out), report=False)
+    first = {n: (out / n).read_bytes() for n in ("annotations.parquet", "coco.json", "summary.json")}
+    reduce_output(str(out), report=False)
+    again = pq.read_table(out / "annotations.parquet")
+    assert again.equals(pq.read_table(pa.BufferReader(first["annotations.parquet"])))
+    assert again.num_rows == 2
+    assert (out / "coco.json").read_bytes() == first["coco.json"]
+    assert (out / "summary.json").read_bytes() == first["summary.json"]
+
+
+def test_memory_output(tmp_path):
+    import fsspec
+
+    out = f"memory://annotator-reduce-{tmp_path.name}/run"
+    try:
+        _write(out, 0, [_ok(1), _ok(2)], num_images=2)
+        summary = reduce_output(out, report=False)
+        assert summary["images"] == 2
+        assert [r["image_id"] for r in parts.iter_rows([f"{out}/annotations.parquet"])] == [1, 2]
+    finally:
+        fsspec.filesystem("memory").rm(f"/annotator-reduce-{tmp_path.name}", recursive=True)
