@@ -1,0 +1,127 @@
+"""``python -m annotator.export OUTPUT --format FORMAT [--to PATH] [options]``.
+
+Thin CLI over :data:`annotator.export.EXPORTERS`; ``main(argv)`` returns the exit
+status (0 ok, 2 bad input or option, 3 missing optional dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from annotator.export import (
+    DEFAULT_LS_IMAGE_URL_PREFIX,
+    EXPORTERS,
+    ExportError,
+    ExportOptions,
+    export,
+    parse_classes,
+    strip_credentials,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m annotator.export",
+        description=(
+            "Export a run's annotations (OUTPUT/annotations.parquet, else OUTPUT/parts/*.parquet) "
+            "for a labeling tool. Formats: coco (CVAT 'COCO 1.0', FiftyOne, datumaro: COCO "
+            "instances JSON with RLE masks), labelstudio (Label Studio tasks with brush "
+            "predictions + labeling config), masks (VOC-palette PNG label maps)."
+        ),
+    )
+    parser.add_argument("output", help="the run's OUTPUT folder (local path or fsspec URL)")
+    parser.add_argument(
+        "--format", required=True, metavar="FORMAT",
+        help=f"export format, one of: {', '.join(sorted(EXPORTERS))}",
+    )
+    parser.add_argument("--to", default=None, metavar="PATH", help="target folder (default: OUTPUT/exports/FORMAT/)")
+
+    filters = parser.add_argument_group("filters (all formats)")
+    filters.add_argument(
+        "--classes", default=None, metavar="NAMES",
+        help="comma-separated class names to export (default: every class but background)",
+    )
+    filters.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
+                         help="drop masks with fewer pixels than this (default 0)")
+    filters.add_argument("--min-score", type=float, default=0.0, metavar="SCORE",
+                         help="drop masks whose mean confidence is below this, in [0, 1] (default 0)")
+
+    coco = parser.add_argument_group("coco")
+    coco.add_argument("--iscrowd", type=int, choices=(0, 1), default=0,
+                      help="iscrowd written on every annotation (default 0; 1 = 'ignore region' "
+                           "to COCO evaluation, but some readers such as supervision only decode RLE then)")
+    coco.add_argument("--images-root", default="", metavar="PREFIX",
+                      help="folder or URL prefix joined before every images[].file_name (default: none)")
+    coco.add_argument("--zip", action="store_true",
+                      help="also write TO/coco.zip holding annotations/instances_default.json (CVAT upload)")
+
+    ls = parser.add_argument_group("labelstudio")
+    ls.add_argument("--ls-from-name", default="label", metavar="NAME",
+                    help="name of the project's <BrushLabels> tag (default 'label')")
+    ls.add_argument("--ls-to-name", default="image", metavar="NAME",
+                    help="name of the project's <Image> tag (default 'image')")
+    ls.add_argument("--image-url-prefix", default=DEFAULT_LS_IMAGE_URL_PREFIX, metavar="PREFIX",
+                    help="prefix of data.image before the percent-encoded file name (default "
+                         f"'{DEFAULT_LS_IMAGE_URL_PREFIX}': Label Studio local files with "
+                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT = the source root; e.g. "
+                         "'s3://bucket/prefix/' for cloud storage, 'https://host/images/' for a web server)")
+    ls.add_argument("--model-version", default=None, metavar="TEXT",
+                    help="predictions[].model_version (default: from the run metadata)")
+
+    masks = parser.add_argument_group("masks")
+    masks.add_argument("--confidence", action="store_true",
+                       help="also write <stem>_conf.png, 8-bit grayscale = round(255 * confidence)")
+
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec storage options as a JSON object, for reading OUTPUT and writing TO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        storage_options = json.loads(args.storage_options) if args.storage_options else None
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise ExportError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+        options = ExportOptions(
+            iscrowd=args.iscrowd,
+            min_area=args.min_area,
+            min_score=args.min_score,
+            classes=parse_classes(args.classes),
+            images_root=args.images_root,
+            zip=args.zip,
+            ls_from_name=args.ls_from_name,
+            ls_to_name=args.ls_to_name,
+            image_url_prefix=args.image_url_prefix,
+            model_version=args.model_version,
+            confidence=args.confidence,
+            storage_options=storage_options,
+        )
+        result = export(args.output, args.format, args.to, options)
+    except json.JSONDecodeError as exc:
+        print(f"error: --storage-options is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (ExportError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    for path in result.paths:
+        print(f"  {strip_credentials(path)}")
+    if not result.counts.get("annotations"):
+        print(
+            f"warning: the {args.format} export holds no annotations "
+            f"(counts: {result.counts}); check the filters and the run's summary",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,585 @@
+"""Review report: overlay previews and a self-contained HTML page for a run folder.
+
+``python -m annotator.report OUTPUT [--samples N] [--lowest N]`` (and
+:func:`write_report`, which the reducer calls) writes::
+
+    OUTPUT/previews/sample-<image_id>.jpg   overlays (image + translucent class colours +
+    OUTPUT/previews/lowest-<image_id>.jpg   legend), longest side <= 512 px
+    OUTPUT/report.html                      one file, previews embedded as data: URIs
+
+The page holds the run configuration (credentials removed), per-class counts, pixels
+and mean scores, a histogram of image confidence (inline SVG), the lowest-confidence
+images, a sample of images, the scores of OUTPUT/metrics.json when present, and the
+failed images with their reasons. Every string that comes from the data (class names,
+file names, error texts, metadata) is HTML-escaped and length-limited; the page also
+carries a Content-Security-Policy that forbids scripts.
+
+Rows are streamed once: memory holds the per-class totals, the histogram, the
+``samples + lowest`` selected rows and at most ``max_failures`` failure rows.
+Image confidence is :func:`annotator.export.image_score` (area-weighted mean of the
+annotation scores; mean of the confidence map for an image without annotations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import heapq
+import html
+import io
+import json
+import sys
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from annotator import export as _export
+from annotator.palette import class_colors, colorize_labels, hex_color
+
+__all__ = ["ReportStats", "main", "render_overlay", "write_report"]
+
+PREVIEW_MAX_SIDE = 512
+PREVIEW_MIN_SIDE = 256
+HIST_BINS = 20
+TEXT_LIMIT = 200
+_SECRET_KEYS = ("key", "secret", "token", "password", "passwd", "credential", "storage_options", "auth")
+
+
+def _esc(value: Any, limit: int = TEXT_LIMIT) -> str:
+    """HTML-escaped, length-limited text of ``value``."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return html.escape(text, quote=True)
+
+
+def _clean_value(key: str, value: Any) -> Any:
+    """Metadata value safe to show: secrets redacted, URLs without credentials."""
+    if any(s in key.lower() for s in _SECRET_KEYS):
+        return "REDACTED"
+    if isinstance(value, str):
+        return _export.strip_credentials(value)
+    if isinstance(value, Mapping):
+        return {k: _clean_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_value(key, v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------- statistics
+
+
+@dataclass
+class ReportStats:
+    """Totals gathered in one pass over the rows.
+
+    class_images / class_pixels / class_score_sum: per vocabulary index; score sums are
+    area-weighted, so class_score_sum / class_pixels is the mean confidence over the
+    class's pixels. histogram: image-confidence counts over HIST_BINS equal bins of [0, 1].
+    """
+
+    num_classes: int
+    rows: int = 0
+    ok: int = 0
+    errors: int = 0
+    annotations: int = 0
+    empty_images: int = 0
+    image_pixels: int = 0
+    class_images: np.ndarray = field(init=False)
+    class_pixels: np.ndarray = field(init=False)
+    class_score_sum: np.ndarray = field(init=False)
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, dtype=np.int64))
+    failures: list[tuple[int, str, str]] = field(default_factory=list)
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.class_images = np.zeros(self.num_classes, dtype=np.int64)
+        self.class_pixels = np.zeros(self.num_classes, dtype=np.int64)
+        self.class_score_sum = np.zeros(self.num_classes, dtype=np.float64)
+
+    def add(self, record: Any, score: float | None, max_failures: int) -> None:
+        self.rows += 1
+        if record.status != "ok":
+            self.errors += 1
+            reason = (record.error or "error").split(":", 1)[0][:64]
+            if reason in self.failure_reasons or len(self.failure_reasons) < 100:
+                self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
+            if len(self.failures) < max_failures:
+                self.failures.append((record.image_id, record.file_name[:TEXT_LIMIT], (record.error or "")[:500]))
+            return
+        self.ok += 1
+        self.image_pixels += int(record.width) * int(record.height)
+        self.annotations += len(record.annotations)
+        if not record.annotations:
+            self.empty_images += 1
+        for a in record.annotations:
+            if 0 <= a.category_id < self.num_classes:
+                self.class_images[a.category_id] += 1
+                self.class_pixels[a.category_id] += int(a.area)
+                self.class_score_sum[a.category_id] += float(a.score) * int(a.area)
+        if score is not None:
+            self.histogram[min(int(score * HIST_BINS), HIST_BINS - 1)] += 1
+
+
+class _Keeper:
+    """The ``n`` rows with the smallest keys (a bounded max-heap)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._heap: list[tuple[float, int, Any]] = []
+
+    def offer(self, key: float, image_id: int, item: Any) -> None:
+        if self.n <= 0:
+            return
+        entry = (-key, -image_id, item)
+        if len(self._heap) < self.n:
+            heapq.heappush(self._heap, entry)
+        elif entry[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, entry)
+
+    def sorted(self) -> list[Any]:
+        return [item for _, _, item in sorted(self._heap, key=lambda e: (-e[0], -e[1]))]
+
+
+# ----------------------------------------------------------------------- previews
+
+
+def _font(size: int = 12) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _read_image(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[np.ndarray | None, str | None]:
+    """(RGB uint8 (H, W, 3) with EXIF orientation applied, None) or (None, why not)."""
+    from annotator.decode import decode_image
+    from annotator.sources import read_image_bytes, redact_uri
+
+    try:
+        if uri.startswith("hf://"):
+            data = _read_hf_row(uri)
+        else:
+            data = read_image_bytes(uri, dict(storage_options or {}) or None, retries=0)
+        return decode_image(data, name=redact_uri(uri)), None
+    except ImportError as exc:
+        return None, f"image not readable (missing fsspec backend: {exc})"
+    except Exception as exc:  # noqa: BLE001 - any failure: draw the mask alone, and say why
+        return None, f"image not readable: {_export.strip_credentials(str(exc))[:160]}"
+
+
+def _read_hf_row(uri: str) -> bytes:
+    """Bytes of row ``index`` of a LOCAL Hugging Face dataset, ``hf://{path}/{split}/{index}``.
+
+    Hub datasets are streamed (no random access, network): not re-read for a preview.
+    """
+    name, split, index = uri[len("hf://"):].rsplit("/", 2)
+    if not name.startswith("/"):
+        raise ValueError(f"{uri!r} is a streamed hub dataset row; previews re-read local datasets only")
+    row = _hf_source(name, split).read_rows(int(index), int(index) + 1)
+    if not row:
+        raise ValueError(f"{uri!r}: no such row")
+    if isinstance(row[0], Exception):
+        raise row[0]
+    return row[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _hf_source(name: str, split: str) -> Any:
+    from annotator.sources import list_hf_dataset
+
+    return list_hf_dataset(name, split)
+
+
+def render_overlay(
+    record: Any,
+    class_names: Sequence[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    max_side: int = PREVIEW_MAX_SIDE,
+    alpha: float = 0.5,
+) -> tuple[Image.Image, str | None]:
+    """Overlay of an ok record's masks on its image, with a legend strip below.
+
+    The image is re-read from ``record.uri``; when that fails, the masks are drawn on
+    grey and the returned note says so. Returns (RGB PIL image whose image part has its
+    longest side <= ``max_side`` (tiny images are enlarged to 256 px), note or None).
+    """
+    from annotator.records import labels_from_annotations
+
+    h, w = int(record.height), int(record.width)
+    # Downscale large images to max_side; enlarge tiny ones (up to PREVIEW_MIN_SIDE) to stay legible.
+    scale = min(max_side, max(PREVIEW_MIN_SIDE, max(h, w))) / max(h, w)
+    size_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
+    labels = labels_from_annotations(record.annotations, (h, w))
+    small = np.asarray(Image.fromarray(labels).resize(size_wh, resample=Image.NEAREST))
+    rgb, note = _read_image(record.uri, storage_options)
+    if rgb is None:
+        base = np.full((size_wh[1], size_wh[0], 3), 128, dtype=np.uint8)
+        weight = 0.85
+    else:
+        if rgb.shape[:2] != (h, w):
+            note = f"image is {rgb.shape[1]}x{rgb.shape[0]}, annotations are {w}x{h}"
+        resample = Image.BILINEAR if scale < 1.0 else Image.NEAREST
+        base = np.asarray(Image.fromarray(rgb).resize(size_wh, resample=resample))
+        weight = alpha
+    colors = class_colors(len(class_names))
+    painted = colorize_labels(small, colors).astype(np.float32)
+    fg = (small > 0)[:, :, None]
+    blended = np.where(fg, base * (1.0 - weight) + painted * weight, base).round().astype(np.uint8)
+    return _add_legend(Image.fromarray(blended), record, class_names, colors, note), note
+
+
+def _add_legend(img: Image.Image, record: Any, class_names: Sequence[str], colors: list, note: str | None) -> Image.Image:
+    font = _font(12)
+    entries = sorted(record.annotations, key=lambda a: -a.area)
+    line_h, pad = 16, 4
+    width = max(img.width, 256)
+    # Lay the entries out left to right, wrapping; at most 6 lines, then "+N more".
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[list[tuple[str, tuple]]] = [[]]
+    x = pad
+    shown = 0
+    for a in entries:
+        label = f"{class_names[a.category_id][:40]} {a.score:.2f}" if a.category_id < len(class_names) else "?"
+        item_w = 14 + int(measure.textlength(_printable(label), font=font)) + 10
+        if x + item_w > width and lines[-1]:
+            if len(lines) == 6:
+                break
+            lines.append([])
+            x = pad
+        lines[-1].append((label, colors[a.category_id]))
+        x += item_w
+        shown += 1
+    texts = [f"+{len(entries) - shown} more classes"] if shown < len(entries) else []
+    if not entries:
+        texts.append("no class other than background")
+    if note:
+        texts.append(note[:120])
+    lines = [line for line in lines if line]
+    strip_h = pad + line_h * (len(lines) + len(texts)) + pad
+    out = Image.new("RGB", (width, img.height + strip_h), (255, 255, 255))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = img.height + pad
+    for line in lines:
+        x = pad
+        for label, color in line:
+            draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(color), outline=(0, 0, 0))
+            _text(draw, (x + 14, y), label, font, (0, 0, 0))
+            x += 14 + int(draw.textlength(_printable(label), font=font)) + 10
+        y += line_h
+    for text in texts:
+        _text(draw, (pad, y), text, font, (160, 0, 0) if text == (note or "")[:120] else (60, 60, 60))
+        y += line_h
+    return out
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: Any, fill: tuple) -> None:
+    try:
+        draw.text(xy, _printable(text), font=font, fill=fill)
+    except (UnicodeError, ValueError, OSError):  # a glyph the font cannot encode
+        draw.text(xy, _printable(text).encode("ascii", "replace").decode("ascii"), font=font, fill=fill)
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------- HTML
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
+vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.sw{display:inline-block;width:14px;height:14px;border:1px solid #000;vertical-align:middle}
+.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;max-width:520px}
+figure img{max-width:100%;border:1px solid #ccc}figcaption{font-size:12px;color:#444;word-break:break-all}
+code{word-break:break-all}.row{display:flex;flex-wrap:wrap;gap:32px;align-items:flex-start}
+"""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
+    """``header`` and ``rows`` must already be escaped HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return _esc(v)
+
+
+def _histogram_svg(histogram: np.ndarray) -> str:
+    width, height, left, bottom, top = 640, 220, 40, 30, 20
+    plot_w, plot_h = width - left - 10, height - bottom - top
+    peak = max(int(histogram.max()), 1)
+    bar_w = plot_w / len(histogram)
+    parts = [
+        (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+         'aria-label="histogram of image confidence">'),
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#000"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#000"/>',
+        f'<text x="{left - 4}" y="{top + 4}" font-size="11" text-anchor="end">{peak}</text>',
+        f'<text x="{left - 4}" y="{top + plot_h}" font-size="11" text-anchor="end">0</text>',
+    ]
+    for i, count in enumerate(histogram.tolist()):
+        bar_h = plot_h * count / peak
+        x = left + i * bar_w
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{top + plot_h - bar_h:.1f}" width="{bar_w - 2:.1f}" '
+            f'height="{bar_h:.1f}" fill="#4a78b5"><title>{i / len(histogram):.2f}-{(i + 1) / len(histogram):.2f}: '
+            f"{count}</title></rect>"
+        )
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = left + tick * plot_w
+        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle">{tick:.2f}</text>')
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 2}" font-size="11" text-anchor="middle">'
+        "image confidence (area-weighted mean score)</text></svg>"
+    )
+    return "".join(parts)
+
+
+def _figure(preview: tuple[bytes, str], record: Any, score: float | None, note: str | None) -> str:
+    data, name = preview
+    src = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    caption = f"#{record.image_id} <code>{_esc(record.file_name)}</code> confidence {_fmt(score)}"
+    if note:
+        caption += f'<br><span style="color:#a00">{_esc(note)}</span>'
+    return f'<figure><img src="{src}" alt="overlay of {_esc(record.file_name)}" data-preview="{_esc(name)}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _metrics_html(metrics: Mapping[str, Any]) -> str:
+    out = []
+    first = ("miou", "pixel_accuracy", "mean_accuracy", "num_pixels", "num_classes_in_mean", "empty_class")
+    keys = [k for k in first if k in metrics] + [
+        k for k, v in metrics.items()
+        if k not in first and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    ][:30]
+    out.append(_table(["score", "value"], [(_esc(k), _fmt(metrics[k], 4)) for k in keys], numeric=(1,)))
+    per_class = metrics.get("per_class_iou")
+    if isinstance(per_class, Mapping):
+        gt = metrics.get("per_class_gt_pixels") if isinstance(metrics.get("per_class_gt_pixels"), Mapping) else {}
+        rows = [
+            (_esc(name), _fmt(iou, 4), _fmt(gt.get(name)) if gt else "-")
+            for name, iou in list(per_class.items())[:2000]
+        ]
+        out.append(_table(["class", "IoU", "ground-truth pixels"], rows, numeric=(1, 2)))
+    return "".join(out)
+
+
+def _read_metrics(output: str, storage_options: Mapping[str, Any] | None) -> dict | None:
+    path = _export.join_path(output, "metrics.json")
+    fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    if not fs.exists(p):
+        return None
+    with fs.open(p, "rb") as f:
+        doc = json.loads(f.read())
+    return doc if isinstance(doc, dict) else None
+
+
+def _render_html(
+    metadata: Mapping[str, Any],
+    class_names: Sequence[str],
+    stats: ReportStats,
+    lowest_html: list[str],
+    sample_html: list[str],
+    metrics: Mapping[str, Any] | None,
+    max_failures: int,
+) -> str:
+    colors = class_colors(len(class_names))
+    body = ['<h1>Annotation report</h1>']
+    if stats.ok and stats.annotations == 0:
+        body.append('<p class="warn">No annotations: every image was labelled background only. '
+                     'Check the vocabulary and thresholds.</p>')
+    if stats.ok == 0:
+        body.append('<p class="warn">No image was annotated successfully (see failures).</p>')
+    summary = "<div><h2>Summary</h2>" + _table(["", "count"], [
+        ("rows", str(stats.rows)), ("annotated (ok)", str(stats.ok)), ("failed", str(stats.errors)),
+        ("annotations (image, class)", str(stats.annotations)),
+        ("ok images with background only", str(stats.empty_images)),
+    ], numeric=(1,))
+    if stats.image_pixels:
+        summary += (f"<p>Foreground covers {100.0 * stats.class_pixels[1:].sum() / stats.image_pixels:.2f}% "
+                    "of the annotated images' pixels.</p>")
+    summary += "</div>"
+
+    config_rows = []
+    for key, value in metadata.items():
+        value = _clean_value(str(key), value)
+        if key == "vocabulary" and isinstance(value, list):
+            shown = ", ".join(str(v) for v in value[:50]) + (" ..." if len(value) > 50 else "")
+            value = f"{len(value)} classes: {shown}"
+        elif not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        config_rows.append((_esc(key, 80), _esc(value, 600)))
+    body.append(f'<div class="row">{summary}<div><h2>Run configuration</h2>'
+                + _table(["setting", "value"], config_rows) + "</div></div>")
+
+    total = max(int(stats.class_pixels[1:].sum()), 1)
+    class_rows = []
+    for c in range(1, len(class_names)):
+        px = int(stats.class_pixels[c])
+        mean = stats.class_score_sum[c] / px if px else None
+        class_rows.append((
+            f'<span class="sw" style="background:{hex_color(colors[c])}"></span>', str(c), _esc(class_names[c]),
+            str(int(stats.class_images[c])), str(px), f"{100.0 * px / total:.2f}", _fmt(mean),
+        ))
+    class_rows.sort(key=lambda r: -int(r[4]))
+    body.append('<div class="row"><div><h2>Classes</h2>' + _table(
+        ["", "id", "class", "images", "pixels", "% of foreground", "mean score"], class_rows[:5000],
+        numeric=(1, 3, 4, 5, 6)) + "</div>")
+    body.append("<div><h2>Image confidence</h2>" + _histogram_svg(stats.histogram) + "</div></div>")
+    if metrics is not None:
+        body.append("<h2>Scores against ground truth (metrics.json)</h2>" + _metrics_html(metrics))
+    if lowest_html:
+        body.append("<h2>Lowest-confidence images</h2><div class=\"grid\">" + "".join(lowest_html) + "</div>")
+    if sample_html:
+        body.append("<h2>Sample of images</h2><div class=\"grid\">" + "".join(sample_html) + "</div>")
+    body.append("<h2>Failures</h2>")
+    if stats.errors:
+        body.append(_table(["reason", "images"], [(_esc(r, 64), str(n)) for r, n in
+                                                 sorted(stats.failure_reasons.items(), key=lambda kv: -kv[1])],
+                           numeric=(1,)))
+        rows = [(str(i), f"<code>{_esc(f)}</code>", _esc(e, 500)) for i, f, e in stats.failures]
+        more = f"<p>First {len(rows)} of {stats.errors} failures shown.</p>" if stats.errors > len(rows) else ""
+        body.append(_table(["image id", "file", "error"], rows, numeric=(0,)) + more)
+    else:
+        body.append("<p>None.</p>")
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>annotator report</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+# -------------------------------------------------------------------------- entry
+
+
+def write_report(
+    output: str,
+    *,
+    samples: int = 8,
+    lowest: int = 8,
+    storage_options: Mapping[str, Any] | None = None,
+    image_storage_options: Mapping[str, Any] | None = None,
+    max_failures: int = 200,
+    seed: int = 0,
+) -> str:
+    """Write ``OUTPUT/previews/*.jpg`` and ``OUTPUT/report.html``; return the report's path.
+
+    Args:
+        output: the run folder (local path or fsspec URL).
+        samples: number of images in the (deterministic, seeded) sample, >= 0.
+        lowest: number of lowest-confidence images shown, >= 0.
+        storage_options: fsspec options for ``output``.
+        image_storage_options: fsspec options to re-read the images (default: storage_options).
+        max_failures: at most this many failure rows are listed (all are counted).
+        seed: changes which images the sample holds.
+    """
+    if samples < 0 or lowest < 0 or max_failures < 0:
+        raise ValueError(f"samples, lowest and max_failures must be >= 0, got {samples}, {lowest}, {max_failures}")
+    paths = _export.resolve_inputs(output, storage_options)
+    metadata = _export.read_metadata(paths, storage_options)
+    class_names = list(metadata["vocabulary"])
+    image_so = image_storage_options if image_storage_options is not None else storage_options
+
+    stats = ReportStats(num_classes=len(class_names))
+    lowest_keeper, sample_keeper = _Keeper(lowest), _Keeper(samples)
+    for record in _export.iter_records(paths, storage_options):
+        score = _export.image_score(record)
+        stats.add(record, score, max_failures)
+        if record.status != "ok":
+            continue
+        if score is not None:
+            lowest_keeper.offer(score, record.image_id, (record, score))
+        key = zlib.crc32(f"{seed}:{record.image_id}".encode()) / 2**32
+        sample_keeper.offer(key, record.image_id, (record, score))
+
+    so = dict(storage_options or {})
+    previews_dir = _export.join_path(output, "previews")
+    fs, root = fsspec.core.url_to_fs(previews_dir, **so)
+    rendered: dict[int, tuple[tuple[bytes, str], str | None]] = {}
+
+    def figures(kind: str, chosen: list[tuple[Any, float | None]]) -> list[str]:
+        out = []
+        for record, score in chosen:
+            if record.image_id not in rendered:
+                img, note = render_overlay(record, class_names, storage_options=image_so)
+                name = f"{kind}-{record.image_id:08d}.jpg"
+                data = _jpeg(img)
+                fs.makedirs(root, exist_ok=True)
+                with fs.open(f"{root}/{name}", "wb") as f:
+                    f.write(data)
+                rendered[record.image_id] = ((data, f"previews/{name}"), note)
+            preview, note = rendered[record.image_id]
+            out.append(_figure(preview, record, score, note))
+        return out
+
+    lowest_html = figures("lowest", lowest_keeper.sorted())
+    sample_html = figures("sample", sorted(sample_keeper.sorted(), key=lambda rs: rs[0].image_id))
+    metrics = _read_metrics(output, storage_options)
+    page = _render_html(metadata, class_names, stats, lowest_html, sample_html, metrics, max_failures)
+    report_path = _export.join_path(output, "report.html")
+    with fsspec.open(report_path, "w", encoding="utf-8", **so) as f:
+        f.write(page)
+    return report_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m annotator.report",
+        description="Write OUTPUT/report.html (self-contained) and OUTPUT/previews/*.jpg for a run folder.",
+    )
+    parser.add_argument("output", help="the run's OUTPUT folder (local path or fsspec URL)")
+    parser.add_argument("--samples", type=int, default=8, metavar="N", help="images in the random sample (default 8)")
+    parser.add_argument("--lowest", type=int, default=8, metavar="N",
+                        help="lowest-confidence images shown (default 8)")
+    parser.add_argument("--max-failures", type=int, default=200, metavar="N",
+                        help="failed images listed (all are counted; default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec storage options (JSON object) for OUTPUT and the images")
+    args = parser.parse_args(argv)
+    try:
+        so = json.loads(args.storage_options) if args.storage_options else None
+        if so is not None and not isinstance(so, dict):
+            raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+        path = write_report(args.output, samples=args.samples, lowest=args.lowest, storage_options=so,
+                            max_failures=args.max_failures, seed=args.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {_export.strip_credentials(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

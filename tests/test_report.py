@@ -1,0 +1,220 @@
+"""Review report: statistics, previews, escaping, credentials, metrics, failures."""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from annotator import parts
+from annotator.report import main, render_overlay, write_report
+from tests.export.conftest import XSS_FILE_NAME, build_synthetic_output
+
+
+@pytest.fixture
+def synthetic_output(tmp_path):
+    """(output_dir, expected_labels, class_names): see tests/export/conftest.py."""
+    return build_synthetic_output(tmp_path)
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _page(path: str) -> tuple[str, _Page]:
+    text = Path(path).read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    return text, page
+
+
+def test_report_is_self_contained_and_escaped(synthetic_output):
+    output, _, _ = synthetic_output
+    text, page = _page(write_report(output, samples=5, lowest=2))
+    tags = [t for t, _ in page.tags]
+    assert "script" not in tags  # "<script>alert(1)</script>" class name stayed text
+    imgs = [a for t, a in page.tags if t == "img"]
+    assert len(imgs) == 7  # 2 lowest + all 5 ok images as the sample
+    for attrs in imgs:
+        assert set(attrs) <= {"src", "alt", "data-preview"}  # no onerror smuggled in
+        assert attrs["src"].startswith("data:image/jpeg;base64,")
+        Image.open(io.BytesIO(base64.b64decode(attrs["src"].split(",", 1)[1]))).load()
+    joined = "".join(page.text)
+    assert "<script>alert(1)</script>" in joined  # shown, as text
+    assert XSS_FILE_NAME in joined
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "Content-Security-Policy" in text
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
+
+
+def test_credentials_never_shown(synthetic_output):
+    output, _, _ = synthetic_output
+    text, _ = _page(write_report(output))
+    assert "topsecret" not in text and "AKIAUSER" not in text
+    assert "s3://bucket/images/" in text
+
+
+def test_lowest_confidence_images_are_the_lowest(synthetic_output):
+    output, _, _ = synthetic_output
+    text, _ = _page(write_report(output, samples=0, lowest=2))
+    lowest = text.split("Lowest-confidence images", 1)[1]
+    # missing.jpg (~0.31) then the XSS-named image (~0.54)
+    assert lowest.index("missing.jpg") < lowest.index("onerror")
+    assert "a/cat.jpg" not in lowest.split("Failures")[0]
+    previews = sorted(p.name for p in (Path(output) / "previews").iterdir())
+    assert previews == ["lowest-00000002.jpg", "lowest-00000004.jpg"]
+
+
+def test_statistics(synthetic_output):
+    output, expected, class_names = synthetic_output
+    text, _ = _page(write_report(output, samples=0, lowest=0))
+    rows = _table_rows(text.split("<h2>Classes</h2>", 1)[1].split("</table>", 1)[0])
+    by_name = {r[2]: r for r in rows}
+    for c, name in enumerate(class_names[1:], start=1):
+        pixels = sum(int((lab == c).sum()) for lab in expected.values())
+        images = sum(int((lab == c).any()) for lab in expected.values())
+        assert by_name[name][3] == str(images) and by_name[name][4] == str(pixels)
+    assert by_name["cat"][6] == f"{(0.9 * 450 + 0.3 * 500 + 0.2 * 1) / 951:.3f}"
+    summary = {r[0]: r[1] for r in _table_rows(text.split("<h2>Summary</h2>", 1)[1].split("</table>")[0])}
+    assert summary == {"rows": "6", "annotated (ok)": "5", "failed": "1",
+                       "annotations (image, class)": "8", "ok images with background only": "1"}
+    assert "<svg" in text and text.count("<rect") == 20  # histogram bins
+
+
+def _table_rows(fragment: str) -> list[list[str]]:
+    class Rows(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag == "td":
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "td":
+                self.rows[-1].append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    p = Rows()
+    p.feed(fragment)
+    return [r for r in p.rows if r]
+
+
+def test_failures_listed_escaped(synthetic_output):
+    output, _, _ = synthetic_output
+    text, _ = _page(write_report(output))
+    failures = text.split("<h2>Failures</h2>", 1)[1]
+    assert "broken.jpg" in failures and "corrupt" in failures
+    assert "&lt;b&gt;bad&lt;/b&gt; &quot;huffman&quot;" in failures
+
+
+def test_metrics_table_when_present(synthetic_output):
+    output, _, class_names = synthetic_output
+    assert "metrics.json" not in Path(write_report(output)).read_text()
+    metrics = {"miou": 0.4321, "per_class_iou": {n: (None if n == "dog" else 0.5) for n in class_names},
+               "pixel_accuracy": 0.9, "mean_accuracy": 0.8, "per_class_gt_pixels": {n: 7 for n in class_names},
+               "num_pixels": 35, "num_classes_in_mean": 4, "empty_class": "exclude"}
+    (Path(output) / "metrics.json").write_text(json.dumps(metrics))
+    text, _ = _page(write_report(output))
+    section = text.split("metrics.json)</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "0.4321" in section and "&lt;script&gt;" in section
+    rows = {r[0]: r for r in _table_rows(section) if len(r) == 3}
+    assert rows["dog"][1] == "-" and rows["cat"][1] == "0.5000"
+
+
+def test_overlay_falls_back_to_grey_when_image_is_unreadable(synthetic_output):
+    output, expected, class_names = synthetic_output
+    recs = {r.file_name: r for r in parts.iter_records(parts.list_parts(output))}
+    img, note = render_overlay(recs["missing.jpg"], class_names)
+    assert note and "not readable" in note
+    h, w = expected["missing.jpg"].shape
+    arr = np.asarray(img)
+    scale = 256 / max(h, w)
+    assert arr.shape[1] >= round(w * scale)
+    # a background pixel of the image part is plain grey
+    bg_y, bg_x = 0, int(27 * scale)
+    assert tuple(arr[bg_y, bg_x]) == (128, 128, 128)
+    img2, note2 = render_overlay(recs["a/cat.jpg"], class_names, max_side=32)
+    assert note2 is None and img2.width >= 32  # legend strip is at least as wide as the image
+    img3, _ = render_overlay(recs["a/cat.jpg"], class_names)
+    assert max(img3.size) <= 512 + 200
+
+
+def test_big_images_are_downscaled(tmp_path):
+    from annotator import records
+    from annotator.sources import ImageRef
+
+    labels = np.zeros((900, 1200), np.int32)
+    labels[100:500, 200:900] = 1
+    path = tmp_path / "big.png"
+    Image.fromarray(np.full((900, 1200, 3), 200, np.uint8)).save(path)
+    rec = records.ok_record(ImageRef(1, "big.png", str(path)), labels, np.full(labels.shape, 0.7, np.float32),
+                            ["background", "thing"])
+    img, note = render_overlay(rec, ["background", "thing"])
+    assert note is None and img.width == 512
+    parts.write_part([rec], str(tmp_path / "OUT" / "parts" / "part-00000.parquet"), {"vocabulary": ["background", "thing"]})
+    write_report(str(tmp_path / "OUT"), samples=1, lowest=1)
+    with Image.open(tmp_path / "OUT" / "previews" / "lowest-00000001.jpg") as preview:
+        assert preview.width == 512 and preview.height > 384
+
+
+def test_cli(synthetic_output, capsys):
+    output, _, _ = synthetic_output
+    assert main([output, "--samples", "2", "--lowest", "1"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert main([output, "--samples", "-1"]) == 2
+    assert main([str(Path(output) / "nope")]) == 2
+
+
+def test_empty_run_warns(tmp_path):
+    from annotator import records
+    from annotator.sources import ImageRef
+
+    names = ["background", "thing"]
+    rec = records.ok_record(ImageRef(1, "x.png", str(tmp_path / "x.png")), np.zeros((8, 8), np.int32),
+                            np.full((8, 8), 0.9, np.float32), names)
+    parts.write_part([rec], str(tmp_path / "O" / "parts" / "part-00000.parquet"), {"vocabulary": names})
+    text = Path(write_report(str(tmp_path / "O"))).read_text()
+    assert "No annotations" in text
+
+
+def test_overlay_rereads_a_local_hugging_face_dataset_row(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from annotator import records
+    from annotator.sources import list_hf_dataset
+
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[:, :, 1] = 200
+    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(rgb), Image.fromarray(rgb)]})
+    ds = ds.cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "ds"))
+    source = list_hf_dataset(str(tmp_path / "ds"))
+    ref = source.refs()[1]
+    labels = np.zeros((10, 12), np.int32)
+    labels[2:5, 2:5] = 1
+    rec = records.ok_record(ref, labels, np.full(labels.shape, 0.5, np.float32), ["background", "thing"])
+    img, note = render_overlay(rec, ["background", "thing"])
+    assert note is None
+    assert np.asarray(img)[0, 0, 1] == 200  # the image's green, not the grey fallback
