@@ -6,7 +6,7 @@ Layout written by :func:`export`::
     {to}/coco.zip                             (with --zip: the same file, ready for CVAT upload)
     {to}/cvat_labels.json                     the labels for CVAT's label editor ("Raw" tab)
 
-JSON profile (see docs/export.md and the tools' importers):
+JSON profile (see the README, "Use the output", and the tools' importers):
 
 - ``images[]``: ``{"id": image_id, "file_name": [images_root/]file_name, "width", "height"}``,
   only rows with status ``ok`` (error rows are counted in ``skipped_error_rows``).
