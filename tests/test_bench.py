@@ -1,0 +1,79 @@
+"""The benchmark runs end to end on the CPU with the test models (no timed assertions)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from annotator import bench
+from annotator.loader import jpeg_fast_path_size_hw
+
+TINY = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "found-tiny-random", "--device", "cpu"]
+
+
+def test_bench_main_writes_positive_figures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench.main([*TINY, "--images", "4", "--naive-images", "2", "--skip-ray", "--batch-size", "2",
+                     "--shard-size", "3", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    for key in ("device", "images", "images_per_s", "naive_images_per_s", "ratio", "stages",
+                "engine_overhead_fraction", "naive_images_per_s_with_saliency", "config", "ray"):
+        assert key in r, key
+    assert r["images"] == 4 and r["engine"]["errors"] == 0
+    assert r["images_per_s"] > 0 and r["naive_images_per_s"] > 0 and r["ratio"] > 0
+    assert r["naive_images_per_s_with_saliency"] <= r["naive_images_per_s"]
+    assert r["naive"]["images"] == 2
+    for stage in ("read", "decode", "crops", "clip", "saliency", "guidance", "encode", "write"):
+        assert r["stages"][stage] > 0, stage
+    assert 0 < r["engine_overhead_fraction"] < 1
+    assert r["device"] and r["device_type"] == "cpu"
+    assert r["config"]["model"] == "tiny-random"
+    assert r["ray"] == {"skipped": "--skip-ray"}
+    assert r["engine"]["gpu_max_memory_allocated_bytes"] is None
+    printed = capsys.readouterr().out
+    assert "images/s" in printed and "ratio engine / naive" in printed
+
+
+def test_bench_on_a_source_folder_without_naive(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(bench.synthetic_image(i, (40, 56))).save(src / f"a{i}.png")
+    (src / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "b.json"
+    assert bench.main([*TINY, "--source", str(src), "--images", "10", "--naive-images", "0", "--skip-ray",
+                       "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 4 and r["engine"]["errors"] == 1  # every listed file is one row
+    assert r["naive_images_per_s"] is None and r["ratio"] is None
+
+
+def test_synthetic_jpegs_are_voc_sized_baseline_jpegs(tmp_path):
+    paths = bench.make_synthetic_jpegs(tmp_path, 10, threads=2)
+    sizes = [jpeg_fast_path_size_hw(p.read_bytes()) for p in paths]
+    assert None not in sizes  # all eligible for the GPU decoder
+    assert sizes.count((375, 500)) >= 6 and (500, 375) in sizes
+    a = np.asarray(Image.open(paths[0]))
+    assert a.std() > 10  # not a flat image
+    assert paths == sorted(paths) and len({p.read_bytes() for p in paths}) == 10
+
+
+def test_import_needs_neither_ray_nor_datasets():
+    code = "import sys, annotator.bench; print(sorted(m for m in ('ray', 'datasets') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_engine_argv_round_trips_the_config():
+    from annotator.config import add_engine_arguments, engine_config_from_args
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_engine_arguments(p)
+    cfg = engine_config_from_args(p.parse_args([*TINY, "--protocol", "official", "--patch-sizes", "256,128",
+                                                "--scale-weights", "1,3", "--templates", "a {} photo"]))
+    again = engine_config_from_args(p.parse_args(bench._engine_argv(cfg)))
+    assert again == cfg
