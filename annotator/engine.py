@@ -166,7 +166,7 @@ class Engine:
             s = None
             if sal is not None:
                 s = F.interpolate(sal[None, None].float(), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
-            labels, conf = guidance.decide(guidance.guide(m, s), self.logit_scale)
+            labels, conf = guidance.guided_decision(m, s, self.logit_scale)
             both = torch.stack([labels.float(), conf])[None]
             both = F.interpolate(both, size=size_hw, mode="nearest")[0]
             return both[0].to(torch.int32), both[1]
@@ -177,7 +177,7 @@ class Engine:
         conf = torch.empty(size_hw, dtype=torch.float32, device=self.device)
         for y0, y1 in guidance.band_rows(len(self.vocabulary), size_hw):
             m = multiscale.dense_scores(maps, self.scale_weights, size_hw, rows=(y0, y1))
-            lab, cf = guidance.decide(guidance.guide(m, None if s_full is None else s_full[y0:y1]), self.logit_scale)
+            lab, cf = guidance.guided_decision(m, None if s_full is None else s_full[y0:y1], self.logit_scale)
             labels[y0:y1], conf[y0:y1] = lab, cf
         return labels, conf
 

@@ -49,6 +49,24 @@ def decide(guided_khw: torch.Tensor, logit_scale: float) -> tuple[torch.Tensor, 
     return labels, conf
 
 
+def guided_decision(
+    scores_khw: torch.Tensor, saliency_hw: torch.Tensor | None, logit_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decide(guide(scores, saliency), logit_scale)`` in fewer passes over (K, H, W).
+
+    The logit scale is folded into the per-pixel guidance factors, and the softmax
+    maximum is computed in place: one (K, H, W) temporary instead of four.
+    """
+    if saliency_hw is None:
+        logits = scores_khw * logit_scale
+    else:
+        logits = scores_khw * (saliency_hw * logit_scale).unsqueeze(0)
+        logits[0] = scores_khw[0] * ((1.0 - saliency_hw) * logit_scale)
+    lmax, labels = logits.max(dim=0)
+    conf = logits.sub_(lmax.unsqueeze(0)).exp_().sum(dim=0).reciprocal_()
+    return labels, conf
+
+
 def band_rows(num_classes: int, size_hw: tuple[int, int], max_elements: int = 1 << 24) -> list[tuple[int, int]]:
     """Row bands so that a (K, band, W) float32 tensor stays under ``max_elements``."""
     h, w = size_hw

@@ -19,6 +19,8 @@ ever holding a K x H x W tensor for a 4000x3000 photo.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -107,7 +109,17 @@ def scale_maps(scores_bnk: torch.Tensor, grids: list[ScaleGrid]) -> list[torch.T
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _bilinear_matrix_cached(n_in: int, n_out: int, device: str) -> torch.Tensor:
+    return _bilinear_matrix(n_in, n_out, torch.device(device))
+
+
 def bilinear_matrix(n_in: int, n_out: int, device=None) -> torch.Tensor:
+    """Cached :func:`_bilinear_matrix` (image sizes repeat across a dataset)."""
+    return _bilinear_matrix_cached(n_in, n_out, str(torch.device(device or "cpu")))
+
+
+def _bilinear_matrix(n_in: int, n_out: int, device=None) -> torch.Tensor:
     """(n_out, n_in) float32 matrix R with ``R @ v`` == 1-D bilinear resize of v.
 
     Follows PyTorch's ``align_corners=False`` source index (clamped at 0), so
@@ -133,6 +145,11 @@ def dense_scores(
 ) -> torch.Tensor:
     """Weighted mean over scales of the grids upsampled to ``size_hw`` (M_clip).
 
+    Upsampling is linear, so the scales are combined before the large product:
+    ``M = [w_1 R_y1 | ... | w_S R_yS] @ blockdiag(G_1 R_x1^T, ..., G_S R_xS^T)``, one
+    (K, H, W) product with a small inner dimension (sum of the grid rows, 11 for the
+    official 1/3/7 grids) instead of one per scale plus the sums.
+
     Args:
         maps: per scale, (K, n_rows, n_cols) float32 for ONE image.
         weights: per-scale weights summing to 1.
@@ -143,11 +160,9 @@ def dense_scores(
     """
     h, w = size_hw
     y0, y1 = rows if rows is not None else (0, h)
-    out = None
+    left, right = [], []
     for grid, wt in zip(maps, weights):
-        k, nr, nc = grid.shape
-        ry = bilinear_matrix(nr, h, device=grid.device)[y0:y1]  # (h', nr)
-        rx = bilinear_matrix(nc, w, device=grid.device)  # (W, nc)
-        up = torch.matmul(torch.matmul(ry, grid), rx.T)  # (K, h', W)
-        out = up * wt if out is None else out.add_(up, alpha=wt)
-    return out
+        _, nr, nc = grid.shape
+        left.append(bilinear_matrix(nr, h, device=grid.device)[y0:y1] * wt)  # (h', nr)
+        right.append(torch.matmul(grid, bilinear_matrix(nc, w, device=grid.device).T))  # (K, nr, W)
+    return torch.matmul(torch.cat(left, dim=1), torch.cat(right, dim=1))  # (K, h', W)

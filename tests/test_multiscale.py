@@ -58,3 +58,13 @@ def test_resize_input_is_integer_valued():
     x = torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8)
     y = multiscale.resize_input(x, 256)
     assert y.shape == (3, 256, 256) and torch.equal(y, y.round()) and y.min() >= 0 and y.max() <= 255
+
+
+def test_fused_guided_decision_equals_guide_then_decide():
+    scores = torch.rand(6, 17, 23) * 0.3
+    sal = torch.rand(17, 23)
+    for s in (sal, None):
+        lab_a, conf_a = guidance.decide(guidance.guide(scores, s), 100.0)
+        lab_b, conf_b = guidance.guided_decision(scores.clone(), s, 100.0)
+        assert torch.equal(lab_a, lab_b)
+        torch.testing.assert_close(conf_a, conf_b)
