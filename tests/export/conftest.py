@@ -98,3 +98,34 @@ def build_synthetic_output(tmp_path: Path) -> tuple[str, dict[str, np.ndarray], 
     parts.write_part(recs[:2], str(output / "parts" / "part-00000.parquet"), METADATA)
     parts.write_part(recs[2:], str(output / "parts" / "part-00001.parquet"), METADATA)
     return str(output), expected, list(CLASS_NAMES)
+
+
+def build_toy_run_output(tmp_path: Path) -> tuple[str, dict[str, np.ndarray], list[str]]:
+    """A REAL run folder: the toy model over synthetic shapes, shard processor + reducer.
+
+    Runs in-process (no Ray: the pipeline tests cover Ray); expected labels are the
+    engine's own predictions, which the exports must carry into each tool unchanged.
+    """
+    from annotator.config import EngineConfig
+    from annotator.engine import Engine
+    from annotator.reduce import reduce_output
+    from annotator.sources import list_images
+    from annotator.vocab import load_vocabulary
+    from annotator.worker import RunOptions, ShardProcessor, make_shards
+    from tests.synthetic import write_dataset, write_vocab
+
+    images, _, _ = write_dataset(tmp_path / "data", 6, size_hw=(120, 160))
+    vocab = load_vocabulary(write_vocab(tmp_path / "vocab.txt"))
+    engine = Engine(EngineConfig(model="toy", saliency="toy", pretrained="toy", device="cpu"), vocab)
+    output = str(tmp_path / "OUTPUT")
+    refs = list_images(str(images))
+    meta = {"vocabulary": vocab.names, "model": "toy", "pretrained": "toy", "saliency": "toy",
+            "protocol": "full", "version": "test", "config_hash": "toyrun", "num_images": len(refs)}
+    proc = ShardProcessor(engine, RunOptions(output=output, metadata=meta))
+    for task in make_shards(refs, 4):
+        proc.process(task)
+    proc.close()
+    reduce_output(output, report=False)
+    preds = engine.predict([np.asarray(Image.open(r.uri).convert("RGB")) for r in refs])
+    expected = {r.file_name: p.labels_hw for r, p in zip(refs, preds)}
+    return output, expected, vocab.names

@@ -28,6 +28,15 @@ from tests.export.helpers import load_json
 
 pytestmark = pytest.mark.clients
 
+
+@pytest.fixture(params=["synthetic", "toy-run"])
+def synthetic_output(request, tmp_path):
+    """Each client reads both a hand-built output and the output of a real toy-model run."""
+    from tests.export.conftest import build_synthetic_output, build_toy_run_output
+
+    build = build_synthetic_output if request.param == "synthetic" else build_toy_run_output
+    return build(tmp_path)
+
 CHROMIUM = "/usr/bin/chromium"
 
 
