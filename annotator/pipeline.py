@@ -3,16 +3,34 @@
 Actors load the engine once and process whole shards (:class:`~annotator.worker.ShardProcessor`);
 the driver only holds the listing (names, not pixels), keeps a few shards in flight per
 actor, records finished shards in the manifest, and requeues a shard whose actor died.
+
+Failure handling (see the README, "Failure behaviour"):
+
+- A shard whose task raised (e.g. its part could not be written after the storage
+  retries) or whose actor died while running it is retried, up to
+  ``MAX_SHARD_ATTEMPTS`` attempts in all. A retried shard runs ALONE on its actor, so a
+  second failure is surely its own; shards that were only queued behind a shard whose
+  actor died (collateral) are requeued without using up an attempt.
+- A dead actor is restarted by Ray (the engine loads again); the driver sends it nothing
+  until it answers a ``ready()`` probe, and retires it if it is not back within
+  ``ACTOR_RESTART_TIMEOUT_S`` or cannot be restarted. When no actor is left the remaining
+  shards fail.
+- Shards that failed every attempt are listed in :class:`ShardFailedError`, raised after
+  every other shard finished (their parts are written and recorded): never dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import re
 import time
 from collections import deque
-from dataclasses import asdict
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .config import EngineConfig
 from .vocab import Vocabulary
@@ -20,7 +38,15 @@ from .worker import RunOptions, ShardTask
 
 log = logging.getLogger(__name__)
 
+#: Attempts per shard (first run + retries) before it is reported as failed.
 MAX_SHARD_ATTEMPTS = 3
+#: A shard requeued this many times without a counted failure (its actor kept being
+#: unavailable) counts one failure anyway, so that no shard can cycle forever.
+MAX_FREE_REQUEUES = 5
+#: How long a restarting actor may take to come back before it is retired.
+ACTOR_RESTART_TIMEOUT_S = 600.0
+#: How long actors may take to start (load the engine) before the run is abandoned.
+ACTOR_START_TIMEOUT_S = 1800.0
 
 
 class ShardFailedError(RuntimeError):
@@ -66,9 +92,15 @@ def init_ray(address: str | None) -> None:
 
 
 def plan_actors(engine_config: EngineConfig, num_actors: int | None) -> tuple[int, dict, str]:
-    """How many actors, with which resources, on which device ('cuda' or 'cpu')."""
+    """How many actors, with which resources, on which device ('cuda' or 'cpu').
+
+    CPU actors share the cluster's CPUs evenly (fractional when ``num_actors`` exceeds
+    the CPU count, so that every actor can be scheduled).
+    """
     import ray
 
+    if num_actors is not None and num_actors < 1:
+        raise ValueError(f"--num-actors: expected >= 1, got {num_actors}")
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     if engine_config.device in ("auto",) and gpus > 0 or engine_config.device.startswith("cuda"):
@@ -76,10 +108,33 @@ def plan_actors(engine_config: EngineConfig, num_actors: int | None) -> tuple[in
             raise RuntimeError(f"--device {engine_config.device}: the Ray cluster has no GPUs")
         n = min(num_actors or gpus, gpus)
         return n, {"num_gpus": 1, "num_cpus": 1}, "cuda"
-    cpus = int(res.get("CPU", 1))
-    n = num_actors or max(1, cpus // 2)
-    per_actor = max(1, cpus // n)
+    cpus = float(res.get("CPU", 1))
+    n = num_actors or max(1, int(cpus) // 2)
+    per_actor = max(1, int(cpus) // n) if n <= cpus else math.floor(cpus / n * 1e4) / 1e4
     return n, {"num_cpus": per_actor}, "cpu"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _short(e: BaseException) -> str:
+    """One line for a message: the error's type and the last line of its text (for a
+    Ray error carrying a remote traceback, that line is the remote exception)."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
+@dataclass
+class _Slot:
+    """The driver's view of one actor."""
+
+    handle: Any
+    inflight: list = field(default_factory=list)  # ObjectRefs, in submission order
+    collateral: set = field(default_factory=set)  # refs queued behind a task whose actor died
+    isolated: bool = False  # running a retried shard alone
+    probe: Any = None  # ready() ref while the actor restarts
+    probe_since: float = 0.0
+    retired: str | None = None  # why it gets no more work
 
 
 def run_shards(
@@ -94,62 +149,180 @@ def run_shards(
 ) -> dict:
     """Process ``tasks`` on Ray actors; ``on_done(result_dict)`` is called per finished shard.
 
-    Returns scheduling statistics. Raises :class:`ShardFailedError` listing shards that
-    failed ``MAX_SHARD_ATTEMPTS`` times (after all others finished).
+    Returns scheduling statistics (``actors``, ``device``, ``retries``, ``restarts``,
+    ``driver_overhead_s``, ``shard_seconds``). Raises :class:`ShardFailedError` listing
+    the shards that failed ``MAX_SHARD_ATTEMPTS`` times (after all others finished), or
+    when the actors cannot start (message carries the actor's error).
     """
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
 
     if not tasks:
         return {"actors": 0, "retries": 0}
     n, resources, device = plan_actors(engine_config, num_actors)
     n = min(n, len(tasks))
     cfg = EngineConfig(**{**engine_config.__dict__, "device": device if engine_config.device == "auto" else engine_config.device})
-    threads = resources.get("num_cpus") if device == "cpu" else None
-    Actor = ray.remote(max_restarts=MAX_SHARD_ATTEMPTS, max_task_retries=0, **resources)(_ShardActor)
-    actors = [Actor.remote(cfg, vocabulary, options, threads) for _ in range(n)]
+    threads = max(1, int(resources["num_cpus"])) if device == "cpu" else None
+    # Ray restarts a dead actor without limit; the driver bounds the attempts per shard.
+    Actor = ray.remote(max_restarts=-1, max_task_retries=0, **resources)(_ShardActor)
+    slots = [_Slot(Actor.remote(cfg, vocabulary, options, threads)) for _ in range(n)]
+    try:
+        return _schedule(tasks, slots, device, on_done, in_flight_per_actor)
+    finally:
+        for s in slots:  # free the CPUs/GPUs now (also when a shard or on_done raised)
+            with contextlib.suppress(Exception):  # best effort: the actor may be gone already
+                ray.kill(s.handle)
+
+
+def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: Callable[[dict], None],
+              in_flight_per_actor: int) -> dict:
+    """The driver's loop over ``slots`` (actors already created); see :func:`run_shards`."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
     # Fail fast with the real error (e.g. missing weights) if engines cannot load.
-    ray.get([a.ready.remote() for a in actors])
+    try:
+        ray.get([s.handle.ready.remote() for s in slots], timeout=ACTOR_START_TIMEOUT_S)
+    except (RayActorError, RayTaskError, GetTimeoutError) as e:
+        raise ShardFailedError(f"the Ray actors could not load the engine, no shard ran: {_short(e)}") from e
 
     queue = deque(tasks)
-    attempts: dict[int, int] = {}
-    inflight: dict = {}  # ObjectRef -> (actor, task, submitted_at)
+    attempts: dict[int, int] = {}  # counted failures per shard
+    free: dict[int, int] = {}  # uncounted requeues per shard
     failed: dict[int, str] = {}
-    stats = {"actors": n, "device": device, "retries": 0, "driver_overhead_s": 0.0, "shard_seconds": 0.0}
+    inflight: dict = {}  # ObjectRef -> (slot, task)
+    probes: dict = {}  # ObjectRef -> slot
+    stats = {"actors": len(slots), "device": device, "retries": 0, "restarts": 0,
+             "driver_overhead_s": 0.0, "shard_seconds": 0.0}
 
-    def submit(actor) -> None:
-        if queue:
-            task = queue.popleft()
-            inflight[actor.process.remote(task)] = (actor, task, time.perf_counter())
+    def fill(s: _Slot) -> None:
+        if s.retired or s.probe is not None or s.isolated:
+            return
+        while queue and len(s.inflight) < in_flight_per_actor:
+            task = queue[0]
+            if attempts.get(task.shard_index):  # a retry runs alone: a failure is then its own
+                if s.inflight:
+                    return
+                s.isolated = True
+            queue.popleft()
+            ref = s.handle.process.remote(task)
+            inflight[ref] = (s, task)
+            s.inflight.append(ref)
+            if s.isolated:
+                return
 
-    for a in actors:
-        for _ in range(in_flight_per_actor):
-            submit(a)
-    while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        ref = ready[0]
-        actor, task, t_sub = inflight.pop(ref)
-        t0 = time.perf_counter()
-        try:
-            result = ray.get(ref)
-        except (RayActorError, RayTaskError) as e:
-            k = attempts[task.shard_index] = attempts.get(task.shard_index, 0) + 1
+    def failed_before(refs: list) -> bool:
+        """Did an earlier task of the same actor fail because the actor died?"""
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=5.0)
+        for r in done:
+            try:
+                ray.get(r, timeout=0)
+            except RayActorError:
+                return True
+            except Exception:  # noqa: BLE001, S112 - a task's own error is not an actor death
+                continue
+        return False
+
+    def requeue(task: ShardTask, counted: bool, why: str) -> None:
+        i = task.shard_index
+        if not counted:
+            free[i] = free.get(i, 0) + 1
+            counted = free[i] > MAX_FREE_REQUEUES
+            if counted:
+                free[i] = 0
+        if counted:
+            k = attempts[i] = attempts.get(i, 0) + 1
             stats["retries"] += 1
-            if k < MAX_SHARD_ATTEMPTS:
-                log.warning("shard %d failed (attempt %d: %s); retrying", task.shard_index, k, type(e).__name__)
-                queue.appendleft(task)
+            if k >= MAX_SHARD_ATTEMPTS:
+                failed[i] = why
+                log.error("shard %d failed %d times, giving up on it: %s", i, k, why)
+                return
+            log.warning("shard %d failed (attempt %d of %d: %s); retrying", i, k, MAX_SHARD_ATTEMPTS, why)
+        else:
+            log.info("shard %d requeued (its actor died while it waited: %s)", i, why)
+        queue.appendleft(task)
+
+    def start_probe(s: _Slot) -> None:
+        if s.probe is None and not s.retired:
+            s.probe = s.handle.ready.options(max_task_retries=-1).remote()
+            s.probe_since = time.perf_counter()
+            probes[s.probe] = s
+            stats["restarts"] += 1
+
+    def retire(s: _Slot, why: str) -> None:
+        s.retired = why
+        log.error("an actor was retired: %s", why)
+        if s.probe is not None:
+            probes.pop(s.probe, None)
+            s.probe = None
+
+    for s in slots:
+        fill(s)
+    while inflight or (queue and probes):
+        timeout = 1.0 if probes else None
+        ready, _ = ray.wait(list(inflight) + list(probes), num_returns=1, timeout=timeout)
+        now = time.perf_counter()
+        for s in [s for s in probes.values() if now - s.probe_since > ACTOR_RESTART_TIMEOUT_S]:
+            retire(s, f"not back {ACTOR_RESTART_TIMEOUT_S:.0f} s after it died")
+        ref = ready[0] if ready else None
+        if ref is None:
+            pass
+        elif ref in probes:
+            s = probes.pop(ref)
+            s.probe = None
+            try:
+                ray.get(ref)
+                log.info("an actor is back after a restart")
+            except Exception as e:  # noqa: BLE001 - e.g. the engine no longer loads
+                retire(s, f"could not be restarted ({_short(e)})")
+        elif ref in inflight:
+            s, task = inflight.pop(ref)
+            idx = s.inflight.index(ref)
+            s.inflight.pop(idx)
+            was_isolated, s.isolated = s.isolated, False
+            t0 = time.perf_counter()
+            try:
+                result = ray.get(ref)
+            except RayActorError as e:
+                # The actor died (Ray reports ActorDiedError, or ActorUnavailableError when the
+                # connection dropped mid-task or the task reached it restarting). Tasks run in
+                # submission order, so the earliest unfinished one was running and used up an
+                # attempt; those queued behind it are collateral and are requeued for free.
+                collateral = (ref in s.collateral
+                              or (not was_isolated and idx > 0 and failed_before(s.inflight[:idx])))
+                s.collateral.discard(ref)
+                s.collateral.update(s.inflight[idx:])
+                start_probe(s)
+                requeue(task, counted=not collateral, why=f"actor died: {_short(e)}")
+            except RayTaskError as e:
+                requeue(task, counted=True, why=_short(e.cause if getattr(e, "cause", None) else e))
+            except RayError as e:  # e.g. the result was lost with its node
+                requeue(task, counted=True, why=_short(e))
             else:
-                failed[task.shard_index] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            submit(actor)  # a dead actor restarts (max_restarts); calls queue until it is back
-            continue
-        submit(actor)
-        on_done(result)
-        stats["shard_seconds"] += result["seconds"]
-        stats["driver_overhead_s"] += time.perf_counter() - t0
+                on_done(result)
+                stats["shard_seconds"] += result["seconds"]
+                stats["driver_overhead_s"] += time.perf_counter() - t0
+        if queue and not inflight and all(s.retired for s in slots):
+            why = "; ".join(sorted({s.retired for s in slots}))
+            for task in queue:
+                failed[task.shard_index] = f"no actor left to run it ({why})"
+            queue.clear()
+        for s in slots:
+            fill(s)
+    for task in queue:  # cannot happen while an actor is alive; never drop a shard silently
+        failed.setdefault(task.shard_index, "never ran: no actor was available")
     if failed:
         raise ShardFailedError(
-            "these shards failed on every attempt and have no output: "
-            + "; ".join(f"shard {i}: {why}" for i, why in sorted(failed.items()))
-            + ". Re-run the same command to retry them."
+            f"{len(failed)} shard(s) failed on every attempt and have no output: "
+            + "; ".join(f"shard {i} ({_describe(tasks, i)}): {why}" for i, why in sorted(failed.items()))
+            + ". The other shards are written; re-run the same command to retry these."
         )
     return stats
+
+
+def _describe(tasks: list[ShardTask], shard_index: int) -> str:
+    """'N images, first.jpg .. last.jpg' for error messages."""
+    for t in tasks:
+        if t.shard_index == shard_index and t.refs:
+            first, last = t.refs[0].file_name, t.refs[-1].file_name
+            return f"{len(t.refs)} images, {first[:120]}" + (f" .. {last[:120]}" if last != first else "")
+    return "no images"

@@ -39,8 +39,13 @@ def _write_json(fs, path: str, obj) -> None:
         json.dump(obj, f, indent=2, sort_keys=True)
 
 
-def reduce_output(output: str, storage_options: dict | None = None, *, report: bool = True) -> dict:
-    """Merge ``OUTPUT/parts`` into the final files; returns the summary dict."""
+def reduce_output(output: str, storage_options: dict | None = None, *, report: bool = True,
+                  image_storage_options: dict | None = None) -> dict:
+    """Merge ``OUTPUT/parts`` into the final files; returns the summary dict.
+
+    image_storage_options: fsspec options to re-read the source images for the report's
+    previews (default: ``storage_options``), e.g. credentials that were in the source URL.
+    """
     paths = parts.list_parts(output, storage_options)
     if not paths:
         raise ReduceError(f"{output}: no parts to reduce (expected {output}/parts/part-*.parquet)")
@@ -138,7 +143,7 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
         try:
             from .report import write_report
 
-            write_report(output, storage_options=storage_options)
+            write_report(output, storage_options=storage_options, image_storage_options=image_storage_options)
         except Exception as e:  # the report is a review aid: never lose the run over it
             log.warning("report not written: %s: %s", type(e).__name__, e)
     return summary

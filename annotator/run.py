@@ -159,7 +159,13 @@ def _run(args: argparse.Namespace) -> int:
     from . import parts, pipeline
     from .decode import DEFAULT_MAX_PIXELS
     from .models import resolve_weights
-    from .sources import list_hf_dataset, list_images, redact_uri, resolve_source
+    from .sources import (
+        list_hf_dataset,
+        list_images,
+        redact_uri,
+        resolve_source,
+        split_credentials,
+    )
     from .vocab import load_vocabulary
     from .worker import RunOptions, make_shards
 
@@ -168,13 +174,17 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--source and --hf-dataset are mutually exclusive; got both")
     if (args.hf_split or args.hf_image_column) and not args.hf_dataset:
         raise ConfigError("--hf-split/--hf-image-column need --hf-dataset")
-    if args.gt_format == "hf-column" and not args.hf_dataset:
-        raise ConfigError("--gt-format hf-column needs --hf-dataset")
+    if (args.gt_format == "hf-column" or (args.gt or "").startswith("hf-column:")) and not args.hf_dataset:
+        raise ConfigError("--gt hf-column:NAME / --gt-format hf-column: expected --hf-dataset (the labels are "
+                          "a column of that dataset), got no --hf-dataset")
     if not 0.0 <= args.max_failure_rate <= 1.0:
         raise ConfigError(f"--max-failure-rate: expected a fraction in [0, 1], got {args.max_failure_rate}")
     vocabulary = load_vocabulary(args.vocab)
     engine_config = engine_config_from_args(args)
     storage_options = _parse_storage_options(args.storage_options)
+    if split_credentials(args.output)[1]:  # never echo them (in messages, the manifest, parts' paths)
+        raise ConfigError(f"--output {redact_uri(args.output)}: expected credentials in --storage-options, "
+                          "got them in the URL (user:password@)")
     resolve_weights(engine_config)  # unknown model/tag, missing weights: one clear error now
 
     # Stage: list the source (names only; no pixels on the driver)
@@ -189,6 +199,10 @@ def _run(args: argparse.Namespace) -> int:
         refs, source_desc = list_images(source, source_opts), redact_uri(source)
     if args.image_list:
         refs = _filter_image_list(refs, args.image_list)
+    if args.gt and not (args.gt_format == "hf-column" or args.gt.startswith("hf-column:")):
+        from .gt import load_gt
+
+        load_gt(args.gt, args.gt_format, vocabulary.names, storage_options=source_opts)  # bad --gt: fail now
     _check_output_writable(args.output, storage_options)
 
     # Stage: open or resume the output
@@ -223,6 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         "num_shards": len(tasks),
     }
     options = RunOptions(output=args.output, metadata=metadata, storage_options=source_opts or None,
+                         output_storage_options=storage_options,
                          max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, gt_spec=args.gt, gt_format=args.gt_format)
     print(f"annotator {__version__}: {len(refs)} images from {source_desc} in {len(tasks)} shards; "
           f"{len(tasks) - len(pending)} already done; output {redact_uri(args.output)}", file=sys.stderr)
@@ -256,7 +271,8 @@ def _run(args: argparse.Namespace) -> int:
     # Stage: reduce (merge, COCO, summary, metrics, report)
     from .reduce import reduce_output
 
-    summary = reduce_output(args.output, storage_options=storage_options or None, report=not args.no_report)
+    summary = reduce_output(args.output, storage_options=storage_options or None, report=not args.no_report,
+                            image_storage_options=source_opts or None)
     done = summary["images"]
     failed = summary["failed"]
     print(f"done: {done} images ({failed} failed) in {elapsed:.1f} s; "

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -52,7 +52,8 @@ class RunOptions:
 
     output: str
     metadata: dict
-    storage_options: dict | None = None
+    storage_options: dict | None = None  # reading the source (and the ground truth)
+    output_storage_options: dict | None = None  # writing parts; None: same as storage_options
     max_pixels: int = DEFAULT_MAX_PIXELS
     read_threads: int = 8
     encode_threads: int = 4
@@ -72,7 +73,8 @@ class ShardProcessor:
         if options.gt_spec:
             from .gt import load_gt
 
-            self.gt = load_gt(options.gt_spec, options.gt_format, self.class_names)
+            self.gt = load_gt(options.gt_spec, options.gt_format, self.class_names,
+                              storage_options=options.storage_options)
         self._io = ThreadPoolExecutor(max_workers=max(1, options.read_threads), thread_name_prefix="read")
         self._enc = ThreadPoolExecutor(max_workers=max(1, options.encode_threads), thread_name_prefix="encode")
 
@@ -103,8 +105,7 @@ class ShardProcessor:
         refs = task.refs
         raw: list = [None] * len(refs)
         if task.hf is not None and refs:
-            start = refs[0].index
-            raw = task.hf.read_rows(start, start + len(refs))
+            raw = _read_hf(task, lambda start, stop: task.hf.read_rows(start, stop))
         batches = [range(i, min(i + bs, len(refs))) for i in range(0, len(refs), bs)]
         inflight: list[list[Future]] = []
         nxt = 0
@@ -131,7 +132,13 @@ class ShardProcessor:
 
     def _encode(self, ref: ImageRef, pred) -> tuple[records.ImageRecord, np.ndarray | None]:
         t0 = time.perf_counter()
-        rec = records.ok_record(ref, pred.labels_hw, pred.confidence_hw, self.class_names)
+        try:
+            rec = records.ok_record(ref, pred.labels_hw, pred.confidence_hw, self.class_names)
+        except Exception as e:  # noqa: BLE001 - one image's bad prediction must not cost the shard
+            log.warning("%s: could not encode the prediction: %s: %s", ref.file_name, type(e).__name__, e)
+            rec = records.error_record(ref, "encode-failed", f"{type(e).__name__}: {e}",
+                                       size_hw=pred.labels_hw.shape[:2])
+            return rec, None
         cm = None
         if self.gt is not None:
             gt = self.gt.labels_for(ref.file_name, pred.labels_hw.shape)
@@ -146,6 +153,8 @@ class ShardProcessor:
         t_start = time.perf_counter()
         self._times: dict[str, float] = defaultdict(float)
         engine_before = dict(self.engine.timings)
+        if self.gt is not None and getattr(self.gt, "format", None) == "hf-column":
+            self._set_hf_labels(task)
         pending: list[Future | records.ImageRecord] = []
         for batch in self._decoded(task):
             ok = [(ref, img) for ref, img in batch if not isinstance(img, ImageDecodeError)]
@@ -175,7 +184,8 @@ class ShardProcessor:
             meta["confusion"] = None if confusion is None else confusion.tolist()
         t0 = time.perf_counter()
         path = parts.part_path(self.options.output, task.shard_index)
-        sha = parts.write_part(recs, path, meta, self.options.storage_options)
+        out_opts = self.options.output_storage_options
+        sha = parts.write_part(recs, path, meta, self.options.storage_options if out_opts is None else out_opts)
         self._times["write"] += time.perf_counter() - t0
         stages = dict(self._times)
         for k, v in self.engine.timings.items():
@@ -190,9 +200,40 @@ class ShardProcessor:
             stages=stages,
         )
 
+    def _set_hf_labels(self, task: ShardTask) -> None:
+        """Give an ``hf-column:NAME`` ground truth this shard's label cells (by file_name)."""
+        if task.hf is None:
+            from .gt import GroundTruthError
+
+            raise GroundTruthError(f"ground truth {self.options.gt_spec!r} reads a column of a Hugging Face "
+                                   "dataset, but the source is not one (use --hf-dataset)")
+        column = self.gt.column
+        cells = _read_hf(task, lambda start, stop: task.hf.read_labels(start, stop, column)) if task.refs else []
+        by_name = {ref.file_name: cell for ref, cell in zip(task.refs, cells)}
+        self.gt.set_lookup(by_name.get)
+
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
         self._enc.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_hf(task: ShardTask, read: Callable[[int, int], list]) -> list:
+    """``read(start, stop)`` over the row indices of ``task.refs``, one call per run of
+    consecutive indices (an ``--image-list`` leaves gaps); one item per ref, in order."""
+    out: list = []
+    indices = [ref.index for ref in task.refs]
+    i = 0
+    while i < len(indices):
+        j = i + 1
+        while j < len(indices) and indices[j] == indices[j - 1] + 1:
+            j += 1
+        got = read(indices[i], indices[j - 1] + 1)
+        if len(got) != j - i:
+            raise RuntimeError(f"dataset rows [{indices[i]}, {indices[j - 1] + 1}): expected {j - i} rows, "
+                               f"received {len(got)} (did the dataset change since it was listed?)")
+        out.extend(got)
+        i = j
+    return out
 
 
 def make_shards(refs: Sequence[ImageRef], shard_size: int, hf: HFSource | None = None) -> list[ShardTask]:

@@ -321,8 +321,6 @@ def test_hugging_face_dataset_source(tmp_path, ray_session, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="worker.ShardProcessor never gives HFColumnGT the dataset rows "
-                   "(no set_lookup), so --gt hf-column:NAME fails every shard")
 def test_hugging_face_label_column_as_ground_truth(tmp_path, ray_session, capsys):
     _write_hf_dataset(tmp_path / "hf", 4)
     rc, err = _run(capsys, *_hf_args(tmp_path, "--gt", "hf-column:label"))
