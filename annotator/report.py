@@ -192,7 +192,7 @@ def _read_hf_row(uri: str) -> bytes:
 
 @functools.lru_cache(maxsize=4)
 def _hf_source(name: str, split: str) -> Any:
-    from annotator.sources import list_hf_dataset
+    from annotator.hf_source import list_hf_dataset
 
     return list_hf_dataset(name, split)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -12,25 +14,34 @@ __all__ = ["is_transient_storage_error", "retry"]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# Errors that retrying cannot fix: the path or the permissions are wrong.
-_PERMANENT_OS_ERRORS = (
-    FileNotFoundError,
-    FileExistsError,
-    PermissionError,
-    IsADirectoryError,
-    NotADirectoryError,
+_PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                     errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL}
+_PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    FileExistsError)
+_TRANSIENT_RE = re.compile(
+    r"(?i)\b(5\d\d|429)\b|throttl|slow ?down|time[d ]?out|temporar|unavailable|too many requests|"
+    r"connection ?(reset|aborted|refused|closed|error)|disconnect|broken pipe|internal ?error|"
+    r"request ?limit|try again|reset by peer|incomplete ?read|endpoint ?connection"
 )
+_PERMANENT_RE = re.compile(r"(?i)\b(40[0134])\b|not ?found|no ?such ?(key|bucket|file)|access ?denied|forbidden")
 
 
 def is_transient_storage_error(exc: BaseException) -> bool:
-    """True for errors worth retrying: timeouts, dropped connections, other I/O errors.
-
-    fsspec backends (s3fs, gcsfs, adlfs) translate most service errors to OSError
-    subclasses; missing paths and denied permissions are permanent and not retried.
-    """
+    """True for storage errors worth retrying: timeouts, dropped connections, HTTP 5xx /
+    429 / throttling (recognised by class name or message, so botocore and aiohttp
+    errors count too) and OSErrors other than missing-path / permission / not-a-file."""
+    if isinstance(exc, _PERMANENT_TYPES):
+        return False
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
+        return False
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return True
-    return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
+    text = f"{type(exc).__name__}: {exc}"
+    if _TRANSIENT_RE.search(text):
+        return True
+    if _PERMANENT_RE.search(text):
+        return False
+    return isinstance(exc, OSError)
 
 
 def retry(

@@ -159,8 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     from . import parts, pipeline
     from .decode import DEFAULT_MAX_PIXELS
     from .models import resolve_weights
+    from .hf_source import list_hf_dataset
     from .sources import (
-        list_hf_dataset,
         list_images,
         redact_uri,
         resolve_source,

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import metrics, parts, records
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from .sources import HFSource, ImageRef, read_image_bytes
+from .hf_source import HFSource
+from .sources import ImageRef, read_image_bytes
 
 log = logging.getLogger(__name__)
 

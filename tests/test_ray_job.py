@@ -18,13 +18,11 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest

@@ -203,7 +203,7 @@ def test_empty_run_warns(tmp_path):
 def test_overlay_rereads_a_local_hugging_face_dataset_row(tmp_path):
     datasets = pytest.importorskip("datasets")
     from annotator import records
-    from annotator.sources import list_hf_dataset
+    from annotator.hf_source import list_hf_dataset
 
     rgb = np.zeros((10, 12, 3), np.uint8)
     rgb[:, :, 1] = 200

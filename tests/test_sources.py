@@ -14,13 +14,12 @@ from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
 from annotator.decode import ImageDecodeError, decode_image
+from annotator.hf_source import HFSource, list_hf_dataset
+from annotator.retry import is_transient_storage_error as is_transient_error
 from annotator.sources import (
     IMAGE_EXTENSIONS,
-    HFSource,
     ImageRef,
     SourceError,
-    is_transient_error,
-    list_hf_dataset,
     list_images,
     read_image_bytes,
     redact_uri,

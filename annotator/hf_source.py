@@ -1,0 +1,298 @@
+"""Hugging Face datasets as a source: listing rows into ImageRefs, reading rows by range.
+
+A ``save_to_disk`` folder, a folder of Parquet files (or one file), an imagefolder, or a
+hub name (streamed). Rows get ``file_name = "{index:08d}.{ext}"`` and
+``uri = "hf://{name}/{split}/{index}"``. An :class:`HFSource` pickles without its open
+dataset, so the driver lists and workers re-open it lazily to read their rows.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from annotator.decode import ImageDecodeError, sniff_format
+from annotator.sources import (
+    _FORMAT_EXT,
+    ImageRef,
+    SourceError,
+    has_image_extension,
+    read_image_bytes,
+)
+
+
+@dataclass
+class HFSource:
+    """A Hugging Face dataset split, listable into ImageRefs and readable by row range
+    in any process (the dataset is re-opened lazily there; the open dataset is not
+    pickled).
+
+    kind: "disk" (``save_to_disk`` folder, memory-mapped), "parquet" (a local folder of
+    Parquet files or one file), "imagefolder" (a local folder of images, HF layout),
+    "hub" (a hub name, streamed: no random access, rows are reached with skip/take and
+    the length is known only if the hub's metadata gives it).
+    """
+
+    name_or_path: str
+    split: str
+    image_column: str
+    kind: str
+    num_rows: int | None
+    columns: tuple[str, ...]
+    _dataset: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None}
+
+    def __len__(self) -> int:
+        if self.num_rows is None:
+            raise SourceError(
+                f"the length of streamed dataset {self.name_or_path!r} split {self.split!r} is unknown "
+                "without iterating it: call refs() once (it iterates and records the count)"
+            )
+        return self.num_rows
+
+    def uri(self, index: int) -> str:
+        return f"hf://{self.name_or_path}/{self.split}/{index}"
+
+    def dataset(self):
+        """The opened ``datasets.Dataset`` (or ``IterableDataset`` for kind "hub")."""
+        if self._dataset is None:
+            self._dataset = _open_hf(self.name_or_path, self.split, self.kind)[0]
+        return self._dataset
+
+    def refs(self) -> list[ImageRef]:
+        """One ImageRef per row: file_name "{index:08d}.{ext}" with ext from the image's
+        leading bytes, else its path's extension, else "png". A streamed dataset is
+        iterated once (downloading the image column) and num_rows is recorded."""
+        refs = [
+            ImageRef(image_id=i + 1, file_name=f"{i:08d}.{_cell_ext(cell)}", uri=self.uri(i), index=i)
+            for i, cell in enumerate(self._iter_cells(self.image_column, 0, self.num_rows, head_only=True))
+        ]
+        if not refs:
+            raise SourceError(f"dataset {self.name_or_path!r} split {self.split!r} has no rows")
+        self.num_rows = len(refs)
+        return refs
+
+    def read_rows(self, start: int, stop: int) -> list[bytes | ImageDecodeError]:
+        """Encoded image bytes of rows [start, stop) (clipped to the length), in order; a
+        row that cannot be read gives its ImageDecodeError instead of raising."""
+        return [self._cell_bytes(cell, start + k)
+                for k, cell in enumerate(self._iter_cells(self.image_column, start, stop))]
+
+    def read_labels(self, start: int, stop: int, column: str) -> list[np.ndarray | None]:
+        """Ground-truth label maps of rows [start, stop) from ``column``.
+
+        Image cells are decoded WITHOUT colour conversion: modes "1"/"L"/"P" give (H, W)
+        uint8 (palette indices, as in VOC label PNGs), 16/32-bit modes (H, W) int32, other
+        modes (H, W, C) uint8; EXIF orientation is not applied. Array/sequence cells give
+        ``np.asarray(cell)``; empty cells give None.
+        """
+        if column not in self.columns:
+            raise SourceError(f"label column {column!r} not in dataset {self.name_or_path!r}; "
+                              f"columns: {list(self.columns)}")
+        return [_label_array(cell) for cell in self._iter_cells(column, start, stop)]
+
+    # -- internals
+
+    def _iter_cells(self, column: str, start: int, stop: int | None, head_only: bool = False):
+        """Raw cells (Image cells undecoded: {"bytes", "path"} dicts) of rows [start, stop)."""
+        if start < 0 or (stop is not None and stop < start):
+            raise ValueError(f"row range: expected 0 <= start <= stop, received [{start}, {stop})")
+        ds = self.dataset()
+        if self.kind == "hub":
+            yield from _iter_streamed(ds, column, start, stop)
+            return
+        import pyarrow.compute as pc
+
+        stop = len(ds) if stop is None else min(stop, len(ds))
+        table_view = ds.select_columns([column]).with_format("arrow")  # raw cells: no image decoding
+        for lo in range(start, stop, 4096):
+            arr = table_view[lo:min(lo + 4096, stop)].column(column)
+            if head_only:  # listing needs the leading bytes and the path, not whole images
+                arr = arr.combine_chunks()
+                if _is_struct(arr) and "bytes" in {f.name for f in arr.type}:
+                    heads = pc.binary_slice(arr.field("bytes"), 0, 12).to_pylist()
+                    paths = arr.field("path").to_pylist() if "path" in {f.name for f in arr.type} else None
+                    valid = arr.is_valid().to_pylist()
+                    yield from ({"bytes": h, "path": paths[i] if paths else None} if valid[i] else None
+                                for i, h in enumerate(heads))
+                    continue
+                if _is_binary(arr):
+                    yield from pc.binary_slice(arr, 0, 12).to_pylist()
+                    continue
+            yield from arr.to_pylist()
+
+    def _cell_bytes(self, cell: Any, index: int) -> bytes | ImageDecodeError:
+        shown = self.uri(index)
+        if cell is None:
+            return ImageDecodeError("missing", f"{shown}: the {self.image_column!r} cell is empty")
+        if isinstance(cell, (bytes, bytearray)):
+            return bytes(cell)
+        if isinstance(cell, dict):
+            if cell.get("bytes"):
+                return bytes(cell["bytes"])
+            if cell.get("path"):
+                try:
+                    return read_image_bytes(cell["path"])
+                except ImageDecodeError as exc:
+                    return ImageDecodeError(exc.reason, f"{shown}: {exc.detail}")
+            return ImageDecodeError("missing", f"{shown}: the {self.image_column!r} cell has no bytes and no path")
+        if hasattr(cell, "save"):  # a PIL image from a decoding feature
+            buf = io.BytesIO()
+            cell.save(buf, format=cell.format or "PNG")
+            return buf.getvalue()
+        return ImageDecodeError("not-an-image", f"{shown}: unexpected cell of type {type(cell).__name__}")
+
+
+def _is_struct(arr) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_struct(arr.type)
+
+
+def _is_binary(arr) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)
+
+
+def _iter_streamed(ds, column: str, start: int, stop: int | None):
+    import datasets
+
+    ds = ds.select_columns([column])
+    if isinstance((ds.features or {}).get(column), datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    ds = ds.skip(start) if start else ds
+    ds = ds.take(stop - start) if stop is not None else ds
+    for row in ds:
+        yield row[column]
+
+
+def _cell_ext(cell: Any) -> str:
+    head = cell.get("bytes") if isinstance(cell, dict) else cell
+    if isinstance(head, (bytes, bytearray)):
+        fmt = sniff_format(head)
+        if fmt:
+            return _FORMAT_EXT[fmt]
+    path = cell.get("path") if isinstance(cell, dict) else None
+    if isinstance(path, str) and has_image_extension(path):
+        return path.rsplit(".", 1)[1].lower()
+    fmt = getattr(cell, "format", None)  # a decoded PIL image
+    return _FORMAT_EXT.get(fmt, "png")
+
+
+def _label_array(cell: Any) -> np.ndarray | None:
+    from PIL import Image
+
+    if cell is None:
+        return None
+    data = cell.get("bytes") if isinstance(cell, dict) else cell
+    if isinstance(cell, dict) and not data and cell.get("path"):
+        data = read_image_bytes(cell["path"])
+    if isinstance(data, (bytes, bytearray)) or hasattr(cell, "mode"):
+        with (cell if hasattr(cell, "mode") else Image.open(io.BytesIO(data))) as img:
+            arr = np.asarray(img)
+            if img.mode in ("1", "L", "P"):
+                return np.ascontiguousarray(arr, dtype=np.uint8)
+            if arr.ndim == 2:
+                return np.ascontiguousarray(arr, dtype=np.int32)
+            return np.ascontiguousarray(arr, dtype=np.uint8)
+    return np.asarray(cell)
+
+
+def _pick_split(splits: list[str], split: str | None, name: str) -> str:
+    if split is not None:
+        if split not in splits:
+            raise SourceError(f"dataset {name!r} has no split {split!r}; splits: {splits}")
+        return split
+    if len(splits) == 1:
+        return splits[0]
+    raise SourceError(f"dataset {name!r} has several splits {splits}: choose one with split=")
+
+
+def _local_kind(path: Path) -> str | None:
+    if path.is_file() and path.suffix.lower() == ".parquet":
+        return "parquet"
+    if not path.is_dir():
+        return None
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return "disk"
+    if next(path.rglob("*.parquet"), None) is not None:
+        return "parquet"
+    return "imagefolder"
+
+
+def _open_hf(name_or_path: str, split: str | None, kind: str):
+    """(dataset, split) for ``kind``; a dict of splits is narrowed to ``split``."""
+    import datasets
+
+    if kind == "disk":
+        ds = datasets.load_from_disk(name_or_path)
+    elif kind in ("parquet", "imagefolder"):
+        where = ({"data_files": name_or_path} if Path(name_or_path).is_file()
+                 else {"data_dir": name_or_path})
+        ds = datasets.load_dataset(kind, **where)
+    else:
+        ds = datasets.load_dataset(name_or_path, **({"split": split} if split else {}), streaming=True)
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        split = _pick_split(list(ds.keys()), split, name_or_path)
+        ds = ds[split]
+    return ds, split or str(getattr(ds, "split", None) or "train")
+
+
+def _detect_image_column(ds, image_column: str | None, name: str) -> str:
+    import datasets
+
+    features = ds.features
+    if features is None:  # a streamed dataset without declared features: peek one row
+        row = next(iter(ds.take(1)), {})
+        kinds = {k: ("image" if hasattr(v, "mode") or (isinstance(v, dict) and "bytes" in v) else type(v).__name__)
+                 for k, v in row.items()}
+    else:
+        kinds = {k: ("image" if isinstance(f, datasets.Image) else type(f).__name__) for k, f in features.items()}
+    if image_column is not None:
+        if image_column not in kinds:
+            raise SourceError(f"image column {image_column!r} not in dataset {name!r}; columns: {kinds}")
+        return image_column
+    images = [k for k, v in kinds.items() if v == "image"]
+    if len(images) > 1 and sum(k.lower() == "image" for k in images) == 1:
+        images = [k for k in images if k.lower() == "image"]  # e.g. "image" + "annotation" maps
+    if len(images) != 1:
+        raise SourceError(
+            f"dataset {name!r}: expected exactly one column of Image type to use as the image column, "
+            f"found {len(images)} ({images}); columns: {kinds}; pass image_column="
+        )
+    return images[0]
+
+
+def list_hf_dataset(name_or_path: str, split: str | None = None, image_column: str | None = None) -> HFSource:
+    """Open a Hugging Face dataset split as an :class:`HFSource`.
+
+    ``name_or_path``: a local ``save_to_disk`` folder, a local folder of Parquet files (or
+    one ``.parquet`` file), a local imagefolder, or a hub dataset name (streamed; needs
+    network). ``split``: required when the dataset has several. ``image_column``: default
+    the single column of ``datasets.Image`` type, or among several the one named "image"
+    (segmentation datasets pair it with a label-map Image column). Local paths are made absolute so that
+    workers with another working directory re-open the same data.
+    """
+    path = Path(name_or_path).expanduser()
+    kind = _local_kind(path)
+    if kind is None and (path.exists() or name_or_path.startswith((".", "/", "~"))):
+        raise SourceError(f"dataset path {name_or_path!r}: expected a save_to_disk folder, a folder of "
+                          "Parquet files or images, or a .parquet file; it does not exist or is none of these")
+    resolved = str(path.resolve()) if kind is not None else name_or_path
+    ds, split = _open_hf(resolved, split, kind or "hub")
+    column = _detect_image_column(ds, image_column, resolved)
+    num_rows: int | None
+    if kind is not None:
+        num_rows = len(ds)
+    else:
+        splits = getattr(getattr(ds, "info", None), "splits", None) or {}
+        num_rows = splits[split].num_examples if split in splits else None
+    columns = tuple(ds.features.keys()) if ds.features is not None else (column,)
+    return HFSource(resolved, split, column, kind or "hub", num_rows, columns, _dataset=ds)
