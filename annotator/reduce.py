@@ -149,6 +149,22 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     return summary
 
 
+def format_summary(summary: dict) -> str:
+    """The end-of-run table: per class annotations, pixels, mean score; failures by reason."""
+    rows = [(name, str(c["annotations"]), str(c["pixels"]),
+             "-" if c["mean_score"] is None else f"{c['mean_score']:.3f}")
+            for name, c in summary["per_class"].items()]
+    header = ("class", "masks", "pixels", "mean score")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    line = "  ".join("{:<%d}" % widths[0] if i == 0 else "{:>%d}" % widths[i] for i in range(4))
+    out = [line.format(*header), "-" * (sum(widths) + 6)]
+    out += [line.format(*r) for r in rows]
+    out.append(f"images: {summary['images']} ({summary['ok']} annotated, {summary['failed']} failed)")
+    for reason, n in summary["failures_by_reason"].items():
+        out.append(f"  failed, {reason}: {n}")
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m annotator.reduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReduceError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(format_summary(summary), file=sys.stderr)
     print(json.dumps({k: summary[k] for k in ("images", "ok", "failed", "annotations")}))
     return 0
 

@@ -273,6 +273,9 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = reduce_output(args.output, storage_options=storage_options or None, report=not args.no_report,
                             image_storage_options=source_opts or None)
+    from .reduce import format_summary
+
+    print(format_summary(summary), file=sys.stderr)
     done = summary["images"]
     failed = summary["failed"]
     print(f"done: {done} images ({failed} failed) in {elapsed:.1f} s; "

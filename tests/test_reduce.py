@@ -180,3 +180,17 @@ def test_memory_output(tmp_path):
         assert [r["image_id"] for r in parts.iter_rows([f"{out}/annotations.parquet"])] == [1, 2]
     finally:
         fsspec.filesystem("memory").rm(f"/annotator-reduce-{tmp_path.name}", recursive=True)
+
+
+def test_format_summary_table():
+    from annotator.reduce import format_summary
+
+    text = format_summary({
+        "per_class": {"cat": {"annotations": 3, "pixels": 1200, "mean_score": 0.8123},
+                      "dog": {"annotations": 0, "pixels": 0, "mean_score": None}},
+        "images": 5, "ok": 4, "failed": 1, "failures_by_reason": {"truncated": 1},
+    })
+    lines = text.splitlines()
+    assert lines[0].split() == ["class", "masks", "pixels", "mean", "score"]
+    assert lines[2].split() == ["cat", "3", "1200", "0.812"] and lines[3].split() == ["dog", "0", "0", "-"]
+    assert "images: 5 (4 annotated, 1 failed)" in text and "failed, truncated: 1" in text
