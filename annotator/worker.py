@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics, parts, records
-from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError
 from .hf_source import HFSource
+from .loader import DecodedImage, ImageLoader, image_size_hw
 from .sources import ImageRef, read_image_bytes
 
 log = logging.getLogger(__name__)
@@ -80,44 +81,40 @@ class ShardProcessor:
         self._enc = ThreadPoolExecutor(max_workers=max(1, options.encode_threads), thread_name_prefix="encode")
 
     # ---------------------------------------------------------------- stages
-    def _read_decode(self, ref: ImageRef, data: bytes | Exception | None) -> np.ndarray | ImageDecodeError:
-        t0 = time.perf_counter()
+    def _read(self, item: tuple[ImageRef, bytes | ImageDecodeError | None]) -> bytes | ImageDecodeError:
+        """Bytes of one image (pre-read Hugging Face cells pass through); never raises."""
+        ref, data = item
+        if data is not None:
+            return data
         try:
-            if data is None:
-                data = read_image_bytes(ref, self.options.storage_options)
-            if isinstance(data, Exception):
-                raise data
-            t1 = time.perf_counter()
-            rgb = decode_image(data, max_pixels=self.options.max_pixels, name=ref.file_name)
-            self._times["read"] += t1 - t0
-            self._times["decode"] += time.perf_counter() - t1
-            return rgb
+            return read_image_bytes(ref, self.options.storage_options)
         except ImageDecodeError as e:
             return e
         except Exception as e:  # anything else reading one file must not kill the shard
             return ImageDecodeError("unreadable", f"{type(e).__name__}: {e}")
 
-    def _decoded(self, task: ShardTask) -> Iterator[list[tuple[ImageRef, np.ndarray | ImageDecodeError]]]:
-        """Batches of decoded images; at most ``prefetch_batches`` batches decoded ahead.
+    def _decoded(self, task: ShardTask) -> Iterator[list[tuple[ImageRef, DecodedImage]]]:
+        """Batches of decoded images from :class:`~annotator.loader.ImageLoader`.
 
-        The window bounds memory: a shard of 4000x3000 photos never sits decoded at once.
+        At most ``prefetch_batches`` batches are read and decoded ahead (memory stays
+        bounded even for a shard of 4000x3000 photos); on CUDA, plain JPEGs are decoded
+        on the GPU and images arrive as device tensors.
         """
-        bs = self.engine.config.batch_size
         refs = task.refs
         raw: list = [None] * len(refs)
         if task.hf is not None and refs:
             raw = _read_hf(task, lambda start, stop: task.hf.read_rows(start, stop))
-        batches = [range(i, min(i + bs, len(refs))) for i in range(0, len(refs), bs)]
-        inflight: list[list[Future]] = []
-        nxt = 0
-        for _ in batches:
-            while nxt < len(batches) and len(inflight) <= self.options.prefetch_batches:
-                inflight.append([self._io.submit(self._read_decode, refs[j], raw[j]) for j in batches[nxt]])
-                for j in batches[nxt]:
-                    raw[j] = None  # the bytes now belong to the future
-                nxt += 1
-            head = inflight.pop(0)
-            yield [(refs[j], f.result()) for j, f in zip(batches[nxt - len(inflight) - 1], head)]
+        loader = ImageLoader(
+            list(zip(refs, raw)), self._read, batch_size=self.engine.config.batch_size,
+            prefetch=self.options.prefetch_batches, max_pixels=self.options.max_pixels,
+            device=self.engine.device, name_fn=lambda item: item[0].file_name, executor=self._io,
+        )
+        del raw
+        with loader:
+            for batch in loader:
+                yield [(refs[i], img) for i, img in batch]
+        self._times["read"] += loader.stats.read_s
+        self._times["decode"] += loader.stats.decode_s + loader.stats.batch_decode_s
 
     def _predict(self, batch: list[tuple[ImageRef, np.ndarray]]):
         """Engine on a batch; a failing batch is retried image by image to isolate the culprit."""
@@ -166,7 +163,7 @@ class ShardProcessor:
                 for (ref, img), pred in zip(ok, self._predict(ok)):
                     if isinstance(pred, Exception):
                         pending.append(records.error_record(ref, "inference-failed", f"{type(pred).__name__}: {pred}",
-                                                            size_hw=img.shape[:2]))
+                                                            size_hw=image_size_hw(img)))
                     else:
                         pending.append(self._enc.submit(self._encode, ref, pred))
         recs: list[records.ImageRecord] = []
