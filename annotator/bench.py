@@ -50,7 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import EngineConfig, add_engine_arguments, engine_config_from_args
+from .config import DEFAULT_SHARD_SIZE, EngineConfig, add_engine_arguments, engine_config_from_args
 
 __all__ = ["VOC_CLASSES", "build_parser", "main", "make_synthetic_jpegs", "synthetic_image"]
 
@@ -346,9 +346,14 @@ def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args)
         except Exception:
             pass
     wall = time.perf_counter() - t0
+    summary_path = workdir / "ray-output" / "summary.json"
+    scheduling = json.loads(summary_path.read_text()).get("scheduling") if summary_path.exists() else None
     return {"exit_code": rc, "images": len(refs), "seconds": wall,
             "images_per_s": len(refs) / wall if wall > 0 else None,
-            "note": "wall clock of python -m annotator.run: Ray start, engine loading and reduce included"}
+            "scheduling": scheduling, "shard_size": args.shard_size,
+            "scheduling_overhead_fraction": (scheduling or {}).get("overhead_fraction"),
+            "note": "wall clock of python -m annotator.run: Ray start, engine loading and reduce included; "
+                    "scheduling_overhead_fraction = driver time handling shard results / shard time"}
 
 
 # --------------------------------------------------------------------------- driver memory scale
@@ -462,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--skip-ray", action="store_true", help="do not run the Ray pipeline pass")
     b.add_argument("--vocab", default=None, metavar="FILE",
                    help="vocabulary file (default: the 20 PASCAL VOC classes + background)")
-    b.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per shard (Parquet part)")
+    b.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                   help="images per shard (Parquet part); default: the run's default")
     b.add_argument("--warmup-images", type=int, default=None, metavar="N",
                    help="images in the untimed warm-up shard (default: the batch size)")
     b.add_argument("--read-threads", type=int, default=None, metavar="N", help="reader/decoder threads per shard processor")
@@ -503,6 +509,9 @@ def _print_report(r: dict) -> None:
     if ray.get("images_per_s"):
         print(f"Ray pipeline: {ray['images']} images in {ray['seconds']:.1f} s = {ray['images_per_s']:.2f} images/s "
               f"(exit code {ray['exit_code']}; {ray['note']})")
+        if ray.get("scheduling_overhead_fraction") is not None:
+            print(f"Ray scheduling overhead: {100 * ray['scheduling_overhead_fraction']:.3f}% of shard time "
+                  f"({ray['scheduling'].get('actors')} actors, shard size {ray.get('shard_size', '?')})")
     else:
         print(f"Ray pipeline: skipped ({ray.get('skipped')})")
     if r.get("driver_memory_scale") is not None:

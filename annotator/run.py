@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import ConfigError, add_engine_arguments, engine_config_from_args
+from .config import DEFAULT_SHARD_SIZE, ConfigError, add_engine_arguments, engine_config_from_args
 
 log = logging.getLogger("annotator")
 
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt-format", choices=("coco", "voc-png", "hf-column"), default=None,
                     help="format of --gt where the path does not make it clear")
     sch = p.add_argument_group("scheduling")
-    sch.add_argument("--shard-size", type=int, default=64, metavar="N", help="images per shard (one Parquet part each)")
+    sch.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                     help="images per shard (one Parquet part each)")
     sch.add_argument("--num-actors", type=int, default=None, metavar="N",
                      help="actors: default one per GPU, or CPUs/2 CPU actors when there is no GPU")
     sch.add_argument("--ray-address", default=None,
@@ -244,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # Stage: shards -> Ray actors -> parts
     t0 = time.perf_counter()
+    stats = None
     if pending:
         pipeline.init_ray(args.ray_address)
         bar = None
@@ -264,15 +266,16 @@ def _run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         if stats.get("shard_seconds"):
+            stats["overhead_fraction"] = stats["driver_overhead_s"] / stats["shard_seconds"]
             log.info("scheduling overhead: %.3f%% of shard time (%d actors, %d retries)",
-                     100 * stats["driver_overhead_s"] / stats["shard_seconds"], stats["actors"], stats["retries"])
+                     100 * stats["overhead_fraction"], stats["actors"], stats["retries"])
     elapsed = time.perf_counter() - t0
 
     # Stage: reduce (merge, COCO, summary, metrics, report)
     from .reduce import reduce_output
 
     summary = reduce_output(args.output, storage_options=storage_options or None, report=not args.no_report,
-                            image_storage_options=source_opts or None)
+                            image_storage_options=source_opts or None, run_stats=stats)
     from .reduce import format_summary
 
     print(format_summary(summary), file=sys.stderr)
