@@ -12,8 +12,6 @@ Usage (what a shard worker does)::
             ...                                    # records for good ones, error rows for the rest
     print(loader.stats)                            # read / decode seconds, counts
 
-or the generator form ``for batch in iter_decoded(refs, read_image_bytes, ...)``.
-
 Each batch is a list of ``(index, image | ImageDecodeError)``: ``index`` is the
 0-based position of the item in ``items``; ``image`` is
 
@@ -74,7 +72,6 @@ __all__ = [
     "LoaderStats",
     "batched_jpeg_available",
     "image_size_hw",
-    "iter_decoded",
     "jpeg_fast_path_size_hw",
 ]
 
@@ -445,39 +442,3 @@ class ImageLoader:
                     pass
         finally:
             self.close()
-
-
-def iter_decoded(
-    items: Iterable[Any],
-    read_fn: Callable[[Any], bytes],
-    *,
-    batch_size: int = 32,
-    num_threads: int | None = None,
-    prefetch: int = 2,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    device: str | torch.device | None = None,
-    gpu_decode: bool | None = None,
-    pin_memory: bool | None = None,
-    name_fn: Callable[[Any], str] | None = None,
-    executor: ThreadPoolExecutor | None = None,
-    stats: LoaderStats | None = None,
-) -> Iterator[list[tuple[int, DecodedImage]]]:
-    """Generator form of :class:`ImageLoader` (same arguments and batches).
-
-    ``stats``: a :class:`LoaderStats` to fill in (the loader's counters are copied into
-    it after every batch and at the end).
-    """
-    loader = ImageLoader(
-        items, read_fn, batch_size=batch_size, num_threads=num_threads, prefetch=prefetch,
-        max_pixels=max_pixels, device=device, gpu_decode=gpu_decode, pin_memory=pin_memory,
-        name_fn=name_fn, executor=executor,
-    )
-    try:
-        for batch in loader:
-            if stats is not None:
-                stats.__dict__.update(loader.stats.__dict__)
-            yield batch
-    finally:
-        loader.close()
-        if stats is not None:
-            stats.__dict__.update(loader.stats.__dict__)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from annotator.decode import ImageDecodeError, decode_image
-from annotator.loader import ImageLoader, LoaderStats, image_size_hw, iter_decoded, jpeg_fast_path_size_hw
+from annotator.loader import ImageLoader, image_size_hw, jpeg_fast_path_size_hw
 from annotator.sources import list_images, read_image_bytes
 from tests.badinputs import make_bad_inputs
 
@@ -82,9 +82,9 @@ def test_batched_path_matches_pil_and_keeps_exif_orientation(tmp_path):
         "progressive.jpg": _jpeg(arr, quality=95, progressive=True),
     }
     items = list(files)
-    stats = LoaderStats()
-    entries = _collect(iter_decoded(items, files.__getitem__, batch_size=8, num_threads=2,
-                                    gpu_decode=True, stats=stats))
+    loader = ImageLoader(items, files.__getitem__, batch_size=8, num_threads=2, gpu_decode=True)
+    entries = _collect(loader)
+    stats = loader.stats
     assert stats.batch_decoded == 2 and stats.cpu_decoded == 2 and stats.images == 4
     for i, result in entries:
         ref = decode_image(files[items[i]])
@@ -123,7 +123,7 @@ def test_batch_decoder_failure_falls_back_to_pil(monkeypatch):
 def test_corrupt_scan_data_is_decoded_or_an_error_never_an_exception():
     data = bytearray(_jpeg(_smooth(3, 64, 64), quality=90))
     data[400:600] = b"\xff\x00" * 100  # scan data damaged, header and EOI intact
-    entries = _collect(iter_decoded([bytes(data)], lambda d: d, gpu_decode=True))
+    entries = _collect(ImageLoader([bytes(data)], lambda d: d, gpu_decode=True))
     (_, result), = entries
     assert isinstance(result, (np.ndarray, torch.Tensor, ImageDecodeError))
 
@@ -138,11 +138,11 @@ def test_read_errors_returned_or_raised_become_entries_other_exceptions_propagat
             raise KeyError("a bug")
         return _jpeg(_smooth(0))
 
-    entries = _collect(iter_decoded(["ok", "raise", "return"], read, batch_size=2))
+    entries = _collect(ImageLoader(["ok", "raise", "return"], read, batch_size=2))
     assert [type(r).__name__ for _, r in entries] == ["ndarray", "ImageDecodeError", "ImageDecodeError"]
     assert [r.reason for _, r in entries[1:]] == ["missing", "unreadable"]
     with pytest.raises(KeyError, match="a bug"):
-        _collect(iter_decoded(["ok", "bug"], read, batch_size=1))
+        _collect(ImageLoader(["ok", "bug"], read, batch_size=1))
 
 
 def test_prefetch_bounds_read_ahead_and_close_stops_early():
@@ -179,18 +179,18 @@ def test_prefetch_bounds_read_ahead_and_close_stops_early():
 
 def test_generator_items_and_argument_checks():
     data = _jpeg(_smooth(0))
-    entries = _collect(iter_decoded((i for i in range(5)), lambda i: data, batch_size=2, prefetch=3))
+    entries = _collect(ImageLoader((i for i in range(5)), lambda i: data, batch_size=2, prefetch=3))
     assert [i for i, _ in entries] == list(range(5))
     for bad in (dict(batch_size=0), dict(prefetch=-1), dict(num_threads=0), dict(max_pixels=0)):
         with pytest.raises(ValueError):
             ImageLoader([], lambda i: b"", **bad)
-    assert _collect(iter_decoded([], lambda i: b"")) == []
+    assert _collect(ImageLoader([], lambda i: b"")) == []
 
 
 def test_max_pixels_reaches_the_decoder():
     data = _jpeg(_smooth(0))  # 48 x 64 = 3072 pixels
     for gpu in (False, True):
-        (_, r), = _collect(iter_decoded([data], lambda d: d, max_pixels=3000, gpu_decode=gpu))
+        (_, r), = _collect(ImageLoader([data], lambda d: d, max_pixels=3000, gpu_decode=gpu))
         assert isinstance(r, ImageDecodeError) and r.reason == "too-many-pixels"
 
 
