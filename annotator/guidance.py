@@ -15,47 +15,22 @@ from __future__ import annotations
 import torch
 
 
-def guide(scores_khw: torch.Tensor, saliency_hw: torch.Tensor | None) -> torch.Tensor:
-    """Apply saliency guidance.
-
-    Args:
-        scores_khw: (K, H, W) float32 class scores, class 0 = background.
-        saliency_hw: (H, W) float32 in [0, 1], or None for no guidance.
-    Returns:
-        (K, H, W) float32 guided scores (a new tensor, or the input when saliency is None).
-    """
-    if saliency_hw is None:
-        return scores_khw
-    s = saliency_hw.unsqueeze(0)
-    out = scores_khw * s
-    out[0] = scores_khw[0] * (1.0 - saliency_hw)
-    return out
-
-
-def decide(guided_khw: torch.Tensor, logit_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and calibrated confidence from guided scores.
-
-    Args:
-        guided_khw: (K, H, W) float32.
-        logit_scale: the CLIP model's ``logit_scale.exp()``.
-    Returns:
-        labels (H, W) int64 in 0..K-1; confidence (H, W) float32 in [0, 1] =
-        max over classes of softmax(logit_scale * guided).
-    """
-    logits = guided_khw * logit_scale
-    # max softmax prob = 1 / sum_c exp(l_c - l_max): no K x H x W softmax tensor kept
-    lmax, labels = logits.max(dim=0)
-    conf = torch.exp(logits - lmax.unsqueeze(0)).sum(dim=0).reciprocal_()
-    return labels, conf
-
-
 def guided_decision(
     scores_khw: torch.Tensor, saliency_hw: torch.Tensor | None, logit_scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``decide(guide(scores, saliency), logit_scale)`` in fewer passes over (K, H, W).
+    """Guide class scores with saliency, then decide labels and calibrated confidence.
 
-    The logit scale is folded into the per-pixel guidance factors, and the softmax
-    maximum is computed in place: one (K, H, W) temporary instead of four.
+    Args:
+        scores_khw: (K, H, W) float32 class scores (M_clip), class 0 = background.
+        saliency_hw: (H, W) float32 in [0, 1], or None for no guidance.
+        logit_scale: the CLIP model's ``logit_scale.exp()``.
+    Returns:
+        labels (H, W) int64 in 0..K-1; confidence (H, W) float32 in [0, 1] = max over
+        classes of softmax(logit_scale * guided).
+
+    The logit scale is folded into the per-pixel guidance factors and the softmax
+    maximum, ``1 / sum_c exp(l_c - l_max)``, is computed in place: one (K, H, W)
+    temporary, no softmax tensor.
     """
     if saliency_hw is None:
         logits = scores_khw * logit_scale

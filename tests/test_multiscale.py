@@ -43,10 +43,25 @@ def test_crops_match_pil_per_patch():
             k += 1
 
 
+def _guide(scores, sal):
+    """Reference: background x (1 - s), every other class x s."""
+    if sal is None:
+        return scores
+    out = scores * sal
+    out[0] = scores[0] * (1 - sal)
+    return out
+
+
+def _decide(guided, logit_scale):
+    """Reference: argmax, and the max of a plain softmax of the scaled scores."""
+    probs = torch.softmax(guided * logit_scale, dim=0)
+    return guided.argmax(0), probs.max(0).values
+
+
 def test_guidance_and_confidence():
     scores = torch.tensor([[[0.3]], [[0.2]], [[0.25]]])  # (K=3, 1, 1)
-    assert guidance.decide(guidance.guide(scores, torch.tensor([[0.0]])), 100)[0].item() == 0
-    lab, conf = guidance.decide(guidance.guide(scores, torch.tensor([[1.0]])), 100)
+    assert guidance.guided_decision(scores.clone(), torch.tensor([[0.0]]), 100)[0].item() == 0
+    lab, conf = guidance.guided_decision(scores.clone(), torch.tensor([[1.0]]), 100)
     assert lab.item() == 2
     expected = torch.softmax(torch.tensor([0.0, 0.2, 0.25]) * 100, 0).max()
     torch.testing.assert_close(conf[0, 0], expected)
@@ -64,7 +79,7 @@ def test_fused_guided_decision_equals_guide_then_decide():
     scores = torch.rand(6, 17, 23) * 0.3
     sal = torch.rand(17, 23)
     for s in (sal, None):
-        lab_a, conf_a = guidance.decide(guidance.guide(scores, s), 100.0)
+        lab_a, conf_a = _decide(_guide(scores, s), 100.0)
         lab_b, conf_b = guidance.guided_decision(scores.clone(), s, 100.0)
         assert torch.equal(lab_a, lab_b)
         torch.testing.assert_close(conf_a, conf_b)
