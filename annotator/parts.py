@@ -1,10 +1,11 @@
-"""Part files and the run manifest, on a local folder or any fsspec URL.
+"""Part files, on a local folder or any fsspec URL: paths, atomic writing, streaming reads.
 
 Layout of an output folder
     OUTPUT/parts/part-00000.parquet   one per shard, rows = `ImageRecord.to_row()`,
                                       sorted by image_id, Arrow schema PART_ARROW_SCHEMA,
                                       run metadata as JSON under the key b"annotator"
-    OUTPUT/manifest.json              written by the driver only (schemas/manifest.schema.json)
+    OUTPUT/manifest.json              written by the driver only (schemas/manifest.schema.json);
+                                      see `annotator.manifest`
 
 Atomicity: a file is written to `{path}.tmp-{uuid}` and then moved to its final name.
 On a local or POSIX file system the move is a rename, so readers see either the old
@@ -12,9 +13,6 @@ file or the complete new one, never a partial file. On object stores (s3, gcs, a
 `mv` is copy + delete, and the final object appears atomically because a single
 upload/copy of an object is itself atomic; the temporary object is only a leftover if
 the process dies between the two steps (`list_parts` ignores such names).
-
-Resuming: a shard counts as finished when the manifest lists it AND its part file
-exists, so deleting a part file re-runs that shard.
 """
 
 from __future__ import annotations
@@ -26,9 +24,7 @@ import json
 import posixpath
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -36,40 +32,22 @@ import pyarrow.parquet as pq
 
 from .records import ImageRecord
 from .retry import retry
-from .schema import PART_ARROW_SCHEMA, SchemaValidationError, validate
+from .schema import PART_ARROW_SCHEMA
 
 __all__ = [
-    "MANIFEST_NAME",
     "METADATA_KEY",
-    "Manifest",
-    "ManifestError",
-    "OutputConflictError",
-    "clear",
-    "config_hash",
     "iter_records",
     "iter_rows",
     "list_parts",
-    "listing_fingerprint",
-    "open_output",
     "part_path",
     "read_part_metadata",
     "write_part",
 ]
 
 METADATA_KEY = b"annotator"
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
 PARTS_DIR = "parts"
 ROW_GROUP_ROWS = 64  # small row groups keep streaming reads at a bounded memory
 _PART_NAME = re.compile(r"^part-(\d{5,})\.parquet$")
-
-
-class OutputConflictError(RuntimeError):
-    """The output folder holds results of a different configuration or input listing."""
-
-
-class ManifestError(ValueError):
-    """manifest.json exists but is not a valid manifest."""
 
 
 # ----------------------------------------------------------------------------- paths
@@ -210,284 +188,3 @@ def iter_records(
     """Like `iter_rows`, as validated `ImageRecord`s."""
     for row in iter_rows(paths, storage_options, batch_size=batch_size):
         yield ImageRecord.from_row(row)
-
-
-# ----------------------------------------------------------------------------- hashes
-
-
-def config_hash(d: dict) -> str:
-    """First 16 hex digits of sha256 over canonical JSON (sorted keys, no spaces)."""
-    try:
-        text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"config_hash: expected a JSON-serialisable dict, received one that fails: {exc}"
-        ) from None
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def listing_fingerprint(file_names: Iterable[str]) -> str:
-    """First 16 hex digits of sha256 over the ordered file names (NUL-separated) and their count.
-
-    Order matters: image ids are positions in the listing.
-    """
-    h = hashlib.sha256()
-    n = 0
-    for name in file_names:
-        h.update(name.encode("utf-8"))
-        h.update(b"\0")
-        n += 1
-    h.update(f"count={n}".encode("ascii"))
-    return h.hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------- manifest
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def clear(output: str, storage_options: dict | None = None) -> None:
-    """Remove `{output}/parts/` and `{output}/manifest.json` (for --overwrite).
-
-    Other files in the folder (merged outputs, exports) are left alone.
-    """
-    fs, root = _fs(output, storage_options)
-    parts_dir = posixpath.join(root, PARTS_DIR)
-    manifest = posixpath.join(root, MANIFEST_NAME)
-    if fs.exists(manifest):
-        fs.rm(manifest)
-    if fs.exists(parts_dir):
-        fs.rm(parts_dir, recursive=True)
-
-
-@dataclass
-class Manifest:
-    """State of a run in `{output}/manifest.json`. Only the driver writes it.
-
-    finished: {str(shard_index): {"path": relative to output, "rows": int, "sha256": hex}}.
-    """
-
-    output: str
-    config_hash: str
-    listing_fingerprint: str
-    num_shards: int
-    shard_size: int
-    finished: dict[str, dict] = field(default_factory=dict)
-    created: str = ""
-    updated: str = ""
-    storage_options: dict | None = field(default=None, repr=False, compare=False)
-
-    # -- persistence
-
-    @staticmethod
-    def path_for(output: str) -> str:
-        return _join(output, MANIFEST_NAME)
-
-    def to_dict(self) -> dict:
-        return {
-            "version": MANIFEST_VERSION,
-            "config_hash": self.config_hash,
-            "listing_fingerprint": self.listing_fingerprint,
-            "num_shards": self.num_shards,
-            "shard_size": self.shard_size,
-            "finished": {k: dict(v) for k, v in sorted(self.finished.items(), key=lambda kv: int(kv[0]))},
-            "created": self.created,
-            "updated": self.updated,
-        }
-
-    def save(self, retries: int = 3) -> None:
-        """Rewrite manifest.json atomically."""
-        self.updated = _now()
-        doc = self.to_dict()
-        validate(doc, "manifest")
-        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
-        _atomic_write_bytes(self.path_for(self.output), data, self.storage_options, retries)
-
-    @classmethod
-    def load(cls, output: str, storage_options: dict | None = None) -> Manifest | None:
-        """The manifest of `output`, or None when there is none."""
-        fs, p = _fs(cls.path_for(output), storage_options)
-        try:
-            with fs.open(p, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return None
-        try:
-            doc = json.loads(raw)
-            validate(doc, "manifest")
-        except (ValueError, SchemaValidationError) as exc:
-            raise ManifestError(
-                f"{cls.path_for(output)}: not a valid annotator manifest ({exc}); pass --overwrite to replace it"
-            ) from None
-        if doc["version"] != MANIFEST_VERSION:
-            raise ManifestError(
-                f"{cls.path_for(output)}: expected manifest version {MANIFEST_VERSION}, received {doc['version']}; "
-                "pass --overwrite to replace it"
-            )
-        return cls(
-            output=output,
-            config_hash=doc["config_hash"],
-            listing_fingerprint=doc["listing_fingerprint"],
-            num_shards=doc["num_shards"],
-            shard_size=doc["shard_size"],
-            finished=doc["finished"],
-            created=doc["created"],
-            updated=doc["updated"],
-            storage_options=storage_options,
-        )
-
-    @classmethod
-    def create(
-        cls,
-        output: str,
-        config_hash: str,
-        listing_fingerprint: str,
-        num_shards: int,
-        shard_size: int,
-        storage_options: dict | None = None,
-    ) -> Manifest:
-        """A new manifest with no finished shards, written to `output` right away."""
-        now = _now()
-        m = cls(
-            output,
-            config_hash,
-            listing_fingerprint,
-            int(num_shards),
-            int(shard_size),
-            {},
-            now,
-            now,
-            storage_options,
-        )
-        m.save()
-        return m
-
-    # -- state
-
-    def _check_index(self, shard_index: int) -> None:
-        if (
-            isinstance(shard_index, bool)
-            or not isinstance(shard_index, int)
-            or not 0 <= shard_index < self.num_shards
-        ):
-            raise ValueError(
-                f"shard_index: expected an integer in [0, {self.num_shards - 1}], received {shard_index!r}"
-            )
-
-    def _relative(self, path: str) -> str:
-        prefix = self.output.rstrip("/") + "/"
-        return path.removeprefix(prefix)
-
-    def resolve(self, relative_or_full: str) -> str:
-        """A path stored in the manifest -> a full path/URL under output."""
-        if "://" in relative_or_full or relative_or_full.startswith("/"):
-            return relative_or_full
-        return _join(self.output, relative_or_full)
-
-    def mark_finished(self, shard_index: int, path: str, rows: int, sha256: str | None = None) -> None:
-        """Record a written part and rewrite the manifest atomically.
-
-        sha256: the part's digest as `write_part` returned it; computed by reading the
-        file when not given.
-        """
-        self._check_index(shard_index)
-        if sha256 is None:
-            fs, p = _fs(path, self.storage_options)
-            with fs.open(p, "rb") as f:
-                sha256 = hashlib.sha256(f.read()).hexdigest()
-        self.finished[str(shard_index)] = {"path": self._relative(path), "rows": int(rows), "sha256": sha256}
-        self.save()
-
-    def is_finished(self, shard_index: int) -> bool:
-        """Listed as finished AND its part file exists."""
-        self._check_index(shard_index)
-        entry = self.finished.get(str(shard_index))
-        if entry is None:
-            return False
-        fs, p = _fs(self.resolve(entry["path"]), self.storage_options)
-        fs.invalidate_cache(p)  # written by a worker: a cached listing may predate it
-        return bool(fs.exists(p))
-
-    def finished_shards(self) -> set[int]:
-        """Indices of finished shards whose part file exists (one directory listing)."""
-        existing = {_fs(p, self.storage_options)[1] for p in list_parts(self.output, self.storage_options)}
-        return {
-            int(k)
-            for k, v in self.finished.items()
-            if _fs(self.resolve(v["path"]), self.storage_options)[1] in existing
-        }
-
-    def pending_shards(self) -> list[int]:
-        """Shard indices still to run, in order."""
-        done = self.finished_shards()
-        return [i for i in range(self.num_shards) if i not in done]
-
-    def check_compatible(
-        self,
-        config_hash: str,
-        listing_fingerprint: str,
-        overwrite: bool = False,
-        *,
-        num_shards: int | None = None,
-        shard_size: int | None = None,
-    ) -> bool:
-        """True when this run may resume the existing output.
-
-        When the configuration hash, the listing fingerprint (or, if given, the shard
-        layout) differ: returns False if `overwrite` (the caller then `clear`s the
-        output), else raises OutputConflictError saying what differs.
-        """
-        diffs = []
-        if config_hash != self.config_hash:
-            diffs.append(f"configuration hash {self.config_hash} (now {config_hash})")
-        if listing_fingerprint != self.listing_fingerprint:
-            diffs.append(f"input listing fingerprint {self.listing_fingerprint} (now {listing_fingerprint})")
-        if num_shards is not None and num_shards != self.num_shards:
-            diffs.append(f"{self.num_shards} shards (now {num_shards})")
-        if shard_size is not None and shard_size != self.shard_size:
-            diffs.append(f"shard size {self.shard_size} (now {shard_size})")
-        if not diffs:
-            return True
-        if overwrite:
-            return False
-        raise OutputConflictError(
-            f"output {self.output} already holds results (created {self.created}) made with "
-            + "; ".join(diffs)
-            + ". Pass --overwrite to replace it, or choose another output."
-        )
-
-
-def open_output(
-    output: str,
-    *,
-    config_hash: str,
-    listing_fingerprint: str,
-    num_shards: int,
-    shard_size: int,
-    overwrite: bool = False,
-    storage_options: dict | None = None,
-) -> Manifest:
-    """The driver's entry point: the manifest to resume, or a fresh one.
-
-    overwrite=True always starts afresh (parts and manifest removed). Without it, an
-    existing manifest must be compatible (else OutputConflictError), and part files
-    without a manifest are refused (their origin is unknown).
-    """
-    if overwrite:
-        clear(output, storage_options)
-    else:
-        existing = Manifest.load(output, storage_options)
-        if existing is not None:
-            existing.check_compatible(
-                config_hash, listing_fingerprint, False, num_shards=num_shards, shard_size=shard_size
-            )
-            return existing
-        stray = list_parts(output, storage_options)
-        if stray:
-            raise OutputConflictError(
-                f"output {output} holds {len(stray)} part file(s) but no {MANIFEST_NAME}, so they cannot be "
-                "resumed safely. Pass --overwrite to replace them, or choose another output."
-            )
-    return Manifest.create(output, config_hash, listing_fingerprint, num_shards, shard_size, storage_options)

@@ -4,11 +4,10 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 from PIL import Image
 
 from annotator import bench
-from annotator.loader import jpeg_fast_path_size_hw
+from annotator.bench_data import synthetic_image
 
 TINY = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "found-tiny-random", "--device", "cpu"]
 
@@ -41,7 +40,7 @@ def test_bench_on_a_source_folder_without_naive(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3):
-        Image.fromarray(bench.synthetic_image(i, (40, 56))).save(src / f"a{i}.png")
+        Image.fromarray(synthetic_image(i, (40, 56))).save(src / f"a{i}.png")
     (src / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "b.json"
     assert bench.main([*TINY, "--source", str(src), "--images", "10", "--naive-images", "0", "--skip-ray",
@@ -51,16 +50,6 @@ def test_bench_on_a_source_folder_without_naive(tmp_path):
     assert r["naive_images_per_s"] is None and r["ratio"] is None
 
 
-def test_synthetic_jpegs_are_voc_sized_baseline_jpegs(tmp_path):
-    paths = bench.make_synthetic_jpegs(tmp_path, 10, threads=2)
-    sizes = [jpeg_fast_path_size_hw(p.read_bytes()) for p in paths]
-    assert None not in sizes  # all eligible for the GPU decoder
-    assert sizes.count((375, 500)) >= 6 and (500, 375) in sizes
-    a = np.asarray(Image.open(paths[0]))
-    assert a.std() > 10  # not a flat image
-    assert paths == sorted(paths) and len({p.read_bytes() for p in paths}) == 10
-
-
 def test_import_needs_neither_ray_nor_datasets():
     code = "import sys, annotator.bench; print(sorted(m for m in ('ray', 'datasets') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -68,8 +57,9 @@ def test_import_needs_neither_ray_nor_datasets():
 
 
 def test_engine_argv_round_trips_the_config():
-    from annotator.config import add_engine_arguments, engine_config_from_args
     import argparse
+
+    from annotator.config import add_engine_arguments, engine_config_from_args
 
     p = argparse.ArgumentParser()
     add_engine_arguments(p)

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from annotator import parts, records
+from annotator import records
+from annotator.manifest import open_output
 from annotator.run import main
 from tests.badinputs import EXIF_STORED_WH, make_bad_inputs
 from tests.synthetic import make_image, write_vocab
@@ -245,8 +246,8 @@ def test_bad_configuration_is_one_clear_error_before_any_work(cfg, tmp_path, cap
 def test_other_runs_output_is_refused_without_overwrite(cfg, capsys):
     """An output holding another configuration's run: exit 2 naming the difference;
     nothing in it is touched."""
-    manifest = parts.open_output(str(cfg["out"]), config_hash="0123456789abcdef", listing_fingerprint="f" * 16,
-                                 num_shards=1, shard_size=64)
+    manifest = open_output(str(cfg["out"]), config_hash="0123456789abcdef", listing_fingerprint="f" * 16,
+                           num_shards=1, shard_size=64)
     before = (cfg["out"] / "manifest.json").read_bytes()
     rc, err = _run(capsys, _cfg_argv(cfg))
     assert rc == 2, err

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from annotator import parts
+from annotator.manifest import Manifest
 from annotator.run import main
 from tests.synthetic import VOCAB, make_image
 
@@ -230,4 +230,4 @@ def test_s3_part_that_cannot_be_written_is_reported_then_rerun(ray_session, moto
     rows = _rows(fs, out)
     assert [r["image_id"] for r in rows] == list(range(1, N_IMAGES + 1))
     assert all(r["status"] == "ok" for r in rows)
-    assert parts.Manifest.load(out, options).finished.keys() == {"0", "1", "2"}
+    assert Manifest.load(out, options).finished.keys() == {"0", "1", "2"}

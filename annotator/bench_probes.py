@@ -1,0 +1,194 @@
+"""What :mod:`annotator.bench` measures about the machine, besides throughput.
+
+- :func:`cpu_name`, :func:`device_name`: the hardware a result was measured on;
+- :class:`GpuUtilSampler`: GPU utilisation (%) polled from ``nvidia-smi`` in a thread;
+- :func:`run_driver_memory_scale` (``--driver-memory-scale``): the driver's peak RSS
+  while listing and scheduling N tiny synthetic JPEGs through the Ray pipeline, each N
+  in a fresh process (:func:`_driver_probe`);
+- :func:`_ray_available`: whether the Ray pipeline can run at all.
+
+Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .bench_data import make_synthetic_jpegs
+
+__all__ = ["PROBE_ENGINE_ARGV", "GpuUtilSampler", "cpu_name", "device_name", "run_driver_memory_scale"]
+
+
+# --------------------------------------------------------------------------- environment
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs)"
+
+
+class GpuUtilSampler:
+    """Polls ``nvidia-smi`` for GPU utilisation (%) in a thread; ``result()`` -> dict or None."""
+
+    def __init__(self, device, interval_s: float = 0.5):
+        self.index = None
+        if device.type == "cuda":
+            import torch
+
+            self.index = device.index if device.index is not None else torch.cuda.current_device()
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = None
+        if self.index is not None and shutil.which("nvidia-smi"):
+            self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _query(self) -> float | None:
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(self.index)],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return float(out.splitlines()[0])
+        except Exception:
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            v = self._query()
+            if v is not None:
+                self.samples.append(v)
+
+    def __enter__(self):
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {"mean_percent": float(np.mean(self.samples)), "max_percent": float(np.max(self.samples)),
+                "samples": len(self.samples)}
+
+
+def _ray_available() -> str | None:
+    """None when the Ray pipeline can run, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "ray is not installed"
+    if importlib.util.find_spec("annotator.run") is None or importlib.util.find_spec("annotator.pipeline") is None:
+        return "annotator.run / annotator.pipeline not present"
+    return None
+
+
+# --------------------------------------------------------------------------- driver memory scale
+#: Engine options of the driver-memory probe: the tiny test model, as cheap per image as possible.
+PROBE_ENGINE_ARGV = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "none",
+                     "--patch-sizes", "256", "--protocol", "official", "--device", "cpu", "--batch-size", "64"]
+
+
+def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) -> dict:
+    """In a fresh process: list ``source`` and schedule it through the Ray pipeline the way
+    ``annotator.run`` does (manifest included, no reduce); returns the peak RSS."""
+    from . import pipeline
+    from .config import engine_config_from_args
+    from .manifest import config_hash, listing_fingerprint, open_output
+    from .run import build_parser as run_parser
+    from .sources import list_images
+    from .vocab import load_vocabulary
+    from .worker import RunOptions, make_shards
+
+    def rss_mb() -> float:
+        """Peak resident set size of this process so far, MiB: VmHWM (ru_maxrss keeps the
+        parent's peak across fork + exec on Linux, so it is only the fallback)."""
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+        except (OSError, ValueError, IndexError):
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    imported = rss_mb()
+    args = run_parser().parse_args(["--source", source, "--output", output, "--vocab", vocab_path, *PROBE_ENGINE_ARGV])
+    cfg = engine_config_from_args(args)
+    vocab = load_vocabulary(vocab_path)
+    pipeline.init_ray(None)
+    before = rss_mb()
+    t0 = time.perf_counter()
+    refs = list_images(source)
+    tasks = make_shards(refs, shard_size)
+    manifest = open_output(output, config_hash=config_hash({"bench": "driver-probe"}), listing_fingerprint=listing_fingerprint(
+        r.file_name for r in refs), num_shards=len(tasks), shard_size=shard_size, overwrite=True)
+    listed = rss_mb()
+    opts = RunOptions(output=output, metadata={"vocabulary": vocab.names, "bench": True})
+    pipeline.run_shards(tasks, cfg, vocab, opts, num_actors=None,
+                        on_done=lambda r: manifest.mark_finished(r["shard_index"], r["path"], r["rows"], r["sha256"]))
+    wall = time.perf_counter() - t0
+    import ray
+
+    ray.shutdown()
+    return {"images": len(refs), "shards": len(tasks), "seconds": wall, "peak_rss_mb_after_imports": imported,
+            "peak_rss_mb_after_ray_init": before, "peak_rss_mb_after_listing": listed, "peak_rss_mb": rss_mb(),
+            "peak_rss_mb_listing_and_scheduling": rss_mb() - before}
+
+
+def run_driver_memory_scale(counts: Sequence[int], workdir: Path, vocab_path: Path, shard_size: int) -> dict:
+    """Peak driver RSS for each N in ``counts`` (tiny 32x32 JPEGs, one fresh process each)."""
+    why = _ray_available()
+    if why:
+        return {"skipped": why}
+    out = {"engine": " ".join(PROBE_ENGINE_ARGV), "runs": []}
+    for n in counts:
+        src = workdir / f"scale-{n}"
+        make_synthetic_jpegs(src, n, sizes_hw=((32, 32),), quality=80)
+        code = ("import json, sys; from annotator.bench_probes import _driver_probe; "
+                "print('DRIVER-PROBE ' + json.dumps(_driver_probe(*sys.argv[1:4], int(sys.argv[4]))))")
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(src), str(workdir / f"scale-{n}-output"), str(vocab_path), str(shard_size)],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
+        )
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("DRIVER-PROBE ")), None)
+        if proc.returncode != 0 or line is None:
+            out["runs"].append({"images": n, "error": (proc.stderr or proc.stdout)[-1500:]})
+        else:
+            out["runs"].append(json.loads(line[len("DRIVER-PROBE "):]))
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(workdir / f"scale-{n}-output", ignore_errors=True)
+    return out
+
+
+def _pythonpath() -> str:
+    here = str(Path(__file__).resolve().parent.parent)
+    old = os.environ.get("PYTHONPATH", "")
+    return here + (os.pathsep + old if old else "")

@@ -1,0 +1,160 @@
+"""The run manifest: hashes, lifecycle, the file's keys, conflicts, clear/open_output."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pytest
+
+from annotator.manifest import (
+    Manifest,
+    ManifestError,
+    OutputConflictError,
+    clear,
+    config_hash,
+    listing_fingerprint,
+    open_output,
+)
+from annotator.parts import list_parts, part_path, write_part
+from annotator.records import error_record, ok_record
+
+NAMES = ["background", "cat", "dog"]
+META = {"vocabulary": NAMES, "model": "toy", "config_hash": "0123456789abcdef"}
+
+
+@dataclass
+class Ref:
+    image_id: int
+    file_name: str
+    uri: str
+
+
+def _records(ids):
+    out = []
+    for i in ids:
+        ref = Ref(i, f"img{i:03d}.jpg", f"/src/img{i:03d}.jpg")
+        if i % 3 == 0:
+            out.append(error_record(ref, "decode-failed", f"bad file {i}"))
+        else:
+            labels = np.zeros((5, 6), np.int32)
+            labels[: i % 5 + 1, :2] = 1
+            labels[4, 5] = 2
+            out.append(ok_record(ref, labels, np.full((5, 6), 0.5, np.float32), NAMES))
+    return out
+
+
+@pytest.fixture
+def mem_output():
+    url = f"memory://test-{uuid.uuid4().hex}/out"
+    yield url
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+def test_config_hash_and_fingerprint():
+    assert config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+    assert len(config_hash({})) == 16 and int(config_hash({}), 16) >= 0
+    with pytest.raises(TypeError):
+        config_hash({"a": object()})
+    fp = listing_fingerprint(["a.jpg", "b.jpg"])
+    assert fp == listing_fingerprint(iter(["a.jpg", "b.jpg"]))
+    assert fp != listing_fingerprint(["b.jpg", "a.jpg"])
+    assert listing_fingerprint(["ab", "c"]) != listing_fingerprint(["a", "bc"])
+    assert listing_fingerprint([]) != listing_fingerprint([""])
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_manifest_lifecycle(tmp_path, mem_output, where):
+    output = str(tmp_path / "run") if where == "local" else mem_output
+    assert Manifest.load(output) is None
+    m = Manifest.create(output, "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", num_shards=3, shard_size=2)
+    assert Manifest.load(output) == m
+    assert not m.is_finished(0) and m.pending_shards() == [0, 1, 2]
+
+    p1 = part_path(output, 1)
+    digest = write_part(_records([3, 4]), p1, META)
+    m.mark_finished(1, p1, rows=2)  # digest computed from the file
+    loaded = Manifest.load(output)
+    assert loaded.finished == {"1": {"path": "parts/part-00001.parquet", "rows": 2, "sha256": digest}}
+    assert loaded.is_finished(1) and not loaded.is_finished(0)
+    assert loaded.finished_shards() == {1} and loaded.pending_shards() == [0, 2]
+
+    # a deleted part re-runs its shard
+    fs, p = fsspec.core.url_to_fs(p1)
+    fs.rm(p)
+    assert not loaded.is_finished(1) and loaded.pending_shards() == [0, 1, 2]
+
+    with pytest.raises(ValueError):
+        loaded.mark_finished(3, p1, rows=1)
+
+
+def test_manifest_file_is_valid_json_with_the_documented_keys(tmp_path):
+    m = Manifest.create(str(tmp_path), "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", 2, 10)
+    m.mark_finished(0, part_path(str(tmp_path), 0), 10, sha256="0" * 64)
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(doc) == {
+        "version",
+        "config_hash",
+        "listing_fingerprint",
+        "num_shards",
+        "shard_size",
+        "finished",
+        "created",
+        "updated",
+    }
+    assert doc["finished"]["0"] == {"path": "parts/part-00000.parquet", "rows": 10, "sha256": "0" * 64}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary left
+
+
+def test_corrupt_manifest(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="--overwrite"):
+        Manifest.load(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": 1}))
+    with pytest.raises(ManifestError):
+        Manifest.load(str(tmp_path))
+
+
+def test_check_compatible(tmp_path):
+    m = Manifest.create(str(tmp_path), "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", 2, 10)
+    assert m.check_compatible("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", overwrite=False)
+    with pytest.raises(OutputConflictError) as err:
+        m.check_compatible("cccccccccccccccc", "bbbbbbbbbbbbbbbb", overwrite=False)
+    msg = str(err.value)
+    assert "aaaaaaaaaaaaaaaa" in msg and "cccccccccccccccc" in msg and "--overwrite" in msg
+    assert "listing" not in msg
+    with pytest.raises(OutputConflictError, match="listing fingerprint bbbbbbbbbbbbbbbb"):
+        m.check_compatible("aaaaaaaaaaaaaaaa", "dddddddddddddddd", overwrite=False)
+    assert m.check_compatible("cccccccccccccccc", "dddddddddddddddd", overwrite=True) is False
+    with pytest.raises(OutputConflictError, match="shard size 10"):
+        m.check_compatible("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", shard_size=5)
+
+
+def test_clear_and_open_output(tmp_path):
+    out = str(tmp_path)
+    kw = {"config_hash": "a" * 16, "listing_fingerprint": "b" * 16, "num_shards": 2, "shard_size": 2}
+    m = open_output(out, **kw)
+    write_part(_records([1, 2]), part_path(out, 0), META)
+    m.mark_finished(0, part_path(out, 0), 2)
+    (tmp_path / "summary.json").write_text("{}")
+
+    resumed = open_output(out, **kw)
+    assert resumed.pending_shards() == [1]
+
+    with pytest.raises(OutputConflictError, match="--overwrite"):
+        open_output(out, **{**kw, "config_hash": "c" * 16})
+
+    fresh = open_output(out, **{**kw, "config_hash": "c" * 16}, overwrite=True)
+    assert fresh.finished == {} and list_parts(out) == [] and fresh.config_hash == "c" * 16
+    assert (tmp_path / "summary.json").exists()  # clear only removes parts and the manifest
+
+    clear(out)
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "parts").exists()
+    write_part(_records([1]), part_path(out, 0), META)
+    with pytest.raises(OutputConflictError, match="no manifest.json"):
+        open_output(out, **kw)
