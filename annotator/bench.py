@@ -17,7 +17,9 @@ One run measures, on the same device with the same loaded models:
 
 Without ``--source`` it writes ``--images`` synthetic JPEGs of PASCAL VOC sizes (mostly
 500x375, some 375x500 and 500x333; smooth colour fields, shapes and grain) to a
-temporary folder on local disk. Examples::
+temporary folder on local disk (:mod:`annotator.bench_data`). Device names, GPU
+utilisation sampling and the driver-memory probe live in :mod:`annotator.bench_probes`.
+Examples::
 
     # CPU, test models (no weights, no downloads)
     python -m annotator.bench --model tiny-random --saliency found-tiny-random \\
@@ -35,24 +37,31 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
+from .bench_data import make_synthetic_jpegs
+from .bench_probes import (
+    GpuUtilSampler,
+    _ray_available,
+    cpu_name,
+    device_name,
+    run_driver_memory_scale,
+)
+from .config import (
+    DEFAULT_SHARD_SIZE,
+    EngineConfig,
+    add_engine_arguments,
+    engine_config_from_args,
+)
 
-from .config import DEFAULT_SHARD_SIZE, EngineConfig, add_engine_arguments, engine_config_from_args
-
-__all__ = ["VOC_CLASSES", "build_parser", "main", "make_synthetic_jpegs", "synthetic_image"]
+__all__ = ["VOC_CLASSES", "build_parser", "main"]
 
 #: PASCAL VOC's 20 object classes (+ background = 21 classes, like the paper's VOC runs).
 VOC_CLASSES = (
@@ -62,128 +71,6 @@ VOC_CLASSES = (
 )
 #: Stage names always present in the JSON ``stages`` dict (seconds).
 STAGES = ("read", "decode", "upload", "crops", "clip", "saliency", "guidance", "download", "encode", "write")
-#: (height, width) of the synthetic images, cycled: VOC's common sizes.
-VOC_SIZES_HW = ((375, 500),) * 6 + ((500, 375), (333, 500), (375, 500), (500, 375))
-
-
-# --------------------------------------------------------------------------- synthetic data
-def synthetic_image(seed: int, size_hw: tuple[int, int]) -> np.ndarray:
-    """A photo-like (H, W, 3) uint8 RGB image: a smooth colour field, 1-5 shapes, grain."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = np.random.default_rng(seed)
-    h, w = size_hw
-    low = rng.integers(0, 256, size=(int(rng.integers(2, 5)), int(rng.integers(2, 6)), 3), dtype=np.uint8)
-    img = Image.fromarray(low).resize((w, h), Image.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(1, 6))):
-        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-        x1, y1 = int(rng.integers(x0 + 10, w)), int(rng.integers(y0 + 10, h))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        kind = rng.integers(0, 3)
-        if kind == 0:
-            draw.ellipse((x0, y0, x1, y1), fill=colour)
-        elif kind == 1:
-            draw.rectangle((x0, y0, x1, y1), fill=colour)
-        else:
-            pts = [(int(rng.integers(x0, x1 + 1)), int(rng.integers(y0, y1 + 1))) for _ in range(5)]
-            draw.polygon(pts, fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(1.2))
-    arr = np.asarray(img, dtype=np.int16)
-    arr = arr + rng.normal(0.0, 5.0, size=(h, w, 1)).astype(np.int16)  # sensor-like grain
-    return np.clip(arr, 0, 255).astype(np.uint8)
-
-
-def make_synthetic_jpegs(directory: str | os.PathLike, n: int, *, seed: int = 0, quality: int = 90,
-                         sizes_hw: Sequence[tuple[int, int]] = VOC_SIZES_HW, threads: int | None = None) -> list[Path]:
-    """Write ``n`` baseline JPEGs ``img_000000.jpg`` ... into ``directory``; returns their paths.
-
-    Sizes cycle through ``sizes_hw`` ((height, width) pixels); content from
-    :func:`synthetic_image` with seed ``seed + i``.
-    """
-    from PIL import Image
-
-    if n < 1:
-        raise ValueError(f"--images: expected >= 1 image, got {n}")
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-
-    def one(i: int) -> Path:
-        p = root / f"img_{i:06d}.jpg"
-        Image.fromarray(synthetic_image(seed + i, sizes_hw[i % len(sizes_hw)])).save(p, "JPEG", quality=quality)
-        return p
-
-    with ThreadPoolExecutor(threads or os.cpu_count() or 2) as ex:
-        return list(ex.map(one, range(n)))
-
-
-# --------------------------------------------------------------------------- environment
-def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({os.cpu_count()} logical CPUs)"
-
-
-class GpuUtilSampler:
-    """Polls ``nvidia-smi`` for GPU utilisation (%) in a thread; ``result()`` -> dict or None."""
-
-    def __init__(self, device, interval_s: float = 0.5):
-        self.index = None
-        if device.type == "cuda":
-            import torch
-
-            self.index = device.index if device.index is not None else torch.cuda.current_device()
-        self.interval_s = interval_s
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = None
-        if self.index is not None and shutil.which("nvidia-smi"):
-            self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _query(self) -> float | None:
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(self.index)],
-                capture_output=True, text=True, timeout=5,
-            ).stdout.strip()
-            return float(out.splitlines()[0])
-        except Exception:
-            return None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            v = self._query()
-            if v is not None:
-                self.samples.append(v)
-
-    def __enter__(self):
-        if self._thread is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def result(self) -> dict | None:
-        if not self.samples:
-            return None
-        return {"mean_percent": float(np.mean(self.samples)), "max_percent": float(np.max(self.samples)),
-                "samples": len(self.samples)}
 
 
 # --------------------------------------------------------------------------- parts of a run
@@ -310,16 +197,6 @@ def _engine_argv(cfg: EngineConfig) -> list[str]:
     return argv
 
 
-def _ray_available() -> str | None:
-    """None when the Ray pipeline can run, else why not."""
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        return "ray is not installed"
-    if importlib.util.find_spec("annotator.run") is None or importlib.util.find_spec("annotator.pipeline") is None:
-        return "annotator.run / annotator.pipeline not present"
-    return None
-
 
 def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args) -> dict:
     """``annotator.run.main`` on the same images (wall clock, start-up and reduce included)."""
@@ -346,96 +223,14 @@ def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args)
         except Exception:
             pass
     wall = time.perf_counter() - t0
-    summary_path = workdir / "ray-output" / "summary.json"
-    scheduling = json.loads(summary_path.read_text()).get("scheduling") if summary_path.exists() else None
+    stats_path = workdir / "ray-output" / "scheduling.json"
+    scheduling = json.loads(stats_path.read_text()) if stats_path.exists() else None
     return {"exit_code": rc, "images": len(refs), "seconds": wall,
             "images_per_s": len(refs) / wall if wall > 0 else None,
             "scheduling": scheduling, "shard_size": args.shard_size,
             "scheduling_overhead_fraction": (scheduling or {}).get("overhead_fraction"),
             "note": "wall clock of python -m annotator.run: Ray start, engine loading and reduce included; "
                     "scheduling_overhead_fraction = driver time handling shard results / shard time"}
-
-
-# --------------------------------------------------------------------------- driver memory scale
-#: Engine options of the driver-memory probe: the tiny test model, as cheap per image as possible.
-PROBE_ENGINE_ARGV = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "none",
-                     "--patch-sizes", "256", "--protocol", "official", "--device", "cpu", "--batch-size", "64"]
-
-
-def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) -> dict:
-    """In a fresh process: list ``source`` and schedule it through the Ray pipeline the way
-    ``annotator.run`` does (manifest included, no reduce); returns the peak RSS."""
-    from . import parts, pipeline
-    from .config import engine_config_from_args
-    from .run import build_parser as run_parser
-    from .sources import list_images
-    from .vocab import load_vocabulary
-    from .worker import RunOptions, make_shards
-
-    def rss_mb() -> float:
-        """Peak resident set size of this process so far, MiB: VmHWM (ru_maxrss keeps the
-        parent's peak across fork + exec on Linux, so it is only the fallback)."""
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-        except (OSError, ValueError, IndexError):
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-    imported = rss_mb()
-    args = run_parser().parse_args(["--source", source, "--output", output, "--vocab", vocab_path, *PROBE_ENGINE_ARGV])
-    cfg = engine_config_from_args(args)
-    vocab = load_vocabulary(vocab_path)
-    pipeline.init_ray(None)
-    before = rss_mb()
-    t0 = time.perf_counter()
-    refs = list_images(source)
-    tasks = make_shards(refs, shard_size)
-    manifest = parts.open_output(output, config_hash=parts.config_hash({"bench": "driver-probe"}), listing_fingerprint=parts.listing_fingerprint(
-        r.file_name for r in refs), num_shards=len(tasks), shard_size=shard_size, overwrite=True)
-    listed = rss_mb()
-    opts = RunOptions(output=output, metadata={"vocabulary": vocab.names, "bench": True})
-    pipeline.run_shards(tasks, cfg, vocab, opts, num_actors=None,
-                        on_done=lambda r: manifest.mark_finished(r["shard_index"], r["path"], r["rows"], r["sha256"]))
-    wall = time.perf_counter() - t0
-    import ray
-
-    ray.shutdown()
-    return {"images": len(refs), "shards": len(tasks), "seconds": wall, "peak_rss_mb_after_imports": imported,
-            "peak_rss_mb_after_ray_init": before, "peak_rss_mb_after_listing": listed, "peak_rss_mb": rss_mb(),
-            "peak_rss_mb_listing_and_scheduling": rss_mb() - before}
-
-
-def run_driver_memory_scale(counts: Sequence[int], workdir: Path, vocab_path: Path, shard_size: int) -> dict:
-    """Peak driver RSS for each N in ``counts`` (tiny 32x32 JPEGs, one fresh process each)."""
-    why = _ray_available()
-    if why:
-        return {"skipped": why}
-    out = {"engine": " ".join(PROBE_ENGINE_ARGV), "runs": []}
-    for n in counts:
-        src = workdir / f"scale-{n}"
-        make_synthetic_jpegs(src, n, sizes_hw=((32, 32),), quality=80)
-        code = ("import json, sys; from annotator.bench import _driver_probe; "
-                "print('DRIVER-PROBE ' + json.dumps(_driver_probe(*sys.argv[1:4], int(sys.argv[4]))))")
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(src), str(workdir / f"scale-{n}-output"), str(vocab_path), str(shard_size)],
-            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("DRIVER-PROBE ")), None)
-        if proc.returncode != 0 or line is None:
-            out["runs"].append({"images": n, "error": (proc.stderr or proc.stdout)[-1500:]})
-        else:
-            out["runs"].append(json.loads(line[len("DRIVER-PROBE "):]))
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(workdir / f"scale-{n}-output", ignore_errors=True)
-    return out
-
-
-def _pythonpath() -> str:
-    here = str(Path(__file__).resolve().parent.parent)
-    old = os.environ.get("PYTHONPATH", "")
-    return here + (os.pathsep + old if old else "")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -40,13 +40,11 @@ def _write_json(fs, path: str, obj) -> None:
 
 
 def reduce_output(output: str, storage_options: dict | None = None, *, report: bool = True,
-                  image_storage_options: dict | None = None, run_stats: dict | None = None) -> dict:
+                  image_storage_options: dict | None = None) -> dict:
     """Merge ``OUTPUT/parts`` into the final files; returns the summary dict.
 
     image_storage_options: fsspec options to re-read the source images for the report's
     previews (default: ``storage_options``), e.g. credentials that were in the source URL.
-    run_stats: the scheduler's figures of this run (actors, retries, driver overhead),
-    stored as ``summary["scheduling"]``.
     """
     paths = parts.list_parts(output, storage_options)
     if not paths:
@@ -138,8 +136,6 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
         print(metrics.format_table(scores), file=sys.stderr)
     elif fs.exists(metrics_path):  # left by an earlier run (e.g. one replaced with --overwrite)
         fs.rm(metrics_path)
-    if run_stats:
-        summary["scheduling"] = {k: v for k, v in run_stats.items() if isinstance(v, (int, float, str))}
     _write_json(fs, f"{root}/summary.json", summary)
 
     # Stage: review report

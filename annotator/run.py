@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import DEFAULT_SHARD_SIZE, ConfigError, add_engine_arguments, engine_config_from_args
+from .config import (
+    DEFAULT_SHARD_SIZE,
+    ConfigError,
+    add_engine_arguments,
+    engine_config_from_args,
+)
 
 log = logging.getLogger("annotator")
 
@@ -108,8 +113,9 @@ def _check_output_writable(output: str, storage_options: dict) -> None:
         raise ConfigError(f"--output {redact_uri(output)}: not writable ({type(e).__name__}: {e})") from None
 
 
-#: What a finished run leaves beside parts/ and manifest.json (which parts.clear removes).
-PREVIOUS_RESULTS = ("annotations.parquet", "coco.json", "summary.json", "metrics.json", "report.html", "previews")
+#: What a finished run leaves beside parts/ and manifest.json (which manifest.clear removes).
+PREVIOUS_RESULTS = ("annotations.parquet", "coco.json", "summary.json", "metrics.json", "scheduling.json",
+                    "report.html", "previews")
 
 
 def _remove_previous_results(output: str, storage_options: dict) -> None:
@@ -122,6 +128,16 @@ def _remove_previous_results(output: str, storage_options: dict) -> None:
         path = f"{root.rstrip('/')}/{name}"
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+def _write_scheduling(output: str, storage_options: dict, stats: dict) -> None:
+    """``OUTPUT/scheduling.json``: the scheduler's figures of the latest run (actors,
+    retries, driver overhead as a fraction of shard time)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output, **storage_options)
+    with fs.open(f"{root.rstrip('/')}/scheduling.json", "w") as f:
+        json.dump({k: v for k, v in stats.items() if isinstance(v, (int, float, str))}, f, indent=2, sort_keys=True)
 
 
 def _filter_image_list(refs: list, path: str) -> list:
@@ -145,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        from .manifest import OutputConflictError
         from .models.weights import WeightsUnavailableError
-        from .parts import OutputConflictError
         from .pipeline import ShardFailedError
 
         known = (ConfigError, WeightsUnavailableError, OutputConflictError, ShardFailedError, ValueError, FileNotFoundError)
@@ -157,10 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import parts, pipeline
+    from . import pipeline
     from .decode import DEFAULT_MAX_PIXELS
-    from .models import resolve_weights
     from .hf_source import list_hf_dataset
+    from .manifest import config_hash, listing_fingerprint, open_output
+    from .models import resolve_weights
     from .sources import (
         list_images,
         redact_uri,
@@ -214,10 +231,10 @@ def _run(args: argparse.Namespace) -> int:
         "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS,
         "gt": args.gt,
     }
-    chash = parts.config_hash(identity)
+    chash = config_hash(identity)
     tasks = make_shards(refs, args.shard_size, hf)
-    manifest = parts.open_output(
-        args.output, config_hash=chash, listing_fingerprint=parts.listing_fingerprint(r.file_name for r in refs),
+    manifest = open_output(
+        args.output, config_hash=chash, listing_fingerprint=listing_fingerprint(r.file_name for r in refs),
         num_shards=len(tasks), shard_size=args.shard_size, overwrite=args.overwrite, storage_options=storage_options,
     )
     if args.overwrite:
@@ -275,7 +292,9 @@ def _run(args: argparse.Namespace) -> int:
     from .reduce import reduce_output
 
     summary = reduce_output(args.output, storage_options=storage_options or None, report=not args.no_report,
-                            image_storage_options=source_opts or None, run_stats=stats)
+                            image_storage_options=source_opts or None)
+    if stats:  # timings vary between runs: kept out of summary.json, which must be reproducible
+        _write_scheduling(args.output, storage_options, stats)
     from .reduce import format_summary
 
     print(format_summary(summary), file=sys.stderr)
