@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass
 
 import fsspec
-import numpy as np
 import pytest
 
 from annotator.manifest import (
@@ -20,40 +17,9 @@ from annotator.manifest import (
     open_output,
 )
 from annotator.parts import list_parts, part_path, write_part
-from annotator.records import error_record, ok_record
+from tests.part_records import META, NAMES, mem_output  # noqa: F401, F811 (a pytest fixture)
+from tests.part_records import make_records as _records
 
-NAMES = ["background", "cat", "dog"]
-META = {"vocabulary": NAMES, "model": "toy", "config_hash": "0123456789abcdef"}
-
-
-@dataclass
-class Ref:
-    image_id: int
-    file_name: str
-    uri: str
-
-
-def _records(ids):
-    out = []
-    for i in ids:
-        ref = Ref(i, f"img{i:03d}.jpg", f"/src/img{i:03d}.jpg")
-        if i % 3 == 0:
-            out.append(error_record(ref, "decode-failed", f"bad file {i}"))
-        else:
-            labels = np.zeros((5, 6), np.int32)
-            labels[: i % 5 + 1, :2] = 1
-            labels[4, 5] = 2
-            out.append(ok_record(ref, labels, np.full((5, 6), 0.5, np.float32), NAMES))
-    return out
-
-
-@pytest.fixture
-def mem_output():
-    url = f"memory://test-{uuid.uuid4().hex}/out"
-    yield url
-    fs, path = fsspec.core.url_to_fs(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
 
 def test_config_hash_and_fingerprint():
     assert config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})

@@ -1,12 +1,9 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,42 +16,10 @@ from annotator.parts import (
     read_part_metadata,
     write_part,
 )
-from annotator.records import error_record, ok_record
 from annotator.retry import is_transient_storage_error, retry
 from annotator.schema import PART_ARROW_SCHEMA, validate_row
-
-NAMES = ["background", "cat", "dog"]
-META = {"vocabulary": NAMES, "model": "toy", "config_hash": "0123456789abcdef"}
-
-
-@dataclass
-class Ref:
-    image_id: int
-    file_name: str
-    uri: str
-
-
-def _records(ids):
-    out = []
-    for i in ids:
-        ref = Ref(i, f"img{i:03d}.jpg", f"/src/img{i:03d}.jpg")
-        if i % 3 == 0:
-            out.append(error_record(ref, "decode-failed", f"bad file {i}"))
-        else:
-            labels = np.zeros((5, 6), np.int32)
-            labels[: i % 5 + 1, :2] = 1
-            labels[4, 5] = 2
-            out.append(ok_record(ref, labels, np.full((5, 6), 0.5, np.float32), NAMES))
-    return out
-
-
-@pytest.fixture
-def mem_output():
-    url = f"memory://test-{uuid.uuid4().hex}/out"
-    yield url
-    fs, path = fsspec.core.url_to_fs(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+from tests.part_records import META, NAMES, mem_output  # noqa: F401, F811 (a pytest fixture)
+from tests.part_records import make_records as _records
 
 
 def test_part_path():

@@ -1,0 +1,45 @@
+"""Small records and a throwaway memory:// output shared by the parts and manifest tests."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pytest
+
+from annotator.records import error_record, ok_record
+
+NAMES = ["background", "cat", "dog"]
+META = {"vocabulary": NAMES, "model": "toy", "config_hash": "0123456789abcdef"}
+
+
+@dataclass
+class Ref:
+    image_id: int
+    file_name: str
+    uri: str
+
+
+def make_records(ids):
+    out = []
+    for i in ids:
+        ref = Ref(i, f"img{i:03d}.jpg", f"/src/img{i:03d}.jpg")
+        if i % 3 == 0:
+            out.append(error_record(ref, "decode-failed", f"bad file {i}"))
+        else:
+            labels = np.zeros((5, 6), np.int32)
+            labels[: i % 5 + 1, :2] = 1
+            labels[4, 5] = 2
+            out.append(ok_record(ref, labels, np.full((5, 6), 0.5, np.float32), NAMES))
+    return out
+
+
+@pytest.fixture
+def mem_output():
+    url = f"memory://test-{uuid.uuid4().hex}/out"
+    yield url
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
