@@ -1,5 +1,7 @@
 """Shared fixtures.
 
+``mem_output``: a throwaway memory:// output URL, removed afterwards.
+
 ``ray_session``: one local Ray instance (2 CPUs, no dashboard) for the whole test
 session. Tests that run the pipeline on Ray request it; ``annotator.pipeline.init_ray``
 then reuses it instead of starting a Ray per run (starting Ray costs ~10 s).
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 
+import fsspec
 import pytest
 
 
@@ -33,3 +37,11 @@ def ray_session():
         ray.shutdown()
         if saved_address is not None:
             os.environ["RAY_ADDRESS"] = saved_address
+
+@pytest.fixture
+def mem_output():
+    url = f"memory://test-{uuid.uuid4().hex}/out"
+    yield url
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

@@ -1,13 +1,10 @@
-"""Small records and a throwaway memory:// output shared by the parts and manifest tests."""
+"""Small records shared by the parts and manifest tests."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
-import pytest
 
 from annotator.records import error_record, ok_record
 
@@ -34,12 +31,3 @@ def make_records(ids):
             labels[4, 5] = 2
             out.append(ok_record(ref, labels, np.full((5, 6), 0.5, np.float32), NAMES))
     return out
-
-
-@pytest.fixture
-def mem_output():
-    url = f"memory://test-{uuid.uuid4().hex}/out"
-    yield url
-    fs, path = fsspec.core.url_to_fs(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)

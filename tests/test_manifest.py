@@ -17,7 +17,7 @@ from annotator.manifest import (
     open_output,
 )
 from annotator.parts import list_parts, part_path, write_part
-from tests.part_records import META, NAMES, mem_output  # noqa: F401, F811 (a pytest fixture)
+from tests.part_records import META
 from tests.part_records import make_records as _records
 
 

@@ -18,7 +18,7 @@ from annotator.parts import (
 )
 from annotator.retry import is_transient_storage_error, retry
 from annotator.schema import PART_ARROW_SCHEMA, validate_row
-from tests.part_records import META, NAMES, mem_output  # noqa: F401, F811 (a pytest fixture)
+from tests.part_records import META
 from tests.part_records import make_records as _records
 
 
