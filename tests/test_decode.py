@@ -17,7 +17,12 @@ from annotator.decode import (
     sniff_format,
 )
 from annotator.sources import read_image_bytes
-from tests.badinputs import EXIF_STORED_WH, GRAY16_EXPECTED, make_bad_inputs, png_with_header_size
+from tests.badinputs import (
+    EXIF_STORED_WH,
+    GRAY16_EXPECTED,
+    make_bad_inputs,
+    png_with_header_size,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,12 @@
 import pytest
 
-from annotator.vocab import MAX_LINE_CHARS, Vocabulary, VocabularyError, load_vocabulary, parse_vocabulary
+from annotator.vocab import (
+    MAX_LINE_CHARS,
+    Vocabulary,
+    VocabularyError,
+    load_vocabulary,
+    parse_vocabulary,
+)
 
 
 @pytest.mark.parametrize(
