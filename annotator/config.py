@@ -7,6 +7,7 @@ that builds an :class:`~annotator.engine.Engine`: one definition, here.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -188,6 +189,22 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="images per engine step. Default: %(default)s")
     h.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="encoder precision; auto = bf16 on CUDA, fp32 on CPU. Default: %(default)s")
+
+
+def parse_storage_options(text: str | None) -> dict:
+    """``--storage-options`` JSON -> fsspec options dict (``{}`` when not given).
+
+    Shared by every command that takes the option; raises :class:`ConfigError`.
+    """
+    if not text:
+        return {}
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--storage-options: expected a JSON object, got invalid JSON ({e.msg})") from None
+    if not isinstance(opts, dict):
+        raise ConfigError(f"--storage-options: expected a JSON object, got {type(opts).__name__}")
+    return opts
 
 
 def _read_templates(values: list[str] | None) -> tuple[str, ...]:

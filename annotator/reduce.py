@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import metrics, parts
+from .config import parse_storage_options
 from .schema import PART_ARROW_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-report", action="store_true", help="skip report.html and previews")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    opts = json.loads(args.storage_options) if args.storage_options else None
     try:
+        opts = parse_storage_options(args.storage_options) or None
         summary = reduce_output(args.output, opts, report=not args.no_report)
     except (ReduceError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

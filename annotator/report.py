@@ -38,6 +38,7 @@ import fsspec
 import numpy as np
 
 from annotator import export as _export
+from annotator.config import parse_storage_options
 from annotator.overlay import _jpeg, render_overlay
 from annotator.palette import class_colors, hex_color
 
@@ -415,9 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fsspec storage options (JSON object) for OUTPUT and the images")
     args = parser.parse_args(argv)
     try:
-        so = json.loads(args.storage_options) if args.storage_options else None
-        if so is not None and not isinstance(so, dict):
-            raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+        so = parse_storage_options(args.storage_options) or None
         path = write_report(args.output, samples=args.samples, lowest=args.lowest, storage_options=so,
                             max_failures=args.max_failures, seed=args.seed)
     except (ValueError, FileNotFoundError) as exc:

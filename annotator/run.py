@@ -24,6 +24,7 @@ from .config import (
     ConfigError,
     add_engine_arguments,
     engine_config_from_args,
+    parse_storage_options,
 )
 
 log = logging.getLogger("annotator")
@@ -83,18 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     sch.add_argument("--quiet", action="store_true", help="no progress bar")
     add_engine_arguments(p)
     return p
-
-
-def _parse_storage_options(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        opts = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--storage-options: expected a JSON object, got invalid JSON ({e.msg})") from None
-    if not isinstance(opts, dict):
-        raise ConfigError(f"--storage-options: expected a JSON object, got {type(opts).__name__}")
-    return opts
 
 
 def _check_output_writable(output: str, storage_options: dict) -> None:
@@ -199,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-failure-rate: expected a fraction in [0, 1], got {args.max_failure_rate}")
     vocabulary = load_vocabulary(args.vocab)
     engine_config = engine_config_from_args(args)
-    storage_options = _parse_storage_options(args.storage_options)
+    storage_options = parse_storage_options(args.storage_options)
     if split_credentials(args.output)[1]:  # never echo them (in messages, the manifest, parts' paths)
         raise ConfigError(f"--output {redact_uri(args.output)}: expected credentials in --storage-options, "
                           "got them in the URL (user:password@)")

@@ -7,10 +7,10 @@ status (0 ok, 2 bad input or option, 3 missing optional dependency).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
+from annotator.config import parse_storage_options
 from annotator.export import (
     DEFAULT_LS_IMAGE_URL_PREFIX,
     EXPORTERS,
@@ -84,9 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        storage_options = json.loads(args.storage_options) if args.storage_options else None
-        if storage_options is not None and not isinstance(storage_options, dict):
-            raise ExportError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+        storage_options = parse_storage_options(args.storage_options) or None
         options = ExportOptions(
             iscrowd=args.iscrowd,
             min_area=args.min_area,
@@ -102,9 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage_options=storage_options,
         )
         result = export(args.output, args.format, args.to, options)
-    except json.JSONDecodeError as exc:
-        print(f"error: --storage-options is not valid JSON: {exc}", file=sys.stderr)
-        return 2
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
