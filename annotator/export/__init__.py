@@ -27,6 +27,9 @@ from typing import Any
 
 import fsspec
 
+from annotator import parts, records
+from annotator.sources import redact_uri
+
 __all__ = [
     "DEFAULT_LS_IMAGE_URL_PREFIX",
     "EXPORTERS",
@@ -152,7 +155,6 @@ def resolve_inputs(output: str, storage_options: Mapping[str, Any] | None = None
     Returns ``[OUTPUT/annotations.parquet]`` when the reducer has written it, else the
     sorted ``OUTPUT/parts/part-*.parquet``. Raises :class:`ExportError` when neither exists.
     """
-    from annotator import parts
 
     fs, _ = fsspec.core.url_to_fs(output, **dict(storage_options or {}))
     merged = join_path(output, "annotations.parquet")
@@ -172,7 +174,6 @@ def read_metadata(paths: list[str], storage_options: Mapping[str, Any] | None = 
 
     Validates the vocabulary: a list of strings whose index 0 is ``"background"``.
     """
-    from annotator import parts
 
     meta = parts.read_part_metadata(paths[0], storage_options=dict(storage_options) if storage_options else None)
     vocabulary = meta.get("vocabulary")
@@ -195,7 +196,6 @@ def iter_records(
     columns: list[str] | None = None,
 ) -> Iterator[Any]:
     """Stream :class:`annotator.records.ImageRecord` objects from Parquet files."""
-    from annotator import parts
 
     so = dict(storage_options) if storage_options else None
     for row in parts.iter_rows(paths, storage_options=so, columns=columns):
@@ -204,7 +204,6 @@ def iter_records(
 
 def as_record(row: Any) -> Any:
     """A Parquet row dict (or an ImageRecord) -> :class:`annotator.records.ImageRecord`."""
-    from annotator import records
 
     if isinstance(row, records.ImageRecord):
         return row
@@ -312,7 +311,6 @@ def image_score(record: Any) -> float | None:
     if total_area > 0:
         return float(sum(float(a.score) * int(a.area) for a in annotations) / total_area)
     if record.confidence_png:
-        from annotator import records
 
         conf = records.decode_confidence_png(record.confidence_png)
         return float(conf.mean()) if conf.size else None
@@ -326,13 +324,7 @@ _URL_TOKEN_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
 def strip_credentials(text: str) -> str:
     """``text`` with ``user:pass@`` removed from every URL in it, and secret query
     values (signatures, tokens) redacted by :func:`annotator.sources.redact_uri`."""
-    text = str(text)
-    try:
-        from annotator.sources import redact_uri
-    except ImportError:  # pragma: no cover - sources is part of the package
-        redact_uri = None
-    if redact_uri is not None:
-        text = _URL_TOKEN_RE.sub(lambda m: redact_uri(m.group(0)), text)
+    text = _URL_TOKEN_RE.sub(lambda m: redact_uri(m.group(0)), str(text))
     return _CREDENTIALS_RE.sub("", text)
 
 
