@@ -22,6 +22,7 @@ Failure handling (see the README, "Failure behaviour"):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -160,7 +161,7 @@ def run_shards(
         return {"actors": 0, "retries": 0}
     n, resources, device = plan_actors(engine_config, num_actors)
     n = min(n, len(tasks))
-    cfg = EngineConfig(**{**engine_config.__dict__, "device": device if engine_config.device == "auto" else engine_config.device})
+    cfg = dataclasses.replace(engine_config, device=device) if engine_config.device == "auto" else engine_config
     threads = max(1, int(resources["num_cpus"])) if device == "cpu" else None
     # Ray restarts a dead actor without limit; the driver bounds the attempts per shard.
     Actor = ray.remote(max_restarts=-1, max_task_retries=0, **resources)(_ShardActor)
