@@ -128,7 +128,11 @@ class ShardProcessor:
             log.warning("batch failed (%s); retrying its %d images one by one", e, len(batch))
             return [self._predict([item])[0] for item in batch]
 
-    def _encode(self, ref: ImageRef, pred) -> tuple[records.ImageRecord, np.ndarray | None]:
+    def _encode(self, ref: ImageRef, pred) -> tuple[records.ImageRecord, np.ndarray | None, float]:
+        """Encoder thread: the record, this image's confusion matrix (or None), seconds taken.
+
+        The seconds are returned, not added to shared state: encoder threads run at once.
+        """
         t0 = time.perf_counter()
         try:
             rec = records.ok_record(ref, pred.labels_hw, pred.confidence_hw, self.class_names)
@@ -136,14 +140,13 @@ class ShardProcessor:
             log.warning("%s: could not encode the prediction: %s: %s", ref.file_name, type(e).__name__, e)
             rec = records.error_record(ref, "encode-failed", f"{type(e).__name__}: {e}",
                                        size_hw=pred.labels_hw.shape[:2])
-            return rec, None
+            return rec, None, time.perf_counter() - t0
         cm = None
         if self.gt is not None:
             gt = self.gt.labels_for(ref.file_name, pred.labels_hw.shape)
             if gt is not None:
                 cm = metrics.released_protocol_confusion(pred.labels_hw, gt, len(self.class_names))
-        self._times["encode"] += time.perf_counter() - t0
-        return rec, cm
+        return rec, cm, time.perf_counter() - t0
 
     # ---------------------------------------------------------------- API
     def process(self, task: ShardTask) -> ShardResult:
@@ -170,7 +173,8 @@ class ShardProcessor:
         confusion = None
         for p in pending:
             if isinstance(p, Future):
-                rec, cm = p.result()
+                rec, cm, seconds = p.result()
+                self._times["encode"] += seconds
                 if cm is not None:
                     confusion = cm if confusion is None else confusion + cm
             else:
