@@ -123,6 +123,7 @@ def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) ->
     from . import pipeline
     from .config import engine_config_from_args
     from .manifest import config_hash, listing_fingerprint, open_output
+    from .run import MANIFEST_FLUSH_INTERVAL_S
     from .run import build_parser as run_parser
     from .sources import list_images
     from .vocab import load_vocabulary
@@ -151,9 +152,11 @@ def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) ->
     manifest = open_output(output, config_hash=config_hash({"bench": "driver-probe"}), listing_fingerprint=listing_fingerprint(
         r.file_name for r in refs), num_shards=len(tasks), shard_size=shard_size, overwrite=True)
     listed = rss_mb()
+    manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
     opts = RunOptions(output=output, metadata={"vocabulary": vocab.names, "bench": True})
     pipeline.run_shards(tasks, cfg, vocab, opts, num_actors=None,
                         on_done=lambda r: manifest.mark_finished(r["shard_index"], r["path"], r["rows"], r["sha256"]))
+    manifest.flush()
     wall = time.perf_counter() - t0
     import ray
 

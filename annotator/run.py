@@ -31,6 +31,9 @@ log = logging.getLogger("annotator")
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 DEFAULT_OUTPUT = "annotator-output"
+#: The driver rewrites manifest.json at most this often (its size grows with the shard
+#: count); parts written in between are taken back on resume (``adopt_unlisted_parts``).
+MANIFEST_FLUSH_INTERVAL_S = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,7 +231,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.overwrite:
         _remove_previous_results(args.output, storage_options)
-    pending = [t for t in tasks if not manifest.is_finished(t.shard_index)]
+    manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
+    manifest.adopt_unlisted_parts(lambda i: len(tasks[i].refs))
+    done_before = manifest.finished_shards()  # one listing, not a request per shard
+    pending = [t for t in tasks if t.shard_index not in done_before]
     metadata = {
         "vocabulary": vocabulary.names,
         "vocabulary_prompts": vocabulary.to_json(),
@@ -269,6 +275,7 @@ def _run(args: argparse.Namespace) -> int:
             stats = pipeline.run_shards(pending, engine_config, vocabulary, options,
                                         num_actors=args.num_actors, on_done=on_done)
         finally:
+            manifest.flush()  # also when shards failed or the run was interrupted
             if bar is not None:
                 bar.close()
         if stats.get("shard_seconds"):

@@ -124,3 +124,51 @@ def test_clear_and_open_output(tmp_path):
     write_part(_records([1]), part_path(out, 0), META)
     with pytest.raises(OutputConflictError, match="no manifest.json"):
         open_output(out, **kw)
+
+
+def test_throttled_saves_and_flush(tmp_path):
+    out = str(tmp_path)
+    m = Manifest.create(out, "a" * 16, "b" * 16, 3, 2)
+    m.flush_interval_s = 3600.0
+    m.mark_finished(0, part_path(out, 0), 2, sha256="0" * 64)
+    assert Manifest.load(out).finished == {}  # not saved yet: the last save is too recent
+    m.flush()
+    assert set(Manifest.load(out).finished) == {"0"}
+    saved = (tmp_path / "manifest.json").read_bytes()
+    m.flush()  # nothing new: no rewrite
+    assert (tmp_path / "manifest.json").read_bytes() == saved
+
+
+def test_entries_are_validated_when_added(tmp_path):
+    m = Manifest.create(str(tmp_path), "a" * 16, "b" * 16, 2, 2)
+    with pytest.raises(ValueError, match="shard 0: not a valid manifest entry"):
+        m.mark_finished(0, part_path(str(tmp_path), 0), 2, sha256="not-a-digest")
+    with pytest.raises(ValueError, match="shard 1"):
+        m.mark_finished(1, part_path(str(tmp_path), 1), -1, sha256="0" * 64)
+    assert m.finished == {}
+
+
+def test_unlisted_parts_are_taken_back_only_when_they_belong(tmp_path, caplog):
+    out = str(tmp_path)
+    m = Manifest.create(out, META["config_hash"], "b" * 16, num_shards=5, shard_size=2)
+    meta = {**META, "shard_index": 0}
+    digest0 = write_part(_records([1, 2]), part_path(out, 0), meta)  # belongs: taken back
+    write_part(_records([3, 4]), part_path(out, 1), {**META, "shard_index": 1, "config_hash": "f" * 16})
+    write_part(_records([5]), part_path(out, 2), {**META, "shard_index": 2})  # 1 row, 2 expected
+    write_part(_records([6, 7]), part_path(out, 3), {**META, "shard_index": 0})  # another shard's index
+    write_part(_records([8, 9]), part_path(out, 7), {**META, "shard_index": 7})  # outside the run
+    (tmp_path / "parts" / "part-00004.parquet").write_bytes(b"PAR1 truncated")
+    listed = write_part(_records([10, 11]), part_path(out, 4).replace("00004", "00005"), META)
+    m.finished["5"] = {"path": "parts/part-00005.parquet", "rows": 2, "sha256": listed}  # already listed
+
+    with caplog.at_level("INFO", logger="annotator.manifest"):
+        assert m.adopt_unlisted_parts(lambda i: 2) == [0]
+    assert m.finished["0"] == {"path": "parts/part-00000.parquet", "rows": 2, "sha256": digest0}
+    assert Manifest.load(out).finished["0"]["sha256"] == digest0  # saved
+    text = caplog.text
+    assert "part-00001.parquet: not taken back (written by another configuration)" in text
+    assert "part-00002.parquet: not taken back (1 rows, expected 2)" in text
+    assert "part-00003.parquet: not taken back (written by another configuration)" in text
+    assert "part-00007.parquet: not taken back (shard 7 is outside this run's 5 shards)" in text
+    assert "part-00004.parquet: not taken back (unreadable" in text
+    assert m.adopt_unlisted_parts(lambda i: 2) == []

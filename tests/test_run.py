@@ -242,6 +242,26 @@ def test_resume_recomputes_only_the_missing_shard(e2e, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_parts_missing_from_the_manifest_are_taken_back(e2e, tmp_path, capsys):
+    """The driver saves manifest.json at most every few seconds: parts written after its
+    last save (driver killed) are taken back on resume, not recomputed."""
+    out = tmp_path / "out"
+    shutil.copytree(e2e["output"], out)
+    before = {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (out / "parts").glob("part-*.parquet")}
+    doc = json.loads((out / "manifest.json").read_text())
+    listed = doc["finished"]
+    doc["finished"] = {k: v for k, v in listed.items() if int(k) < 2}
+    (out / "manifest.json").write_text(json.dumps(doc))
+
+    rc, err = _run(capsys, *_base_args(e2e, out))
+    assert rc == 0, err
+    assert f"{len(before)} shards; {len(before)} already done" in err
+    assert {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (out / "parts").glob("part-*.parquet")} == before
+    assert json.loads((out / "manifest.json").read_text())["finished"] == listed
+    assert _rows(out / "annotations.parquet") == _rows(e2e["output"] / "annotations.parquet")
+
+
+@pytest.mark.slow
 def test_other_configuration_is_refused_unless_overwrite(e2e, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(e2e["output"], out)
