@@ -37,10 +37,22 @@ class Prediction:
 
     ``labels_hw``: (H, W) int32 class indices (0 = background; c >= 1 = category_id c).
     ``confidence_hw``: (H, W) float32 in [0, 1], max softmax(logit_scale * guided scores).
+    ``class_stats``: on a GPU, (pixels (K,) int64, confidence sums (K,) float64) per
+    class, computed on the device so that the CPU encoders need not (None on the CPU,
+    where numpy's bincount is faster than torch's).
     """
 
     labels_hw: np.ndarray
     confidence_hw: np.ndarray
+    class_stats: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def class_stats_torch(labels: torch.Tensor, conf: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W) integer labels + (H, W) float confidence on any device -> per class
+    (pixel count (K,) int64, confidence sum (K,) float64), like ``records.class_stats_numpy``."""
+    flat = labels.reshape(-1).long()
+    return (torch.bincount(flat, minlength=num_classes),
+            torch.bincount(flat, weights=conf.reshape(-1).double(), minlength=num_classes))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,6 +117,9 @@ class Engine:
         self.scale_weights = config.normalized_scale_weights
         self.logit_scale = float(self.clip.logit_scale)
         self.profile = profile
+        #: Per-class pixel counts and confidence sums computed on the device (a GPU) rather
+        #: than by the CPU encoders, which hold the GIL for them.
+        self.device_class_stats = self.device.type == "cuda"
         self.timings: dict[str, float] = defaultdict(float)
         self.set_vocabulary(vocabulary)
 
@@ -218,4 +233,12 @@ class Engine:
                 labels, conf = self._decide_one([m[i] for m in maps_b], sal[i], size_hw)
                 results.append((labels, conf))
         with self._stage("download"):
-            return [Prediction(lab.cpu().numpy(), cf.float().cpu().numpy()) for lab, cf in results]
+            k = len(self.vocabulary)
+            out = []
+            for lab, cf in results:
+                stats = None
+                if self.device_class_stats:
+                    pixels, sums = class_stats_torch(lab, cf, k)
+                    stats = (pixels.cpu().numpy(), sums.cpu().numpy())
+                out.append(Prediction(lab.cpu().numpy(), cf.float().cpu().numpy(), stats))
+            return out

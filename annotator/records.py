@@ -37,6 +37,7 @@ __all__ = [
     "ImageRecord",
     "RecordError",
     "annotations_from_labels",
+    "class_stats_numpy",
     "decode_confidence_png",
     "decode_mask",
     "encode_confidence_png",
@@ -329,13 +330,19 @@ def decode_mask(segmentation: dict) -> np.ndarray:
 
 
 def annotations_from_labels(
-    labels_hw: np.ndarray, confidence_hw: np.ndarray, class_names: Sequence[str]
+    labels_hw: np.ndarray,
+    confidence_hw: np.ndarray,
+    class_names: Sequence[str],
+    class_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Annotation]:
     """Label map + confidence map -> one `Annotation` per class c >= 1 present.
 
     labels_hw: (H, W) integer class indices in [0, len(class_names)); 0 is background.
     confidence_hw: (H, W) float in [0, 1], the calibrated confidence of each pixel's label.
     class_names: the vocabulary; `class_names[c]` names category_id c.
+    class_stats: optional (pixels (K,) int64, confidence sums (K,) float64) per class,
+        as the engine computes them on a GPU (:func:`class_stats`); computed here when
+        None. They give the annotations' `area` and `score`.
     Returns annotations sorted by category_id.
     """
     labels_hw = np.asarray(labels_hw)
@@ -362,11 +369,16 @@ def annotations_from_labels(
     if not (0.0 <= cmin and cmax <= 1.0):  # also false for NaN
         raise RecordError(f"confidence_hw: expected values in [0, 1], received values in [{cmin}, {cmax}]")
 
-    flat = labels_hw.ravel().astype(np.intp, copy=False)
-    pixels = np.bincount(flat, minlength=num_classes)
-    conf_sums = np.bincount(
-        flat, weights=confidence_hw.ravel().astype(np.float64, copy=False), minlength=num_classes
-    )
+    if class_stats is None:
+        pixels, conf_sums = class_stats_numpy(labels_hw, confidence_hw, num_classes)
+    else:
+        pixels, conf_sums = (np.asarray(a) for a in class_stats)
+        if pixels.shape != (num_classes,) or conf_sums.shape != (num_classes,) or pixels.sum() != labels_hw.size:
+            raise RecordError(
+                f"class_stats: expected pixel counts summing to {labels_hw.size} and confidence sums, "
+                f"each of shape ({num_classes},), received shapes {pixels.shape} and {conf_sums.shape} "
+                f"(pixel total {int(pixels.sum())})"
+            )
     present = np.flatnonzero(pixels[1:]) + 1
     if present.size == 0:
         return []
@@ -395,6 +407,14 @@ def annotations_from_labels(
             )
         )
     return out
+
+
+def class_stats_numpy(labels_hw: np.ndarray, confidence_hw: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: (pixel count (K,) int64, sum of confidence (K,) float64)."""
+    flat = labels_hw.ravel().astype(np.intp, copy=False)
+    pixels = np.bincount(flat, minlength=num_classes)
+    conf_sums = np.bincount(flat, weights=confidence_hw.ravel().astype(np.float64, copy=False), minlength=num_classes)
+    return pixels, conf_sums
 
 
 def labels_from_annotations(annotations: Sequence[Annotation], size_hw: tuple[int, int]) -> np.ndarray:
@@ -457,10 +477,15 @@ def decode_confidence_png(data: bytes) -> np.ndarray:
 
 
 def ok_record(
-    ref: ImageRefLike, labels_hw: np.ndarray, confidence_hw: np.ndarray, class_names: Sequence[str]
+    ref: ImageRefLike,
+    labels_hw: np.ndarray,
+    confidence_hw: np.ndarray,
+    class_names: Sequence[str],
+    class_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ImageRecord:
-    """A successful record: annotations from the label map, the confidence PNG, size from the map."""
-    annotations = annotations_from_labels(labels_hw, confidence_hw, class_names)
+    """A successful record: annotations from the label map, the confidence PNG, size from
+    the map (`class_stats`: see :func:`annotations_from_labels`)."""
+    annotations = annotations_from_labels(labels_hw, confidence_hw, class_names, class_stats)
     height, width = np.asarray(labels_hw).shape
     return ImageRecord(
         image_id=ref.image_id,

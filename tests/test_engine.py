@@ -114,3 +114,24 @@ def test_cuda_matches_cpu_on_tiny_model():
         out[dev] = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights()).predict(data)
     agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["cpu"], out["cuda"])])
     assert agree > 0.99
+
+
+def test_device_class_stats_give_the_same_records():
+    """On a GPU the engine computes per-class pixel counts and confidence sums on the
+    device; forced on here (CPU torch), the records must equal those computed by numpy."""
+    from annotator.records import ok_record
+
+    engine = toy_engine(batch_size=3)
+    data = [make_image(seed, size_hw=(90 + 10 * seed, 120))[0] for seed in range(4)]
+    plain = engine.predict(data)
+    assert all(p.class_stats is None for p in plain)  # CPU default: numpy in the encoders
+    engine.device_class_stats = True
+    stats = engine.predict(data)
+    names = ["background", *VOCAB]
+    for i, (p, q) in enumerate(zip(plain, stats)):
+        pixels, sums = q.class_stats
+        assert pixels.dtype == np.int64 and sums.dtype == np.float64 and pixels.shape == (len(names),)
+        np.testing.assert_array_equal(pixels, np.bincount(p.labels_hw.ravel(), minlength=len(names)))
+        ref = type("Ref", (), {"image_id": i + 1, "file_name": f"{i}.png", "uri": f"/{i}.png"})()
+        assert ok_record(ref, q.labels_hw, q.confidence_hw, names, q.class_stats) == ok_record(
+            ref, p.labels_hw, p.confidence_hw, names)

@@ -314,3 +314,17 @@ def test_labels_from_annotations_size_mismatch():
     a = Annotation(**_ann())
     with pytest.raises(RecordError, match=r"\[3, 3\]"):
         labels_from_annotations([a], (3, 3))
+
+
+def test_precomputed_class_stats_are_used_and_checked():
+    labels = _literal_labels()
+    conf = np.full(labels.shape, 0.5, np.float32)
+    pixels = np.bincount(labels.ravel(), minlength=len(NAMES))
+    sums = pixels * 0.25  # not what the confidence map says: proves the given stats are used
+    anns = annotations_from_labels(labels, conf, NAMES, (pixels, sums))
+    assert [a.score for a in anns] == [0.25] * len(anns)
+    assert [a.area for a in anns] == [int(pixels[a.category_id]) for a in anns]
+    with pytest.raises(RecordError, match=r"class_stats: expected pixel counts summing to"):
+        annotations_from_labels(labels, conf, NAMES, (pixels[:2], sums[:2]))
+    with pytest.raises(RecordError, match=r"pixel total"):
+        annotations_from_labels(labels, conf, NAMES, (pixels + 1, sums))
