@@ -6,11 +6,12 @@ actor, records finished shards in the manifest, and requeues a shard whose actor
 
 Failure handling (see the README, "Failure behaviour"):
 
-- A shard whose task raised (e.g. its part could not be written after the storage
-  retries) or whose actor died while running it is retried, up to
-  ``MAX_SHARD_ATTEMPTS`` attempts in all. A retried shard runs ALONE on its actor, so a
-  second failure is surely its own; shards that were only queued behind a shard whose
-  actor died (collateral) are requeued without using up an attempt.
+- An actor runs ``SHARDS_AT_ONCE`` shards at once (worker.py). A shard whose task
+  raised (e.g. its part could not be written after the storage retries), or whose actor
+  died while it ran alone there, is retried, up to ``MAX_SHARD_ATTEMPTS`` attempts in
+  all. When an actor dies running several shards, the culprit is unknown: they are all
+  requeued without using up an attempt, each to run ALONE on its actor next time, where
+  a death is surely its own. Retried shards run alone too.
 - A dead actor is restarted by Ray (the engine loads again); the driver sends it nothing
   until it answers a ``ready()`` probe, and retires it if it is not back within
   ``ACTOR_RESTART_TIMEOUT_S`` or cannot be restarted. When no actor is left the remaining
@@ -35,7 +36,7 @@ from typing import Any
 
 from .config import EngineConfig
 from .vocab import Vocabulary
-from .worker import RunOptions, ShardTask
+from .worker import SHARDS_AT_ONCE, RunOptions, ShardTask
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ class _Slot:
 
     handle: Any
     inflight: list = field(default_factory=list)  # ObjectRefs, in submission order
-    collateral: set = field(default_factory=set)  # refs queued behind a task whose actor died
-    isolated: bool = False  # running a retried shard alone
+    collateral: set = field(default_factory=set)  # refs that ran beside a task whose actor died
+    isolated: bool = False  # running a retried or suspect shard alone
     probe: Any = None  # ready() ref while the actor restarts
     probe_since: float = 0.0
     retired: str | None = None  # why it gets no more work
@@ -146,12 +147,12 @@ def run_shards(
     *,
     num_actors: int | None,
     on_done: Callable[[dict], None],
-    in_flight_per_actor: int = 2,
+    in_flight_per_actor: int | None = None,
 ) -> dict:
     """Process ``tasks`` on Ray actors; ``on_done(result_dict)`` is called per finished shard.
 
     Returns scheduling statistics (``actors``, ``device``, ``retries``, ``restarts``,
-    ``driver_overhead_s``, ``shard_seconds``). Raises :class:`ShardFailedError` listing
+    ``driver_overhead_s``, ``shard_seconds``, ``shards_done``). Raises :class:`ShardFailedError` listing
     the shards that failed ``MAX_SHARD_ATTEMPTS`` times (after all others finished), or
     when the actors cannot start (message carries the actor's error).
     """
@@ -164,10 +165,13 @@ def run_shards(
     cfg = dataclasses.replace(engine_config, device=device) if engine_config.device == "auto" else engine_config
     threads = max(1, int(resources["num_cpus"])) if device == "cpu" else None
     # Ray restarts a dead actor without limit; the driver bounds the attempts per shard.
-    Actor = ray.remote(max_restarts=-1, max_task_retries=0, **resources)(_ShardActor)
+    # Two shards at a time per actor: one on the device while the other is read, encoded
+    # and written (ShardProcessor serialises the device work; see worker.py).
+    Actor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=SHARDS_AT_ONCE,
+                       **resources)(_ShardActor)
     slots = [_Slot(Actor.remote(cfg, vocabulary, options, threads)) for _ in range(n)]
     try:
-        return _schedule(tasks, slots, device, on_done, in_flight_per_actor)
+        return _schedule(tasks, slots, device, on_done, in_flight_per_actor or SHARDS_AT_ONCE)
     finally:
         for s in slots:  # free the CPUs/GPUs now (also when a shard or on_done raised)
             with contextlib.suppress(Exception):  # best effort: the actor may be gone already
@@ -190,17 +194,18 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
     attempts: dict[int, int] = {}  # counted failures per shard
     free: dict[int, int] = {}  # uncounted requeues per shard
     failed: dict[int, str] = {}
+    suspects: set[int] = set()  # shards whose actor died while they ran beside another one
     inflight: dict = {}  # ObjectRef -> (slot, task)
     probes: dict = {}  # ObjectRef -> slot
     stats = {"actors": len(slots), "device": device, "retries": 0, "restarts": 0,
-             "driver_overhead_s": 0.0, "shard_seconds": 0.0}
+             "driver_overhead_s": 0.0, "shard_seconds": 0.0, "shards_done": 0}
 
     def fill(s: _Slot) -> None:
         if s.retired or s.probe is not None or s.isolated:
             return
         while queue and len(s.inflight) < in_flight_per_actor:
             task = queue[0]
-            if attempts.get(task.shard_index):  # a retry runs alone: a failure is then its own
+            if attempts.get(task.shard_index) or task.shard_index in suspects:  # alone: a failure is its own
                 if s.inflight:
                     return
                 s.isolated = True
@@ -211,17 +216,18 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
             if s.isolated:
                 return
 
-    def failed_before(refs: list) -> bool:
-        """Did an earlier task of the same actor fail because the actor died?"""
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=5.0)
+    def unfinished(refs: list) -> list:
+        """The refs among ``refs`` that have not returned a result (running, or died)."""
+        if not refs:
+            return []
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        out = [r for r in refs if r not in done]
         for r in done:
             try:
                 ray.get(r, timeout=0)
-            except RayActorError:
-                return True
-            except Exception:  # noqa: BLE001, S112 - a task's own error is not an actor death
-                continue
-        return False
+            except Exception:  # noqa: BLE001 - died with the actor, or failed on its own: not finished
+                out.append(r)
+        return out
 
     def requeue(task: ShardTask, counted: bool, why: str) -> None:
         i = task.shard_index
@@ -239,7 +245,7 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
                 return
             log.warning("shard %d failed (attempt %d of %d: %s); retrying", i, k, MAX_SHARD_ATTEMPTS, why)
         else:
-            log.info("shard %d requeued (its actor died while it waited: %s)", i, why)
+            log.info("shard %d requeued to run alone (its actor died while it ran beside another shard: %s)", i, why)
         queue.appendleft(task)
 
     def start_probe(s: _Slot) -> None:
@@ -285,22 +291,27 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
                 result = ray.get(ref)
             except RayActorError as e:
                 # The actor died (Ray reports ActorDiedError, or ActorUnavailableError when the
-                # connection dropped mid-task or the task reached it restarting). Tasks run in
-                # submission order, so the earliest unfinished one was running and used up an
-                # attempt; those queued behind it are collateral and are requeued for free.
-                collateral = (ref in s.collateral
-                              or (not was_isolated and idx > 0 and failed_before(s.inflight[:idx])))
+                # connection dropped mid-task or the task reached it restarting). Alone on it,
+                # the shard was the cause: an attempt is used up. Beside other unfinished shards
+                # the cause is unknown: all of them are requeued for free, to run alone next.
+                beside = [] if was_isolated else unfinished(s.inflight)
+                shared = ref in s.collateral or bool(beside)
                 s.collateral.discard(ref)
-                s.collateral.update(s.inflight[idx:])
+                s.collateral.update(beside)
                 start_probe(s)
-                requeue(task, counted=not collateral, why=f"actor died: {_short(e)}")
+                if shared:
+                    suspects.add(task.shard_index)
+                requeue(task, counted=not shared, why=f"actor died: {_short(e)}")
             except RayTaskError as e:
                 requeue(task, counted=True, why=_short(e.cause if getattr(e, "cause", None) else e))
             except RayError as e:  # e.g. the result was lost with its node
                 requeue(task, counted=True, why=_short(e))
             else:
+                s.collateral.discard(ref)
+                suspects.discard(task.shard_index)
                 on_done(result)
                 stats["shard_seconds"] += result["seconds"]
+                stats["shards_done"] += 1
                 stats["driver_overhead_s"] += time.perf_counter() - t0
         if queue and not inflight and all(s.retired for s in slots):
             why = "; ".join(sorted({s.retired for s in slots}))

@@ -30,6 +30,9 @@ from .schema import PART_ARROW_SCHEMA
 
 log = logging.getLogger(__name__)
 
+#: Images named in metrics.json's ``ground_truth_errors`` (the count covers them all).
+GT_ERRORS_LISTED = 20
+
 
 class ReduceError(RuntimeError):
     """The parts do not add up to a complete, consistent run."""
@@ -65,6 +68,7 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     ann_per_class, px_per_class, score_sum = Counter(), Counter(), Counter()
     meta.pop("shard_index", None)
     meta.pop("confusion", None)
+    meta.pop("gt_errors", None)
     schema = PART_ARROW_SCHEMA.with_metadata({parts.METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
     merged_tmp = f"{root}/annotations.parquet.tmp"
     with fs.open(merged_tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
@@ -132,6 +136,11 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
             cm += np.asarray(c, dtype=np.int64)
         scores = metrics.scores_from_confusion(cm, class_names)
         scores["confusion_matrix"] = cm.tolist()
+        gt_errors = sorted((e for m in metas for e in m.get("gt_errors") or []), key=lambda e: e["file_name"])
+        scores["ground_truth_errors"] = {"count": len(gt_errors), "first": gt_errors[:GT_ERRORS_LISTED]}
+        if gt_errors:
+            log.warning("%d image(s) left out of the scores, their ground truth could not be used; "
+                        "e.g. %s: %s (see metrics.json)", len(gt_errors), gt_errors[0]["file_name"], gt_errors[0]["error"])
         _write_json(fs, metrics_path, scores)
         summary["miou"] = scores["miou"]
         print(metrics.format_table(scores), file=sys.stderr)

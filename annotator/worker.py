@@ -4,11 +4,19 @@ No Ray here: a Ray actor (``pipeline.py``), the benchmark and tests all call
 :class:`ShardProcessor` directly. Reading and decoding run in a thread pool ahead of
 the engine; encoding masks (RLE, confidence PNG) runs in threads behind it, so the
 device is not kept waiting on the CPU work of neighbouring batches.
+
+Two shards may run at once, from two threads (a Ray actor with ``max_concurrency=2``,
+:func:`process_shards`): one holds the device for all its batches while the other
+reads and decodes its first batch, then encodes and writes its part. So the device
+does not wait at every shard boundary for the previous part to be written and the
+next images to be read.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -19,11 +27,16 @@ import numpy as np
 
 from . import metrics, parts, records
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError
+from .gt import GroundTruthError
 from .hf_source import HFSource
 from .loader import DecodedImage, ImageLoader, image_size_hw
 from .sources import ImageRef, read_image_bytes
 
 log = logging.getLogger(__name__)
+
+#: Shards a processor runs at once (a Ray actor's ``max_concurrency``): one holds the
+#: device while the other reads, decodes, encodes and writes.
+SHARDS_AT_ONCE = 2
 
 
 @dataclass
@@ -79,6 +92,9 @@ class ShardProcessor:
                               storage_options=options.storage_options)
         self._io = ThreadPoolExecutor(max_workers=max(1, options.read_threads), thread_name_prefix="read")
         self._enc = ThreadPoolExecutor(max_workers=max(1, options.encode_threads), thread_name_prefix="encode")
+        # One shard at a time on the device; the other shard's CPU work goes on meanwhile.
+        self._device = threading.Lock()
+        self._hf_cells: dict = {}  # file_name -> label cell, for the shards in progress
 
     # ---------------------------------------------------------------- stages
     def _read(self, item: tuple[ImageRef, bytes | ImageDecodeError | None]) -> bytes | ImageDecodeError:
@@ -93,7 +109,7 @@ class ShardProcessor:
         except Exception as e:  # anything else reading one file must not kill the shard
             return ImageDecodeError("unreadable", f"{type(e).__name__}: {e}")
 
-    def _decoded(self, task: ShardTask) -> Iterator[list[tuple[ImageRef, DecodedImage]]]:
+    def _decoded(self, task: ShardTask, times: dict[str, float]) -> Iterator[list[tuple[ImageRef, DecodedImage]]]:
         """Batches of decoded images from :class:`~annotator.loader.ImageLoader`.
 
         At most ``prefetch_batches`` batches are read and decoded ahead (memory stays
@@ -113,8 +129,8 @@ class ShardProcessor:
         with loader:
             for batch in loader:
                 yield [(refs[i], img) for i, img in batch]
-        self._times["read"] += loader.stats.read_s
-        self._times["decode"] += loader.stats.decode_s + loader.stats.batch_decode_s
+        times["read"] += loader.stats.read_s
+        times["decode"] += loader.stats.decode_s + loader.stats.batch_decode_s
 
     def _predict(self, batch: list[tuple[ImageRef, np.ndarray]]):
         """Engine on a batch; a failing batch is retried image by image to isolate the culprit."""
@@ -128,70 +144,61 @@ class ShardProcessor:
             log.warning("batch failed (%s); retrying its %d images one by one", e, len(batch))
             return [self._predict([item])[0] for item in batch]
 
-    def _encode(self, ref: ImageRef, pred) -> tuple[records.ImageRecord, np.ndarray | None, float]:
-        """Encoder thread: the record, this image's confusion matrix (or None), seconds taken.
+    def _encode(self, ref: ImageRef, pred) -> tuple[records.ImageRecord, np.ndarray | None, str | None, float]:
+        """Encoder thread: the record, this image's confusion matrix (or None), why its
+        ground truth could not be used (or None), seconds taken.
 
         The seconds are returned, not added to shared state: encoder threads run at once.
+        A bad ground truth (wrong size, unreadable map) leaves the prediction's row
+        intact; the image is left out of the scores and reported in ``metrics.json``.
         """
         t0 = time.perf_counter()
         try:
-            rec = records.ok_record(ref, pred.labels_hw, pred.confidence_hw, self.class_names)
+            rec = records.ok_record(ref, pred.labels_hw, pred.confidence_hw, self.class_names,
+                                    getattr(pred, "class_stats", None))
         except Exception as e:  # noqa: BLE001 - one image's bad prediction must not cost the shard
             log.warning("%s: could not encode the prediction: %s: %s", ref.file_name, type(e).__name__, e)
             rec = records.error_record(ref, "encode-failed", f"{type(e).__name__}: {e}",
                                        size_hw=pred.labels_hw.shape[:2])
-            return rec, None, time.perf_counter() - t0
-        cm = None
+            return rec, None, None, time.perf_counter() - t0
+        cm = gt_error = None
         if self.gt is not None:
-            gt = self.gt.labels_for(ref.file_name, pred.labels_hw.shape)
+            try:
+                gt = self.gt.labels_for(ref.file_name, pred.labels_hw.shape)
+            except GroundTruthError as e:
+                log.warning("%s: ground truth not used: %s", ref.file_name, e)
+                gt, gt_error = None, str(e)[:records.ERROR_MAX_LENGTH]
             if gt is not None:
                 cm = metrics.released_protocol_confusion(pred.labels_hw, gt, len(self.class_names))
-        return rec, cm, time.perf_counter() - t0
+        return rec, cm, gt_error, time.perf_counter() - t0
 
     # ---------------------------------------------------------------- API
     def process(self, task: ShardTask) -> ShardResult:
-        """Run one shard and write its part atomically; every image yields exactly one row."""
+        """Run one shard and write its part atomically; every image yields exactly one row.
+
+        Thread-safe: two threads may each run a shard (see the module docstring). The
+        ``device_wait`` stage is the time this shard waited for the other to free the device.
+        """
         t_start = time.perf_counter()
-        self._times: dict[str, float] = defaultdict(float)
-        engine_before = dict(self.engine.timings)
+        times: dict[str, float] = defaultdict(float)
+        hf_names: list[str] = []
         if self.gt is not None and getattr(self.gt, "format", None) == "hf-column":
-            self._set_hf_labels(task)
-        pending: list[Future | records.ImageRecord] = []
-        for batch in self._decoded(task):
-            ok = [(ref, img) for ref, img in batch if not isinstance(img, ImageDecodeError)]
-            for ref, img in batch:
-                if isinstance(img, ImageDecodeError):
-                    pending.append(records.error_record(ref, img.reason, img.detail))
-            if ok:
-                for (ref, img), pred in zip(ok, self._predict(ok)):
-                    if isinstance(pred, Exception):
-                        pending.append(records.error_record(ref, "inference-failed", f"{type(pred).__name__}: {pred}",
-                                                            size_hw=image_size_hw(img)))
-                    else:
-                        pending.append(self._enc.submit(self._encode, ref, pred))
-        recs: list[records.ImageRecord] = []
-        confusion = None
-        for p in pending:
-            if isinstance(p, Future):
-                rec, cm, seconds = p.result()
-                self._times["encode"] += seconds
-                if cm is not None:
-                    confusion = cm if confusion is None else confusion + cm
-            else:
-                rec = p
-            recs.append(rec)
+            hf_names = self._add_hf_labels(task)
+        try:
+            recs, confusion, gt_errors = self._run_images(task, times)
+        finally:
+            for name in hf_names:
+                self._hf_cells.pop(name, None)
         meta = dict(self.options.metadata)
         meta["shard_index"] = task.shard_index
         if self.gt is not None:
             meta["confusion"] = None if confusion is None else confusion.tolist()
+            meta["gt_errors"] = gt_errors
         t0 = time.perf_counter()
         path = parts.part_path(self.options.output, task.shard_index)
         out_opts = self.options.output_storage_options
         sha = parts.write_part(recs, path, meta, self.options.storage_options if out_opts is None else out_opts)
-        self._times["write"] += time.perf_counter() - t0
-        stages = dict(self._times)
-        for k, v in self.engine.timings.items():
-            stages[k] = stages.get(k, 0.0) + v - engine_before.get(k, 0.0)
+        times["write"] += time.perf_counter() - t0
         return ShardResult(
             shard_index=task.shard_index,
             path=path,
@@ -199,11 +206,61 @@ class ShardProcessor:
             errors=sum(r.status == "error" for r in recs),
             sha256=sha,
             seconds=time.perf_counter() - t_start,
-            stages=stages,
+            stages=dict(times),
         )
 
-    def _set_hf_labels(self, task: ShardTask) -> None:
-        """Give an ``hf-column:NAME`` ground truth this shard's label cells (by file_name)."""
+    def _run_images(self, task: ShardTask, times: dict[str, float]):
+        """Decode, predict (holding the device) and encode: (records in order, summed
+        confusion matrix or None, ground-truth errors as ``[{file_name, error}]``)."""
+        pending: list[Future | records.ImageRecord] = []
+        batches = self._decoded(task, times)
+        try:
+            first = next(batches, None)  # read and decoded while the other shard holds the device
+            t0 = time.perf_counter()
+            with self._device:
+                times["device_wait"] += time.perf_counter() - t0
+                engine_before = dict(self.engine.timings)
+                try:
+                    for batch in itertools.chain([first] if first is not None else [], batches):
+                        self._predict_batch(batch, pending)
+                finally:
+                    for k, v in self.engine.timings.items():  # only the device holder runs the engine
+                        times[k] += v - engine_before.get(k, 0.0)
+        finally:
+            batches.close()
+        recs: list[records.ImageRecord] = []
+        confusion = None
+        gt_errors: list[dict] = []
+        for p in pending:
+            if isinstance(p, Future):
+                rec, cm, gt_error, seconds = p.result()
+                times["encode"] += seconds
+                if cm is not None:
+                    confusion = cm if confusion is None else confusion + cm
+                if gt_error is not None:
+                    gt_errors.append({"file_name": rec.file_name, "error": gt_error})
+            else:
+                rec = p
+            recs.append(rec)
+        return recs, confusion, gt_errors
+
+    def _predict_batch(self, batch: list[tuple[ImageRef, DecodedImage]], pending: list) -> None:
+        """Error rows for undecodable images; the rest through the engine, encodes submitted."""
+        ok = [(ref, img) for ref, img in batch if not isinstance(img, ImageDecodeError)]
+        for ref, img in batch:
+            if isinstance(img, ImageDecodeError):
+                pending.append(records.error_record(ref, img.reason, img.detail))
+        if ok:
+            for (ref, img), pred in zip(ok, self._predict(ok)):
+                if isinstance(pred, Exception):
+                    pending.append(records.error_record(ref, "inference-failed", f"{type(pred).__name__}: {pred}",
+                                                        size_hw=image_size_hw(img)))
+                else:
+                    pending.append(self._enc.submit(self._encode, ref, pred))
+
+    def _add_hf_labels(self, task: ShardTask) -> list[str]:
+        """Give an ``hf-column:NAME`` ground truth this shard's label cells (by file_name,
+        beside those of a shard running at the same time); returns the names added."""
         if task.hf is None:
             from .gt import GroundTruthError
 
@@ -211,8 +268,9 @@ class ShardProcessor:
                                    "dataset, but the source is not one (use --hf-dataset)")
         column = self.gt.column
         cells = _read_hf(task, lambda start, stop: task.hf.read_labels(start, stop, column)) if task.refs else []
-        by_name = {ref.file_name: cell for ref, cell in zip(task.refs, cells)}
-        self.gt.set_lookup(by_name.get)
+        self._hf_cells.update({ref.file_name: cell for ref, cell in zip(task.refs, cells)})
+        self.gt.set_lookup(self._hf_cells.get)
+        return [ref.file_name for ref in task.refs]
 
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
@@ -236,6 +294,23 @@ def _read_hf(task: ShardTask, read: Callable[[int, int], list]) -> list:
         out.extend(got)
         i = j
     return out
+
+
+def process_shards(processor: ShardProcessor, tasks: Sequence[ShardTask], concurrency: int = SHARDS_AT_ONCE) -> Iterator[ShardResult]:
+    """Results of ``tasks`` in order, ``concurrency`` shards at a time on ``processor``
+    (what a Ray actor with ``max_concurrency`` does; for callers without Ray)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency: expected >= 1, got {concurrency}")
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="shard") as pool:
+        inflight: list[Future] = []
+        todo = iter(tasks)
+        for task in itertools.islice(todo, concurrency):
+            inflight.append(pool.submit(processor.process, task))
+        while inflight:
+            result = inflight.pop(0).result()
+            for task in itertools.islice(todo, 1):
+                inflight.append(pool.submit(processor.process, task))
+            yield result
 
 
 def make_shards(refs: Sequence[ImageRef], shard_size: int, hf: HFSource | None = None) -> list[ShardTask]:

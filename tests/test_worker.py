@@ -1,0 +1,144 @@
+"""The shard processor: two shards at once, the device held by one at a time; a bad
+ground truth leaves the image's row intact and is reported, not a failed shard."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from annotator import parts
+from annotator.config import EngineConfig
+from annotator.engine import Engine
+from annotator.metrics import resize_gt_short_side
+from annotator.reduce import reduce_output
+from annotator.sources import list_images
+from annotator.vocab import Vocabulary
+from annotator.worker import RunOptions, ShardProcessor, make_shards, process_shards
+from tests.synthetic import VOCAB, write_dataset
+
+SIZE_HW = (48, 64)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worker")
+    images, gt, truth = write_dataset(root, 10, size_hw=SIZE_HW, nested=False)
+    return images, gt, truth
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(EngineConfig(model="toy", saliency="toy", device="cpu", batch_size=2), Vocabulary.from_names(VOCAB))
+
+
+class DeviceSpy:
+    """Wraps an engine: records which shard called ``predict`` when, and fails the test
+    if two calls overlap (the device must be held by one shard at a time)."""
+
+    def __init__(self, engine, delay_s: float = 0.01):
+        self.engine, self.delay_s = engine, delay_s
+        self.config, self.device, self.vocabulary, self.timings = engine.config, engine.device, engine.vocabulary, engine.timings
+        self.calls: list[str] = []
+        self.active = 0
+        self.overlaps = 0
+        self._lock = threading.Lock()
+
+    def predict(self, images, names=None):
+        with self._lock:
+            self.active += 1
+            self.overlaps += self.active > 1
+            self.calls.append(names[0].split("_")[0] if names else "?")
+        try:
+            time.sleep(self.delay_s)  # a device call: releases the GIL, like a GPU kernel wait
+            return self.engine.predict(images, names=names)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def _parts_by_shard(output: str) -> dict[int, list[dict]]:
+    return {int(Path(p).stem.split("-")[1]): list(parts.iter_rows([p])) for p in parts.list_parts(output)}
+
+
+def test_two_shards_at_once_give_the_same_parts_and_never_share_the_device(dataset, engine, tmp_path):
+    images, _, _ = dataset
+    refs = list_images(str(images))
+    tasks = make_shards(refs, 3)  # 4 shards: 3, 3, 3, 1 images
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+
+    serial_out = str(tmp_path / "serial")
+    proc = ShardProcessor(engine, RunOptions(output=serial_out, metadata=meta))
+    try:
+        serial = [proc.process(t) for t in tasks]
+    finally:
+        proc.close()
+
+    spy = DeviceSpy(engine)
+    both_out = str(tmp_path / "both")
+    proc = ShardProcessor(spy, RunOptions(output=both_out, metadata=meta))
+    try:
+        results = list(process_shards(proc, tasks, concurrency=2))
+    finally:
+        proc.close()
+
+    assert [r.shard_index for r in results] == [0, 1, 2, 3]  # in order
+    assert [r.sha256 for r in results] == [r.sha256 for r in serial]  # byte-identical parts
+    assert _parts_by_shard(both_out) == _parts_by_shard(serial_out)
+    assert spy.overlaps == 0
+    for r in results:
+        assert r.rows == len(tasks[r.shard_index].refs) and r.errors == 0
+        assert r.stages["clip"] > 0 and "device_wait" in r.stages  # engine stages per shard
+    # every engine call was counted in exactly one shard's stages
+    assert sum(r.stages["clip"] for r in results) == pytest.approx(engine.timings["clip"] - sum(
+        r.stages["clip"] for r in serial), rel=1e-6)
+
+
+def test_process_shards_validates_concurrency(engine, tmp_path):
+    proc = ShardProcessor(engine, RunOptions(output=str(tmp_path), metadata={}))
+    try:
+        with pytest.raises(ValueError, match="concurrency: expected >= 1, got 0"):
+            list(process_shards(proc, [], concurrency=0))
+    finally:
+        proc.close()
+
+
+def test_wrong_size_ground_truth_is_left_out_of_the_scores_not_the_output(dataset, engine, tmp_path):
+    images, gt, truth = dataset
+    bad_gt = tmp_path / "gt"
+    bad_gt.mkdir()
+    names = sorted(truth)
+    for name in names:
+        (bad_gt / Path(name).with_suffix(".png").name).write_bytes((gt / Path(name).with_suffix(".png")).read_bytes())
+    victim = names[4]
+    Image.fromarray(np.zeros((SIZE_HW[0] + 1, SIZE_HW[1]), np.uint8), mode="L").save(
+        bad_gt / Path(victim).with_suffix(".png").name)
+
+    refs = list_images(str(images))
+    output = str(tmp_path / "out")
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test", "num_images": len(refs)}
+    proc = ShardProcessor(engine, RunOptions(output=output, metadata=meta, gt_spec=str(bad_gt)))
+    try:
+        results = list(process_shards(proc, make_shards(refs, 4)))
+    finally:
+        proc.close()
+    assert [r.rows for r in results] == [4, 4, 2] and all(r.errors == 0 for r in results)
+    shard_meta = parts.read_part_metadata(results[1].path)
+    assert [e["file_name"] for e in shard_meta["gt_errors"]] == [victim]
+    assert "(48, 64)" in shard_meta["gt_errors"][0]["error"] and "(49, 64)" in shard_meta["gt_errors"][0]["error"]
+
+    summary = reduce_output(output, report=False)
+    assert summary["images"] == 10 and summary["failed"] == 0  # the victim's prediction is kept
+    scores = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert scores["ground_truth_errors"]["count"] == 1
+    assert scores["ground_truth_errors"]["first"][0]["file_name"] == victim
+    # the scores count the other 9 images' pixels only (ground truth resized as the released protocol does)
+    assert scores["num_pixels"] == sum(int(np.count_nonzero(resize_gt_short_side(lab) != 255))
+                                       for name, lab in truth.items() if name != victim)
+    merged_meta = parts.read_part_metadata(f"{output}/annotations.parquet")
+    assert "gt_errors" not in merged_meta and "confusion" not in merged_meta
