@@ -53,6 +53,7 @@ from .bench_probes import (
     cpu_name,
     device_name,
     run_driver_memory_scale,
+    run_manifest_scale,
 )
 from .config import (
     DEFAULT_SHARD_SIZE,
@@ -60,6 +61,7 @@ from .config import (
     add_engine_arguments,
     engine_config_from_args,
 )
+from .worker import SHARDS_AT_ONCE
 
 __all__ = ["VOC_CLASSES", "build_parser", "main"]
 
@@ -70,10 +72,54 @@ VOC_CLASSES = (
     "train", "tv/monitor",
 )
 #: Stage names always present in the JSON ``stages`` dict (seconds).
-STAGES = ("read", "decode", "upload", "crops", "clip", "saliency", "guidance", "download", "encode", "write")
+STAGES = ("read", "decode", "upload", "crops", "clip", "saliency", "guidance", "download", "encode", "write",
+          "device_wait")
+#: Stages run while a shard holds the device (their sum / wall = ``device_busy_fraction``).
+ENGINE_STAGES = ("upload", "crops", "clip", "saliency", "guidance", "download", "stub_device")
 
 
 # --------------------------------------------------------------------------- parts of a run
+class StubDevice:
+    """Stands in for :class:`~annotator.engine.Engine` with a device that takes
+    ``ms_per_image`` per image (``time.sleep``: the GIL is released, as while a GPU
+    works) and returns blob-shaped labels (3 classes of 21) with a smooth confidence map
+    and per-class statistics (as a GPU engine does) at each image's size, so that the RLE
+    and PNG encoders get realistic work. Measures the host side of the pipeline at a
+    device speed this machine does not have.
+    """
+
+    def __init__(self, engine, ms_per_image: float):
+        self.config, self.device, self.vocabulary = engine.config, engine.device, engine.vocabulary
+        self.timings: dict[str, float] = defaultdict(float)
+        self.ms_per_image = ms_per_image
+        self._cache: dict = {}
+
+    def predict(self, images, names=None):
+        import numpy as np
+
+        from .engine import Prediction
+        from .loader import image_size_hw
+
+        from .records import class_stats_numpy
+
+        t0 = time.perf_counter()
+        out = []
+        for im in images:
+            size_hw = image_size_hw(im)
+            if size_hw not in self._cache:  # a device would compute these: not charged per image
+                h, w = size_hw
+                labels = np.zeros((h, w), np.int32)
+                labels[h // 6 : h * 4 // 5, w // 5 : w * 3 // 4] = 3
+                labels[h // 2 :, : w // 3] = 7
+                labels[: h // 5, w * 2 // 3 :] = 12
+                conf = np.broadcast_to(np.linspace(0.4, 0.95, w, dtype=np.float32), (h, w)).copy()
+                self._cache[size_hw] = Prediction(labels, conf, class_stats_numpy(labels, conf, len(self.vocabulary)))
+            out.append(self._cache[size_hw])
+        time.sleep(max(0.0, self.ms_per_image * len(images) / 1000.0 - (time.perf_counter() - t0)))
+        self.timings["stub_device"] += time.perf_counter() - t0
+        return out
+
+
 def _sync(device) -> None:
     import torch
 
@@ -81,11 +127,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_engine_pass(engine, refs, workdir: Path, args) -> dict:
-    """Warm-up shard (untimed), then every ref through the shard processor (timed)."""
+def run_engine_pass(engine, refs, workdir: Path, args, shards_at_once: int | None = None) -> dict:
+    """Warm-up shard (untimed), then every ref through the shard processor (timed),
+    ``shards_at_once`` shards at a time (default ``args.shards_at_once``) as an actor does."""
     import torch
 
-    from .worker import RunOptions, ShardProcessor, ShardTask, make_shards
+    from .worker import RunOptions, ShardProcessor, ShardTask, make_shards, process_shards
+
+    shards_at_once = shards_at_once or args.shards_at_once
 
     kw = {}
     if args.read_threads:
@@ -94,7 +143,7 @@ def run_engine_pass(engine, refs, workdir: Path, args) -> dict:
         kw["encode_threads"] = args.encode_threads
     meta = {"vocabulary": engine.vocabulary.names, "model": engine.config.model, "bench": True}
     warm_opts = RunOptions(output=str(workdir / "warmup-output"), metadata=meta, **kw)
-    opts = RunOptions(output=str(workdir / "engine-output"), metadata=meta, **kw)
+    opts = RunOptions(output=str(workdir / f"engine-output-{shards_at_once}"), metadata=meta, **kw)
     n_warm = min(len(refs), args.warmup_images or engine.config.batch_size)
     warm = ShardProcessor(engine, warm_opts)
     try:
@@ -111,8 +160,7 @@ def run_engine_pass(engine, refs, workdir: Path, args) -> dict:
     try:
         with GpuUtilSampler(engine.device) as sampler:
             t0 = time.perf_counter()
-            for task in make_shards(refs, args.shard_size):
-                res = proc.process(task)
+            for res in process_shards(proc, make_shards(refs, args.shard_size), shards_at_once):
                 rows += res.rows
                 errors += res.errors
                 for k, v in res.stages.items():
@@ -123,9 +171,10 @@ def run_engine_pass(engine, refs, workdir: Path, args) -> dict:
         proc.close()
     for k in STAGES:
         stages.setdefault(k, 0.0)
-    forward = stages["clip"] + stages["saliency"]
-    engine_sum = sum(stages[k] for k in ("upload", "crops", "clip", "saliency", "guidance", "download"))
+    forward = stages["clip"] + stages["saliency"] + stages.get("stub_device", 0.0)
+    engine_sum = sum(stages.get(k, 0.0) for k in ENGINE_STAGES)
     out = {
+        "shards_at_once": shards_at_once,
         "images": rows,
         "errors": errors,
         "warmup_images": n_warm,
@@ -134,6 +183,7 @@ def run_engine_pass(engine, refs, workdir: Path, args) -> dict:
         "stages": dict(stages),
         "engine_overhead_fraction": (wall - forward) / wall if wall > 0 else None,
         "engine_predict_overhead_fraction": (engine_sum - forward) / engine_sum if engine_sum > 0 else None,
+        "device_busy_fraction": engine_sum / wall if wall > 0 else None,
         "gpu_utilization": sampler.result(),
         "gpu_max_memory_allocated_bytes": (
             int(torch.cuda.max_memory_allocated(engine.device)) if engine.device.type == "cuda" else None
@@ -229,6 +279,12 @@ def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args)
             "images_per_s": len(refs) / wall if wall > 0 else None,
             "scheduling": scheduling, "shard_size": args.shard_size,
             "scheduling_overhead_fraction": (scheduling or {}).get("overhead_fraction"),
+            "driver_ms_per_shard": (scheduling or {}).get("driver_ms_per_shard"),
+            # the driver's work per shard does not depend on the device: what it would be
+            # against a shard's time on a GPU at the issue's target
+            "scheduling_overhead_fraction_at_360_images_per_s": (
+                (scheduling or {}).get("driver_ms_per_shard") / 1000 / (args.shard_size / 360.0)
+                if (scheduling or {}).get("driver_ms_per_shard") is not None else None),
             "note": "wall clock of python -m annotator.run: Ray start, engine loading and reduce included; "
                     "scheduling_overhead_fraction = driver time handling shard results / shard time"}
 
@@ -264,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocabulary file (default: the 20 PASCAL VOC classes + background)")
     b.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
                    help="images per shard (Parquet part); default: the run's default")
+    b.add_argument("--shards-at-once", type=int, default=SHARDS_AT_ONCE, metavar="N",
+                   help="shards a processor runs at once, as a Ray actor does (1: one after the other)")
+    b.add_argument("--stub-device-ms-per-image", type=float, default=None, metavar="MS",
+                   help="replace the models by a stand-in device that takes MS ms per image (sleeping, "
+                   "GIL released, like a GPU) and returns blob-shaped labels: measures whether the host "
+                   "side (read, decode, encode, write) keeps up with a device that fast, with 1 and "
+                   "--shards-at-once shards at a time. No naive or Ray pass")
     b.add_argument("--warmup-images", type=int, default=None, metavar="N",
                    help="images in the untimed warm-up shard (default: the batch size)")
     b.add_argument("--read-threads", type=int, default=None, metavar="N", help="reader/decoder threads per shard processor")
@@ -274,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where synthetic images and outputs go (default: a temp folder, removed at the end)")
     b.add_argument("--driver-memory-scale", type=_int_list, default=None, metavar="N,N,...",
                    help="also measure the driver's peak RSS listing + scheduling N tiny images via Ray")
+    b.add_argument("--manifest-scale", type=_int_list, default=None, metavar="N,N,...",
+                   help="also measure the driver's cost of recording one finished shard in a manifest of N shards")
     add_engine_arguments(p)
     return p
 
@@ -290,6 +355,14 @@ def _print_report(r: dict) -> None:
     for k in STAGES:
         print(f"  {k:<9} {e['stages'][k]:9.3f}")
     print(f"engine overhead fraction (wall - clip - saliency) / wall: {e['engine_overhead_fraction']:.3f}")
+    print(f"device busy fraction (engine stages / wall), {e['shards_at_once']} shard(s) at once: "
+          f"{e['device_busy_fraction']:.3f}")
+    if r.get("stub_device"):
+        st = r["stub_device"]
+        print(f"stub device at {st['stub_device_images_per_s']:.0f} images/s: host pipeline "
+              f"{st['images_per_s_one_shard_at_a_time']:.1f} images/s one shard at a time "
+              f"(device busy {st['device_busy_fraction_one_shard_at_a_time']:.3f}), "
+              f"{st['images_per_s']:.1f} with {st['shards_at_once']} at once (busy {st['device_busy_fraction']:.3f})")
     if e["gpu_max_memory_allocated_bytes"] is not None:
         print(f"GPU max memory allocated: {e['gpu_max_memory_allocated_bytes'] / 2**30:.2f} GiB; "
               f"utilisation: {e['gpu_utilization']}")
@@ -307,8 +380,16 @@ def _print_report(r: dict) -> None:
         if ray.get("scheduling_overhead_fraction") is not None:
             print(f"Ray scheduling overhead: {100 * ray['scheduling_overhead_fraction']:.3f}% of shard time "
                   f"({ray['scheduling'].get('actors')} actors, shard size {ray.get('shard_size', '?')})")
+            if ray.get("driver_ms_per_shard") is not None:
+                print(f"driver work per shard: {ray['driver_ms_per_shard']:.2f} ms = "
+                      f"{100 * ray['scheduling_overhead_fraction_at_360_images_per_s']:.2f}% of a shard's time "
+                      f"at 360 images/s")
     else:
         print(f"Ray pipeline: skipped ({ray.get('skipped')})")
+    if r.get("manifest_scale") is not None:
+        for run_ in r["manifest_scale"]["runs"]:
+            print(f"manifest of {run_['shards_listed']} shards: one save {run_['one_save_ms']:.1f} ms (the old "
+                  f"cost per shard), mark_finished amortised {run_['mark_finished_ms_amortised']:.3f} ms")
     if r.get("driver_memory_scale") is not None:
         print(f"driver memory scale: {json.dumps(r['driver_memory_scale'])}")
 
@@ -319,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--images: expected >= 1, got {args.images}")
     if args.shard_size < 1:
         raise SystemExit(f"--shard-size: expected >= 1, got {args.shard_size}")
+    if args.shards_at_once < 1:
+        raise SystemExit(f"--shards-at-once: expected >= 1, got {args.shards_at_once}")
+    if args.stub_device_ms_per_image is not None and not args.stub_device_ms_per_image > 0:
+        raise SystemExit(f"--stub-device-ms-per-image: expected > 0, got {args.stub_device_ms_per_image}")
     import torch
 
     from .engine import Engine
@@ -351,9 +436,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         engine = Engine(cfg, vocab, profile=True)
         load_s = time.perf_counter() - t0
-        engine_res = run_engine_pass(engine, refs, workdir, args)
-        n_naive = min(len(refs), 16) if args.naive_images is None else args.naive_images
-        naive_res = run_naive_pass(engine, refs, n_naive) if n_naive > 0 else {"images": 0, "skipped": "--naive-images 0"}
+        overlap = None
+        if args.stub_device_ms_per_image is not None:
+            engine = StubDevice(engine, args.stub_device_ms_per_image)
+            one = run_engine_pass(engine, refs, workdir, args, shards_at_once=1)
+            engine_res = run_engine_pass(engine, refs, workdir, args)
+            overlap = {"stub_device_ms_per_image": args.stub_device_ms_per_image,
+                       "stub_device_images_per_s": 1000.0 / args.stub_device_ms_per_image,
+                       "images_per_s_one_shard_at_a_time": one["images_per_s"],
+                       "device_busy_fraction_one_shard_at_a_time": one["device_busy_fraction"],
+                       "images_per_s": engine_res["images_per_s"],
+                       "device_busy_fraction": engine_res["device_busy_fraction"],
+                       "shards_at_once": args.shards_at_once}
+            naive_res = {"images": 0, "skipped": "--stub-device-ms-per-image"}
+        else:
+            engine_res = run_engine_pass(engine, refs, workdir, args)
+            n_naive = min(len(refs), 16) if args.naive_images is None else args.naive_images
+            naive_res = (run_naive_pass(engine, refs, n_naive) if n_naive > 0
+                         else {"images": 0, "skipped": "--naive-images 0"})
         dev = engine.device
         result = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -373,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "stages": engine_res["stages"],
             "engine_overhead_fraction": engine_res["engine_overhead_fraction"],
             "engine": engine_res,
+            "stub_device": overlap,
             "naive": naive_res,
             "naive_images_per_s": naive_res.get("images_per_s"),
             "naive_images_per_s_with_saliency": naive_res.get("images_per_s_with_saliency"),
@@ -384,11 +485,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         del engine
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        result["ray"] = {"skipped": "--skip-ray"} if args.skip_ray else run_ray_pass(cfg, refs, vocab_path, workdir, args)
+        if args.stub_device_ms_per_image is not None:
+            result["ray"] = {"skipped": "--stub-device-ms-per-image"}
+        elif args.skip_ray:
+            result["ray"] = {"skipped": "--skip-ray"}
+        else:
+            result["ray"] = run_ray_pass(cfg, refs, vocab_path, workdir, args)
         result["driver_memory_scale"] = (
             run_driver_memory_scale(args.driver_memory_scale, workdir, vocab_path, 64)
             if args.driver_memory_scale else None
         )
+        result["manifest_scale"] = (run_manifest_scale(args.manifest_scale, workdir)
+                                    if args.manifest_scale else None)
         _print_report(result)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@
 - :func:`run_driver_memory_scale` (``--driver-memory-scale``): the driver's peak RSS
   while listing and scheduling N tiny synthetic JPEGs through the Ray pipeline, each N
   in a fresh process (:func:`_driver_probe`);
+- :func:`run_manifest_scale` (``--manifest-scale``): the driver's cost of recording one
+  finished shard in a manifest of N shards;
 - :func:`_ray_available`: whether the Ray pipeline can run at all.
 
 Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
@@ -28,7 +30,8 @@ import numpy as np
 
 from .bench_data import make_synthetic_jpegs
 
-__all__ = ["PROBE_ENGINE_ARGV", "GpuUtilSampler", "cpu_name", "device_name", "run_driver_memory_scale"]
+__all__ = ["PROBE_ENGINE_ARGV", "GpuUtilSampler", "cpu_name", "device_name", "run_driver_memory_scale",
+           "run_manifest_scale"]
 
 
 # --------------------------------------------------------------------------- environment
@@ -188,6 +191,37 @@ def run_driver_memory_scale(counts: Sequence[int], workdir: Path, vocab_path: Pa
             out["runs"].append(json.loads(line[len("DRIVER-PROBE "):]))
         shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(workdir / f"scale-{n}-output", ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- manifest scale
+def run_manifest_scale(counts: Sequence[int], workdir: Path) -> dict:
+    """The driver's cost of recording one finished shard in a manifest that already
+    lists N shards: one full save (what every shard cost when the manifest was saved
+    after each one) against the amortised cost of ``mark_finished`` as a run uses it
+    (saves at most every ``MANIFEST_FLUSH_INTERVAL_S``), side by side for each N."""
+    from .manifest import Manifest
+    from .parts import part_path
+    from .run import MANIFEST_FLUSH_INTERVAL_S
+
+    out = {"flush_interval_s": MANIFEST_FLUSH_INTERVAL_S, "runs": []}
+    for n in counts:
+        root = workdir / f"manifest-{n}"
+        extra = 500
+        m = Manifest.create(str(root), "0" * 16, "0" * 16, n + extra, 64)
+        for i in range(n):
+            m.finished[str(i)] = {"path": f"parts/part-{i:05d}.parquet", "rows": 64, "sha256": "a" * 64}
+        t0 = time.perf_counter()
+        m.save()
+        save_s = time.perf_counter() - t0
+        m.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
+        t0 = time.perf_counter()
+        for i in range(n, n + extra):
+            m.mark_finished(i, part_path(str(root), i), 64, "a" * 64)
+        per_shard_s = (time.perf_counter() - t0) / extra
+        out["runs"].append({"shards_listed": n, "one_save_ms": 1000 * save_s,
+                            "mark_finished_ms_amortised": 1000 * per_shard_s})
+        shutil.rmtree(root, ignore_errors=True)
     return out
 
 

@@ -280,6 +280,7 @@ def _run(args: argparse.Namespace) -> int:
                 bar.close()
         if stats.get("shard_seconds"):
             stats["overhead_fraction"] = stats["driver_overhead_s"] / stats["shard_seconds"]
+            stats["driver_ms_per_shard"] = 1000 * stats["driver_overhead_s"] / max(1, stats["shards_done"])
             log.info("scheduling overhead: %.3f%% of shard time (%d actors, %d retries)",
                      100 * stats["overhead_fraction"], stats["actors"], stats["retries"])
     elapsed = time.perf_counter() - t0

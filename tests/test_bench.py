@@ -67,3 +67,39 @@ def test_engine_argv_round_trips_the_config():
                                                 "--scale-weights", "1,3", "--templates", "a {} photo"]))
     again = engine_config_from_args(p.parse_args(bench._engine_argv(cfg)))
     assert again == cfg
+
+
+def test_bench_with_a_stub_device_compares_one_and_two_shards_at_once(tmp_path, capsys):
+    out = tmp_path / "stub.json"
+    assert bench.main([*TINY, "--images", "6", "--batch-size", "2", "--shard-size", "2",
+                       "--stub-device-ms-per-image", "5", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    st = r["stub_device"]
+    assert st["stub_device_images_per_s"] == 200.0 and st["shards_at_once"] == 2
+    # the device is a 5 ms/image sleep: no pipeline can beat 200 images/s
+    assert 0 < st["images_per_s_one_shard_at_a_time"] <= 200 and 0 < st["images_per_s"] <= 200
+    assert 0 < st["device_busy_fraction"] <= 1 and 0 < st["device_busy_fraction_one_shard_at_a_time"] <= 1
+    assert r["images"] == 6 and r["engine"]["errors"] == 0 and r["engine"]["shards_at_once"] == 2
+    assert r["stages"]["stub_device"] >= 6 * 0.005 and r["stages"]["clip"] == 0  # no model ran
+    assert r["naive"] == {"images": 0, "skipped": "--stub-device-ms-per-image"}
+    assert r["ray"] == {"skipped": "--stub-device-ms-per-image"}
+    assert "stub device at 200 images/s" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_counts(tmp_path):
+    import pytest
+
+    for argv, match in ((["--shards-at-once", "0"], "--shards-at-once: expected >= 1, got 0"),
+                        (["--stub-device-ms-per-image", "0"], "--stub-device-ms-per-image: expected > 0, got 0.0")):
+        with pytest.raises(SystemExit, match=match):
+            bench.main([*TINY, "--images", "2", "--skip-ray", "--workdir", str(tmp_path), *argv])
+
+
+def test_manifest_scale_probe(tmp_path):
+    from annotator.bench_probes import run_manifest_scale
+
+    r = run_manifest_scale([10, 200], tmp_path)
+    assert r["flush_interval_s"] > 0 and [x["shards_listed"] for x in r["runs"]] == [10, 200]
+    for x in r["runs"]:
+        assert x["one_save_ms"] > 0 and x["mark_finished_ms_amortised"] > 0
+    assert list(tmp_path.iterdir()) == []  # cleaned up
