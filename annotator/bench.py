@@ -49,7 +49,7 @@ from typing import Sequence
 from .bench_data import make_synthetic_jpegs
 from .bench_probes import (
     GpuUtilSampler,
-    _ray_available,
+    ray_unavailable_reason,
     cpu_name,
     device_name,
     run_driver_memory_scale,
@@ -250,7 +250,7 @@ def _engine_argv(cfg: EngineConfig) -> list[str]:
 
 def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args) -> dict:
     """``annotator.run.main`` on the same images (wall clock, start-up and reduce included)."""
-    why = _ray_available()
+    why = ray_unavailable_reason()
     if why:
         return {"skipped": why}
     from . import run

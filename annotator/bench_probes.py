@@ -7,7 +7,7 @@
   in a fresh process (:func:`_driver_probe`);
 - :func:`run_manifest_scale` (``--manifest-scale``): the driver's cost of recording one
   finished shard in a manifest of N shards;
-- :func:`_ray_available`: whether the Ray pipeline can run at all.
+- :func:`ray_unavailable_reason`: whether the Ray pipeline can run at all.
 
 Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
 """
@@ -103,7 +103,7 @@ class GpuUtilSampler:
                 "samples": len(self.samples)}
 
 
-def _ray_available() -> str | None:
+def ray_unavailable_reason() -> str | None:
     """None when the Ray pipeline can run, else why not."""
     import importlib.util
 
@@ -171,7 +171,7 @@ def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) ->
 
 def run_driver_memory_scale(counts: Sequence[int], workdir: Path, vocab_path: Path, shard_size: int) -> dict:
     """Peak driver RSS for each N in ``counts`` (tiny 32x32 JPEGs, one fresh process each)."""
-    why = _ray_available()
+    why = ray_unavailable_reason()
     if why:
         return {"skipped": why}
     out = {"engine": " ".join(PROBE_ENGINE_ARGV), "runs": []}

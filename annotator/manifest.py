@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .parts import METADATA_KEY, PARTS_DIR, _atomic_write_bytes, _fs, _join, list_parts
+from .parts import METADATA_KEY, PARTS_DIR, atomic_write_bytes, join_url, list_parts, url_to_fs
 from .schema import SchemaValidationError, validate
 
 __all__ = [
@@ -97,7 +97,7 @@ def clear(output: str, storage_options: dict | None = None) -> None:
 
     Other files in the folder (merged outputs, exports) are left alone.
     """
-    fs, root = _fs(output, storage_options)
+    fs, root = url_to_fs(output, storage_options)
     parts_dir = posixpath.join(root, PARTS_DIR)
     manifest = posixpath.join(root, MANIFEST_NAME)
     if fs.exists(manifest):
@@ -132,7 +132,7 @@ class Manifest:
 
     @staticmethod
     def path_for(output: str) -> str:
-        return _join(output, MANIFEST_NAME)
+        return join_url(output, MANIFEST_NAME)
 
     def to_dict(self, header_only: bool = False) -> dict:
         """The manifest.json document (``header_only``: with ``finished`` empty)."""
@@ -157,7 +157,7 @@ class Manifest:
         # 20,000 entries again on each save took over a second).
         validate({**doc, "finished": {}}, "manifest")
         data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
-        _atomic_write_bytes(self.path_for(self.output), data, self.storage_options, retries)
+        atomic_write_bytes(self.path_for(self.output), data, self.storage_options, retries)
         self._dirty = False
         self._saved_at = time.monotonic()
         self._save_s = self._saved_at - t0
@@ -170,7 +170,7 @@ class Manifest:
     @classmethod
     def load(cls, output: str, storage_options: dict | None = None) -> Manifest | None:
         """The manifest of `output`, or None when there is none."""
-        fs, p = _fs(cls.path_for(output), storage_options)
+        fs, p = url_to_fs(cls.path_for(output), storage_options)
         try:
             with fs.open(p, "rb") as f:
                 raw = f.read()
@@ -246,7 +246,7 @@ class Manifest:
         """A path stored in the manifest -> a full path/URL under output."""
         if "://" in relative_or_full or relative_or_full.startswith("/"):
             return relative_or_full
-        return _join(self.output, relative_or_full)
+        return join_url(self.output, relative_or_full)
 
     def mark_finished(self, shard_index: int, path: str, rows: int, sha256: str | None = None) -> None:
         """Record a written part; rewrite the manifest atomically unless the last rewrite
@@ -257,7 +257,7 @@ class Manifest:
         """
         self._check_index(shard_index)
         if sha256 is None:
-            fs, p = _fs(path, self.storage_options)
+            fs, p = url_to_fs(path, self.storage_options)
             with fs.open(p, "rb") as f:
                 sha256 = hashlib.sha256(f.read()).hexdigest()
         self._add_entry(shard_index, {"path": self._relative(path), "rows": rows, "sha256": sha256})
@@ -287,10 +287,10 @@ class Manifest:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        listed = {_fs(self.resolve(v["path"]), self.storage_options)[1] for v in self.finished.values()}
+        listed = {url_to_fs(self.resolve(v["path"]), self.storage_options)[1] for v in self.finished.values()}
         adopted = []
         for path in list_parts(self.output, self.storage_options):
-            fs, p = _fs(path, self.storage_options)
+            fs, p = url_to_fs(path, self.storage_options)
             if p in listed:
                 continue
             index = int(posixpath.basename(p)[len("part-"):-len(".parquet")])
@@ -327,17 +327,17 @@ class Manifest:
         entry = self.finished.get(str(shard_index))
         if entry is None:
             return False
-        fs, p = _fs(self.resolve(entry["path"]), self.storage_options)
+        fs, p = url_to_fs(self.resolve(entry["path"]), self.storage_options)
         fs.invalidate_cache(p)  # written by a worker: a cached listing may predate it
         return bool(fs.exists(p))
 
     def finished_shards(self) -> set[int]:
         """Indices of finished shards whose part file exists (one directory listing)."""
-        existing = {_fs(p, self.storage_options)[1] for p in list_parts(self.output, self.storage_options)}
+        existing = {url_to_fs(p, self.storage_options)[1] for p in list_parts(self.output, self.storage_options)}
         return {
             int(k)
             for k, v in self.finished.items()
-            if _fs(self.resolve(v["path"]), self.storage_options)[1] in existing
+            if url_to_fs(self.resolve(v["path"]), self.storage_options)[1] in existing
         }
 
     def pending_shards(self) -> list[int]:

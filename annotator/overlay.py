@@ -6,7 +6,7 @@ LOCAL Hugging Face dataset), applies EXIF orientation, scales it so its longest 
 class colours of :mod:`annotator.palette` over the non-background pixels and adds a
 legend strip below (class name and score per annotation, largest area first). When the
 image cannot be read, the masks are drawn on grey and a note says why.
-:func:`annotator.report.write_report` encodes these previews as JPEG (``_jpeg``).
+:func:`annotator.report.write_report` encodes these previews as JPEG (:func:`encode_jpeg`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from annotator import export as _export
 from annotator.palette import class_colors, colorize_labels
 
-__all__ = ["render_overlay"]
+__all__ = ["encode_jpeg", "render_overlay"]
 
 PREVIEW_MAX_SIDE = 512
 PREVIEW_MIN_SIDE = 256
@@ -170,7 +170,8 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: Any, 
         draw.text(xy, _printable(text).encode("ascii", "replace").decode("ascii"), font=font, fill=fill)
 
 
-def _jpeg(img: Image.Image) -> bytes:
+def encode_jpeg(img: Image.Image) -> bytes:
+    """An RGB preview as JPEG bytes (quality 85)."""
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()

@@ -36,11 +36,15 @@ from .schema import PART_ARROW_SCHEMA
 
 __all__ = [
     "METADATA_KEY",
+    "PARTS_DIR",
+    "atomic_write_bytes",
     "iter_records",
     "iter_rows",
+    "join_url",
     "list_parts",
     "part_path",
     "read_part_metadata",
+    "url_to_fs",
     "write_part",
 ]
 
@@ -53,11 +57,13 @@ _PART_NAME = re.compile(r"^part-(\d{5,})\.parquet$")
 # ----------------------------------------------------------------------------- paths
 
 
-def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
+def url_to_fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(file system, path within it) for a local path or any fsspec URL."""
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
-def _join(output: str, *names: str) -> str:
+def join_url(output: str, *names: str) -> str:
+    """``output/name/...`` keeping the URL form of ``output`` (``s3://b/x`` -> ``s3://b/x/n``)."""
     return "/".join([output.rstrip("/"), *names])
 
 
@@ -65,12 +71,12 @@ def part_path(output: str, shard_index: int) -> str:
     """`{output}/parts/part-{shard_index:05d}.parquet` (same URL form as `output`)."""
     if isinstance(shard_index, bool) or not isinstance(shard_index, int) or shard_index < 0:
         raise ValueError(f"shard_index: expected an integer >= 0, received {shard_index!r}")
-    return _join(output, PARTS_DIR, f"part-{shard_index:05d}.parquet")
+    return join_url(output, PARTS_DIR, f"part-{shard_index:05d}.parquet")
 
 
 def list_parts(output: str, storage_options: dict | None = None) -> list[str]:
     """Part files under `{output}/parts/`, sorted by shard index; temporary files ignored."""
-    fs, root = _fs(output, storage_options)
+    fs, root = url_to_fs(output, storage_options)
     parts_dir = posixpath.join(root, PARTS_DIR)
     # Workers write parts through their own file system objects: drop any cached
     # listing (s3fs, gcsfs keep one) so new parts are seen.
@@ -83,15 +89,15 @@ def list_parts(output: str, storage_options: dict | None = None) -> list[str]:
         m = _PART_NAME.match(base)
         if m:
             found.append((int(m.group(1)), base))
-    return [_join(output, PARTS_DIR, base) for _, base in sorted(found)]
+    return [join_url(output, PARTS_DIR, base) for _, base in sorted(found)]
 
 
 # ----------------------------------------------------------------------------- atomic write
 
 
-def _atomic_write_bytes(path: str, data: bytes, storage_options: dict | None, retries: int) -> None:
+def atomic_write_bytes(path: str, data: bytes, storage_options: dict | None, retries: int) -> None:
     """Write `data` to `path` via a temporary sibling and a move (see module docstring)."""
-    fs, target = _fs(path, storage_options)
+    fs, target = url_to_fs(path, storage_options)
 
     def attempt() -> None:
         fs.makedirs(posixpath.dirname(target), exist_ok=True)
@@ -137,7 +143,7 @@ def write_part(
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS)
     data = sink.getvalue().to_pybytes()
-    _atomic_write_bytes(path, data, storage_options, retries)
+    atomic_write_bytes(path, data, storage_options, retries)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -146,7 +152,7 @@ def write_part(
 
 def read_part_metadata(path: str, storage_options: dict | None = None) -> dict:
     """The run metadata dict stored in a part's Parquet key-value metadata."""
-    fs, p = _fs(path, storage_options)
+    fs, p = url_to_fs(path, storage_options)
     with fs.open(p, "rb") as f:
         meta = pq.ParquetFile(f).schema_arrow.metadata or {}
     if METADATA_KEY not in meta:
@@ -176,7 +182,7 @@ def iter_rows(
             )
         columns = list(columns)
     for path in paths:
-        fs, p = _fs(path, storage_options)
+        fs, p = url_to_fs(path, storage_options)
         with fs.open(p, "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
                 yield from batch.to_pylist()

@@ -39,7 +39,7 @@ import numpy as np
 
 from annotator import export as _export
 from annotator.config import parse_storage_options
-from annotator.overlay import _jpeg, render_overlay
+from annotator.overlay import encode_jpeg, render_overlay
 from annotator.palette import class_colors, hex_color
 
 __all__ = ["ReportStats", "main", "write_report"]
@@ -381,7 +381,7 @@ def write_report(
             if record.image_id not in rendered:
                 img, note = render_overlay(record, class_names, storage_options=image_so)
                 name = f"{kind}-{record.image_id:08d}.jpg"
-                data = _jpeg(img)
+                data = encode_jpeg(img)
                 fs.makedirs(root, exist_ok=True)
                 with fs.open(f"{root}/{name}", "wb") as f:
                     f.write(data)
