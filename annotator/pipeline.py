@@ -12,6 +12,9 @@ Failure handling (see the README, "Failure behaviour"):
   all. When an actor dies running several shards, the culprit is unknown: they are all
   requeued without using up an attempt, each to run ALONE on its actor next time, where
   a death is surely its own. Retried shards run alone too.
+- A shard whose actor died is retried *carefully* (``annotator.crashlog``): one image at
+  a time, each named in a crash log before it is read, so that the next attempt skips
+  the image the worker died on (one ``worker-crashed`` row) instead of losing the shard.
 - A dead actor is restarted by Ray (the engine loads again); the driver sends it nothing
   until it answers a ``ready()`` probe, and retires it if it is not back within
   ``ACTOR_RESTART_TIMEOUT_S`` or cannot be restarted. When no actor is left the remaining
@@ -40,8 +43,10 @@ from .worker import SHARDS_AT_ONCE, RunOptions, ShardTask
 
 log = logging.getLogger(__name__)
 
-#: Attempts per shard (first run + retries) before it is reported as failed.
-MAX_SHARD_ATTEMPTS = 3
+#: Attempts per shard (first run + retries) before it is reported as failed. Four, so
+#: that a shard with one poison image gets through: a first death, two careful
+#: attempts dying on the image (crashlog.DEATHS_TO_SKIP), one that skips it.
+MAX_SHARD_ATTEMPTS = 4
 #: A shard requeued this many times without a counted failure (its actor kept being
 #: unavailable) counts one failure anyway, so that no shard can cycle forever.
 MAX_FREE_REQUEUES = 5
@@ -195,6 +200,7 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
     free: dict[int, int] = {}  # uncounted requeues per shard
     failed: dict[int, str] = {}
     suspects: set[int] = set()  # shards whose actor died while they ran beside another one
+    died: set[int] = set()  # shards whose actor died under them: retried carefully (crashlog.py)
     inflight: dict = {}  # ObjectRef -> (slot, task)
     probes: dict = {}  # ObjectRef -> slot
     stats = {"actors": len(slots), "device": device, "retries": 0, "restarts": 0,
@@ -205,6 +211,8 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
             return
         while queue and len(s.inflight) < in_flight_per_actor:
             task = queue[0]
+            if task.shard_index in died:
+                task.careful = True  # one image at a time: a poison image costs one row, not the shard
             if attempts.get(task.shard_index) or task.shard_index in suspects:  # alone: a failure is its own
                 if s.inflight:
                     return
@@ -299,6 +307,7 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
                 s.collateral.discard(ref)
                 s.collateral.update(beside)
                 start_probe(s)
+                died.add(task.shard_index)
                 if shared:
                     suspects.add(task.shard_index)
                 requeue(task, counted=not shared, why=f"actor died: {_short(e)}")

@@ -168,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     from . import pipeline
     from .decode import DEFAULT_MAX_PIXELS
     from .hf_source import list_hf_dataset
+    from .crashlog import shards_with_logs
     from .manifest import config_hash, listing_fingerprint, open_output
     from .models import resolve_weights
     from .sources import (
@@ -235,6 +236,9 @@ def _run(args: argparse.Namespace) -> int:
     manifest.adopt_unlisted_parts(lambda i: len(tasks[i].refs))
     done_before = manifest.finished_shards()  # one listing, not a request per shard
     pending = [t for t in tasks if t.shard_index not in done_before]
+    for i in sorted(shards_with_logs(args.output, storage_options) - done_before):
+        if i < len(tasks):
+            tasks[i].careful = True  # its worker died in an earlier run: one image at a time
     metadata = {
         "vocabulary": vocabulary.names,
         "vocabulary_prompts": vocabulary.to_json(),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics, parts, records
+from .crashlog import CRASHED_REASON, CrashLog
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError
 from .gt import GroundTruthError
 from .hf_source import HFSource
@@ -46,6 +47,9 @@ class ShardTask:
     shard_index: int
     refs: list[ImageRef]
     hf: HFSource | None = None
+    #: One image at a time, each named in a crash log first (see :mod:`annotator.crashlog`):
+    #: the driver sets it for a shard whose actor died.
+    careful: bool = False
 
 
 @dataclass
@@ -109,26 +113,34 @@ class ShardProcessor:
         except Exception as e:  # anything else reading one file must not kill the shard
             return ImageDecodeError("unreadable", f"{type(e).__name__}: {e}")
 
-    def _decoded(self, task: ShardTask, times: dict[str, float]) -> Iterator[list[tuple[ImageRef, DecodedImage]]]:
+    def _decoded(self, task: ShardTask, times: dict[str, float],
+                 crash_log: CrashLog | None = None) -> Iterator[list[tuple[ImageRef, DecodedImage]]]:
         """Batches of decoded images from :class:`~annotator.loader.ImageLoader`.
 
         At most ``prefetch_batches`` batches are read and decoded ahead (memory stays
         bounded even for a shard of 4000x3000 photos); on CUDA, plain JPEGs are decoded
-        on the GPU and images arrive as device tensors.
+        on the GPU and images arrive as device tensors. With a ``crash_log``: one image
+        at a time, nothing ahead, each named in the log before it is read; the images
+        it lists as crashed are left out.
         """
         refs = task.refs
         raw: list = [None] * len(refs)
         if task.hf is not None and refs:
             raw = _read_hf(task, lambda start, stop: task.hf.read_rows(start, stop))
+        items = list(zip(refs, raw))
+        del raw
+        read, batch_size, prefetch = self._read, self.engine.config.batch_size, self.options.prefetch_batches
+        if crash_log is not None:
+            crashed = set(crash_log.crashed)
+            items = [item for item in items if item[0].file_name not in crashed]
+            read, batch_size, prefetch = crash_log.wrap(self._read, lambda item: item[0].file_name), 1, 0
         loader = ImageLoader(
-            list(zip(refs, raw)), self._read, batch_size=self.engine.config.batch_size,
-            prefetch=self.options.prefetch_batches, max_pixels=self.options.max_pixels,
+            items, read, batch_size=batch_size, prefetch=prefetch, max_pixels=self.options.max_pixels,
             device=self.engine.device, name_fn=lambda item: item[0].file_name, executor=self._io,
         )
-        del raw
         with loader:
             for batch in loader:
-                yield [(refs[i], img) for i, img in batch]
+                yield [(items[i][0], img) for i, img in batch]
         times["read"] += loader.stats.read_s
         times["decode"] += loader.stats.decode_s + loader.stats.batch_decode_s
 
@@ -155,7 +167,7 @@ class ShardProcessor:
         t0 = time.perf_counter()
         try:
             rec = records.ok_record(ref, pred.labels_hw, pred.confidence_hw, self.class_names,
-                                    getattr(pred, "class_stats", None))
+                                    pred.class_stats)
         except Exception as e:  # noqa: BLE001 - one image's bad prediction must not cost the shard
             log.warning("%s: could not encode the prediction: %s: %s", ref.file_name, type(e).__name__, e)
             rec = records.error_record(ref, "encode-failed", f"{type(e).__name__}: {e}",
@@ -184,8 +196,11 @@ class ShardProcessor:
         hf_names: list[str] = []
         if self.gt is not None and getattr(self.gt, "format", None) == "hf-column":
             hf_names = self._add_hf_labels(task)
+        out_opts = self.options.output_storage_options
+        out_opts = self.options.storage_options if out_opts is None else out_opts
+        crash_log = CrashLog.open(self.options.output, task.shard_index, out_opts) if task.careful else None
         try:
-            recs, confusion, gt_errors = self._run_images(task, times)
+            recs, confusion, gt_errors = self._run_images(task, times, crash_log)
         finally:
             for name in hf_names:
                 self._hf_cells.pop(name, None)
@@ -196,9 +211,10 @@ class ShardProcessor:
             meta["gt_errors"] = gt_errors
         t0 = time.perf_counter()
         path = parts.part_path(self.options.output, task.shard_index)
-        out_opts = self.options.output_storage_options
-        sha = parts.write_part(recs, path, meta, self.options.storage_options if out_opts is None else out_opts)
+        sha = parts.write_part(recs, path, meta, out_opts)
         times["write"] += time.perf_counter() - t0
+        if crash_log is not None:
+            crash_log.remove()
         return ShardResult(
             shard_index=task.shard_index,
             path=path,
@@ -209,11 +225,18 @@ class ShardProcessor:
             stages=dict(times),
         )
 
-    def _run_images(self, task: ShardTask, times: dict[str, float]):
-        """Decode, predict (holding the device) and encode: (records in order, summed
-        confusion matrix or None, ground-truth errors as ``[{file_name, error}]``)."""
+    def _run_images(self, task: ShardTask, times: dict[str, float], crash_log: CrashLog | None = None):
+        """Decode, predict (holding the device) and encode: (records, summed confusion
+        matrix or None, ground-truth errors as ``[{file_name, error}]``). With a
+        ``crash_log``, one image at a time, encoded before the next is read, and the
+        images the worker died on before become ``worker-crashed`` rows."""
         pending: list[Future | records.ImageRecord] = []
-        batches = self._decoded(task, times)
+        if crash_log is not None:
+            crashed = set(crash_log.crashed)
+            pending += [records.error_record(ref, CRASHED_REASON, "the worker process died while this image was "
+                                             "read, decoded or annotated; it was skipped when its shard was retried")
+                        for ref in task.refs if ref.file_name in crashed]
+        batches = self._decoded(task, times, crash_log)
         try:
             first = next(batches, None)  # read and decoded while the other shard holds the device
             t0 = time.perf_counter()
@@ -223,6 +246,12 @@ class ShardProcessor:
                 try:
                     for batch in itertools.chain([first] if first is not None else [], batches):
                         self._predict_batch(batch, pending)
+                        if crash_log is not None:  # the crash window of an image ends with its encoding
+                            for p in pending:
+                                if isinstance(p, Future):
+                                    p.result()
+                    if crash_log is not None:
+                        crash_log.save(None)  # a death from here on is not the last image's
                 finally:
                     for k, v in self.engine.timings.items():  # only the device holder runs the engine
                         times[k] += v - engine_before.get(k, 0.0)

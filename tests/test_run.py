@@ -242,6 +242,28 @@ def test_resume_recomputes_only_the_missing_shard(e2e, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_crash_log_from_an_earlier_run_makes_its_shard_careful(e2e, tmp_path, capsys):
+    """A shard whose worker died twice on one image in an earlier run (its crash log
+    says so) is resumed carefully: that image gets a worker-crashed row, the rest of the
+    shard is recomputed as before, and the log is removed."""
+    out = tmp_path / "out"
+    shutil.copytree(e2e["output"], out)
+    victim = out / "parts" / "part-00003.parquet"
+    names = [r["file_name"] for r in _rows(victim)]
+    victim.unlink()
+    (out / "parts" / ".crashlog-00003.json").write_text(
+        json.dumps({"shard_index": 3, "deaths": {names[0]: 2}, "current": None}))
+
+    rc, err = _run(capsys, *_base_args(e2e, out), "--max-failure-rate", "1")
+    assert rc == 0, err
+    rows = {r["file_name"]: r for r in _rows(victim)}
+    before = {r["file_name"]: r for r in _rows(e2e["output"] / "parts" / victim.name)}
+    assert rows[names[0]]["status"] == "error" and rows[names[0]]["error"].startswith("worker-crashed: ")
+    assert all(rows[n] == before[n] for n in names[1:])
+    assert not (out / "parts" / ".crashlog-00003.json").exists()
+
+
+@pytest.mark.slow
 def test_parts_missing_from_the_manifest_are_taken_back(e2e, tmp_path, capsys):
     """The driver saves manifest.json at most every few seconds: parts written after its
     last save (driver killed) are taken back on resume, not recomputed."""

@@ -218,7 +218,7 @@ def test_s3_part_that_cannot_be_written_is_reported_then_rerun(ray_session, moto
     names = sorted(truth)
     assert f"shard 1 (3 images, {names[3]} .. {names[5]}): OSError" in err
     assert "Service Unavailable" in err
-    assert len(injector.requests("PUT", part_rx)) == MAX_SHARD_ATTEMPTS * 4  # 3 tries x (1 + 3 retries)
+    assert len(injector.requests("PUT", part_rx)) == MAX_SHARD_ATTEMPTS * 4  # attempts x (1 + 3 storage retries)
     manifest = json.loads(fs.cat("annotator-out-2/run/manifest.json"))
     assert sorted(manifest["finished"], key=int) == ["0", "2"]
     assert not fs.exists("annotator-out-2/run/annotations.parquet")

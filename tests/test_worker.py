@@ -142,3 +142,68 @@ def test_wrong_size_ground_truth_is_left_out_of_the_scores_not_the_output(datase
                                        for name, lab in truth.items() if name != victim)
     merged_meta = parts.read_part_metadata(f"{output}/annotations.parquet")
     assert "gt_errors" not in merged_meta and "confusion" not in merged_meta
+
+
+def _rows_by_name(path: str) -> dict[str, dict]:
+    return {r["file_name"]: r for r in parts.iter_rows([path])}
+
+
+def test_careful_mode_names_each_image_before_reading_it_and_matches_normal_rows(dataset, engine, tmp_path,
+                                                                                   monkeypatch):
+    from annotator import worker
+    from annotator.crashlog import CrashLog
+
+    images, _, _ = dataset
+    refs = list_images(str(images))
+    task = make_shards(refs, 5)[1]  # images 5..9
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+    normal_out, careful_out = str(tmp_path / "normal"), str(tmp_path / "careful")
+    proc = ShardProcessor(engine, RunOptions(output=normal_out, metadata=meta))
+    try:
+        normal = proc.process(task)
+    finally:
+        proc.close()
+
+    log_path = tmp_path / "careful" / "parts" / f".crashlog-{task.shard_index:05d}.json"
+    seen = []
+    real_read = worker.read_image_bytes
+
+    def spy(ref, storage_options=None):
+        seen.append((ref.file_name, json.loads(log_path.read_text())["current"]))
+        return real_read(ref, storage_options)
+
+    monkeypatch.setattr(worker, "read_image_bytes", spy)
+    task.careful = True
+    proc = ShardProcessor(engine, RunOptions(output=careful_out, metadata=meta))
+    try:
+        careful = proc.process(task)
+    finally:
+        proc.close()
+    assert seen == [(r.file_name, r.file_name) for r in task.refs]  # one at a time, each logged first
+    assert careful.sha256 == normal.sha256  # the same part, byte for byte
+    assert not log_path.exists()  # removed once the part is written
+    assert CrashLog(careful_out, task.shard_index).crashed == []
+
+
+def test_an_image_the_worker_died_on_twice_becomes_one_error_row(dataset, engine, tmp_path):
+    images, _, _ = dataset
+    refs = list_images(str(images))
+    task = make_shards(refs, 5)[0]
+    victim, once = task.refs[2].file_name, task.refs[3].file_name
+    out = tmp_path / "out"
+    (out / "parts").mkdir(parents=True)
+    log_path = out / "parts" / ".crashlog-00000.json"
+    # an earlier careful attempt died on `victim` once before, and again now; `once` only once
+    log_path.write_text(json.dumps({"shard_index": 0, "deaths": {victim: 1, once: 1}, "current": victim}))
+    task.careful = True
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+    proc = ShardProcessor(engine, RunOptions(output=str(out), metadata=meta))
+    try:
+        res = proc.process(task)
+    finally:
+        proc.close()
+    assert res.rows == 5 and res.errors == 1
+    rows = _rows_by_name(res.path)
+    assert rows[victim]["status"] == "error" and rows[victim]["error"].startswith("worker-crashed: ")
+    assert all(rows[r.file_name]["status"] == "ok" for r in task.refs if r.file_name != victim)
+    assert not log_path.exists()

@@ -1,0 +1,114 @@
+"""Which image a shard was on when its worker process died, so that a retry skips it.
+
+A shard whose actor died (segfault in a decoder, out of memory on one huge image, ...)
+is retried *carefully* (``ShardTask.careful``, set by the driver): one image at a time,
+each named in ``OUTPUT/parts/.crashlog-{shard:05d}.json`` before it is read. Each
+time the process dies, the next attempt finds the log naming the image it died on; an
+image the worker died on ``DEATHS_TO_SKIP`` times (twice: a single death may be bad luck,
+e.g. a preempted node) is recorded as an error row (``worker-crashed``) and the rest of
+the shard is processed. So a poison image costs one row, not its whole shard. The log
+is removed once the shard's part is written; part listings ignore it (a dot-file, not
+``part-*.parquet``).
+
+The file: ``{"shard_index": int, "deaths": {file_name: count}, "current": file_name | null}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .parts import PARTS_DIR, atomic_write_bytes, join_url, url_to_fs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CRASHED_REASON", "DEATHS_TO_SKIP", "CrashLog", "shards_with_logs"]
+
+#: The error reason of an image skipped because the worker died on it.
+CRASHED_REASON = "worker-crashed"
+#: Deaths of the worker on one image after which a retry skips it.
+DEATHS_TO_SKIP = 2
+
+
+_LOG_NAME = re.compile(r"^\.crashlog-(\d{5,})\.json$")
+
+
+def shards_with_logs(output: str, storage_options: dict | None = None) -> set[int]:
+    """Shards with a crash log left by an earlier run (one listing of ``parts/``): the
+    run that resumes them runs them carefully from the start."""
+    fs, root = url_to_fs(output, storage_options)
+    parts_dir = posixpath.join(root, PARTS_DIR)
+    fs.invalidate_cache(parts_dir)
+    if not fs.exists(parts_dir):
+        return set()
+    names = (posixpath.basename(p.rstrip("/")) for p in fs.ls(parts_dir, detail=False))
+    return {int(m.group(1)) for m in map(_LOG_NAME.match, names) if m}
+
+
+class CrashLog:
+    """The crash log of one shard (see the module docstring).
+
+    ``deaths``: image name -> how many earlier attempts died on it; ``crashed``: the
+    names to skip (``DEATHS_TO_SKIP`` deaths or more).
+    """
+
+    def __init__(self, output: str, shard_index: int, storage_options: dict | None = None):
+        self.path = join_url(output, PARTS_DIR, f".crashlog-{shard_index:05d}.json")
+        self.shard_index = shard_index
+        self.storage_options = storage_options
+        self.deaths: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, output: str, shard_index: int, storage_options: dict | None = None) -> CrashLog:
+        """Load the log of an earlier attempt and count a death on the image it was on
+        when the process died. The result is saved with no current image."""
+        self = cls(output, shard_index, storage_options)
+        fs, p = url_to_fs(self.path, storage_options)
+        try:
+            with fs.open(p, "rb") as f:
+                doc = json.loads(f.read())
+        except FileNotFoundError:
+            doc = {}
+        except ValueError as exc:  # written atomically, so only a foreign file can be bad
+            log.warning("%s: unreadable crash log (%s); starting a new one", self.path, exc)
+            doc = {}
+        deaths = doc.get("deaths")
+        self.deaths = {str(k): int(v) for k, v in deaths.items()} if isinstance(deaths, dict) else {}
+        current = doc.get("current")
+        if current:
+            n = self.deaths[str(current)] = self.deaths.get(str(current), 0) + 1
+            log.warning("shard %d: the worker died on %s (%d time(s))%s", shard_index, current, n,
+                        "; skipping it" if n >= DEATHS_TO_SKIP else "")
+        self.save(None)
+        return self
+
+    @property
+    def crashed(self) -> list[str]:
+        """The images to skip, sorted."""
+        return sorted(name for name, n in self.deaths.items() if n >= DEATHS_TO_SKIP)
+
+    def save(self, current: str | None) -> None:
+        """Record ``current`` as the image being worked on (None: between images)."""
+        doc = {"shard_index": self.shard_index, "deaths": self.deaths, "current": current}
+        atomic_write_bytes(self.path, json.dumps(doc).encode("utf-8"), self.storage_options, retries=3)
+
+    def wrap(self, read: Callable[[Any], Any], name_of: Callable[[Any], str]) -> Callable[[Any], Any]:
+        """``read`` that first records ``name_of(item)`` as the current image."""
+
+        def logged_read(item: Any) -> Any:
+            self.save(name_of(item))
+            return read(item)
+
+        return logged_read
+
+    def remove(self) -> None:
+        """Delete the log (the shard's part is written)."""
+        fs, p = url_to_fs(self.path, self.storage_options)
+        try:
+            fs.rm(p)
+        except FileNotFoundError:
+            pass
