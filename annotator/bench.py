@@ -49,9 +49,9 @@ from typing import Sequence
 from .bench_data import make_synthetic_jpegs
 from .bench_probes import (
     GpuUtilSampler,
-    ray_unavailable_reason,
     cpu_name,
     device_name,
+    ray_unavailable_reason,
     run_driver_memory_scale,
     run_manifest_scale,
 )
@@ -99,7 +99,6 @@ class StubDevice:
 
         from .engine import Prediction
         from .loader import image_size_hw
-
         from .records import class_stats_numpy
 
         t0 = time.perf_counter()
@@ -132,7 +131,13 @@ def run_engine_pass(engine, refs, workdir: Path, args, shards_at_once: int | Non
     ``shards_at_once`` shards at a time (default ``args.shards_at_once``) as an actor does."""
     import torch
 
-    from .worker import RunOptions, ShardProcessor, ShardTask, make_shards, process_shards
+    from .worker import (
+        RunOptions,
+        ShardProcessor,
+        ShardTask,
+        make_shards,
+        process_shards,
+    )
 
     shards_at_once = shards_at_once or args.shards_at_once
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import re
 from collections.abc import Callable
 from typing import Any
 
-from .parts import PARTS_DIR, atomic_write_bytes, join_url, url_to_fs
+from .parts import PARTS_DIR, atomic_write_bytes, join_url, parts_dir_names, url_to_fs
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +39,7 @@ _LOG_NAME = re.compile(r"^\.crashlog-(\d{5,})\.json$")
 def shards_with_logs(output: str, storage_options: dict | None = None) -> set[int]:
     """Shards with a crash log left by an earlier run (one listing of ``parts/``): the
     run that resumes them runs them carefully from the start."""
-    fs, root = url_to_fs(output, storage_options)
-    parts_dir = posixpath.join(root, PARTS_DIR)
-    fs.invalidate_cache(parts_dir)
-    if not fs.exists(parts_dir):
-        return set()
-    names = (posixpath.basename(p.rstrip("/")) for p in fs.ls(parts_dir, detail=False))
-    return {int(m.group(1)) for m in map(_LOG_NAME.match, names) if m}
+    return {int(m.group(1)) for m in map(_LOG_NAME.match, parts_dir_names(output, storage_options)) if m}
 
 
 class CrashLog:

@@ -28,7 +28,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .parts import METADATA_KEY, PARTS_DIR, atomic_write_bytes, join_url, list_parts, url_to_fs
+from .parts import (
+    PARTS_DIR,
+    atomic_write_bytes,
+    join_url,
+    list_parts,
+    part_file_metadata,
+    part_index,
+    url_to_fs,
+)
 from .schema import SchemaValidationError, validate
 
 __all__ = [
@@ -293,13 +301,13 @@ class Manifest:
             fs, p = url_to_fs(path, self.storage_options)
             if p in listed:
                 continue
-            index = int(posixpath.basename(p)[len("part-"):-len(".parquet")])
+            index = part_index(p)
             why = None
             try:
                 with fs.open(p, "rb") as f:
-                    data = f.read()
+                    data = f.read()  # once: for the footer and the digest
                 footer = pq.ParquetFile(pa.BufferReader(data))
-                meta = json.loads((footer.schema_arrow.metadata or {})[METADATA_KEY])
+                meta = part_file_metadata(footer, path)
                 rows = footer.metadata.num_rows
             except Exception as exc:  # noqa: BLE001 - an unreadable stray part is simply redone
                 why = f"unreadable ({type(exc).__name__}: {exc})"

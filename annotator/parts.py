@@ -42,7 +42,10 @@ __all__ = [
     "iter_rows",
     "join_url",
     "list_parts",
+    "part_file_metadata",
+    "part_index",
     "part_path",
+    "parts_dir_names",
     "read_part_metadata",
     "url_to_fs",
     "write_part",
@@ -74,8 +77,8 @@ def part_path(output: str, shard_index: int) -> str:
     return join_url(output, PARTS_DIR, f"part-{shard_index:05d}.parquet")
 
 
-def list_parts(output: str, storage_options: dict | None = None) -> list[str]:
-    """Part files under `{output}/parts/`, sorted by shard index; temporary files ignored."""
+def parts_dir_names(output: str, storage_options: dict | None = None) -> list[str]:
+    """Names of the files under `{output}/parts/` (parts, temporaries, crash logs); [] without it."""
     fs, root = url_to_fs(output, storage_options)
     parts_dir = posixpath.join(root, PARTS_DIR)
     # Workers write parts through their own file system objects: drop any cached
@@ -83,13 +86,19 @@ def list_parts(output: str, storage_options: dict | None = None) -> list[str]:
     fs.invalidate_cache(parts_dir)
     if not fs.exists(parts_dir):
         return []
-    found = []
-    for name in fs.ls(parts_dir, detail=False):
-        base = posixpath.basename(name.rstrip("/"))
-        m = _PART_NAME.match(base)
-        if m:
-            found.append((int(m.group(1)), base))
-    return [join_url(output, PARTS_DIR, base) for _, base in sorted(found)]
+    return [posixpath.basename(name.rstrip("/")) for name in fs.ls(parts_dir, detail=False)]
+
+
+def part_index(name: str) -> int | None:
+    """The shard index of a part file name (`part-00003.parquet` -> 3), or None if it is not one."""
+    m = _PART_NAME.match(posixpath.basename(name))
+    return int(m.group(1)) if m else None
+
+
+def list_parts(output: str, storage_options: dict | None = None) -> list[str]:
+    """Part files under `{output}/parts/`, sorted by shard index; temporary files ignored."""
+    found = sorted((i, base) for base in parts_dir_names(output, storage_options) if (i := part_index(base)) is not None)
+    return [join_url(output, PARTS_DIR, base) for _, base in found]
 
 
 # ----------------------------------------------------------------------------- atomic write
@@ -154,10 +163,15 @@ def read_part_metadata(path: str, storage_options: dict | None = None) -> dict:
     """The run metadata dict stored in a part's Parquet key-value metadata."""
     fs, p = url_to_fs(path, storage_options)
     with fs.open(p, "rb") as f:
-        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+        return part_file_metadata(pq.ParquetFile(f), path)
+
+
+def part_file_metadata(parquet_file: pq.ParquetFile, where: str) -> dict:
+    """The run metadata dict of an open part file (``where`` names it in errors)."""
+    meta = parquet_file.schema_arrow.metadata or {}
     if METADATA_KEY not in meta:
         raise ValueError(
-            f"{path}: expected Parquet key-value metadata under {METADATA_KEY!r} (an annotator part file), "
+            f"{where}: expected Parquet key-value metadata under {METADATA_KEY!r} (an annotator part file), "
             f"received keys {sorted(k.decode('utf-8', 'replace') for k in meta)}"
         )
     return json.loads(meta[METADATA_KEY])

@@ -291,8 +291,7 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
                 retire(s, f"could not be restarted ({_short(e)})")
         elif ref in inflight:
             s, task = inflight.pop(ref)
-            idx = s.inflight.index(ref)
-            s.inflight.pop(idx)
+            s.inflight.remove(ref)
             was_isolated, s.isolated = s.isolated, False
             t0 = time.perf_counter()
             try:

@@ -166,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from . import pipeline
+    from .crashlog import shards_with_logs
     from .decode import DEFAULT_MAX_PIXELS
     from .hf_source import list_hf_dataset
-    from .crashlog import shards_with_logs
     from .manifest import config_hash, listing_fingerprint, open_output
     from .models import resolve_weights
     from .sources import (

@@ -245,9 +245,10 @@ class ShardProcessor:
                 engine_before = dict(self.engine.timings)
                 try:
                     for batch in itertools.chain([first] if first is not None else [], batches):
+                        n_before = len(pending)
                         self._predict_batch(batch, pending)
                         if crash_log is not None:  # the crash window of an image ends with its encoding
-                            for p in pending:
+                            for p in pending[n_before:]:
                                 if isinstance(p, Future):
                                     p.result()
                     if crash_log is not None:

@@ -6,8 +6,7 @@ import json
 
 from annotator.crashlog import DEATHS_TO_SKIP, CrashLog, shards_with_logs
 from annotator.parts import part_path, write_part
-from tests.part_records import META
-from tests.part_records import make_records
+from tests.part_records import META, make_records
 
 
 def _doc(tmp_path, shard=3):
