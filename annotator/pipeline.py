@@ -83,19 +83,114 @@ class _ShardActor:
         return True
 
 
-def init_ray(address: str | None) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS`` (e.g. under ``ray job submit``) or start a local Ray."""
+#: How long joining an existing Ray cluster may take before the run gives up.
+RAY_CONNECT_TIMEOUT_S = 60.0
+
+
+class RayConnectError(RuntimeError):
+    """The Ray cluster named by ``--address`` / ``$RAY_ADDRESS`` could not be joined."""
+
+
+def ray_address_file() -> str:
+    """Where ``ray start`` records the last cluster's address (Ray's temp dir:
+    ``$RAY_TMPDIR``, else ``$TMPDIR`` on Linux, else ``/tmp``, then ``ray/``)."""
+    import sys
+    import tempfile
+
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    if not base:
+        base = "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
+    return os.path.join(base, "ray", "ray_current_cluster")
+
+
+def resolve_ray_address(address: str | None) -> str | None:
+    """The cluster to join, or ``None`` to start a local Ray.
+
+    ``None`` (no ``--address``): ``$RAY_ADDRESS`` if set (as under ``ray job submit``),
+    else a new local Ray, never the cluster recorded by an earlier ``ray start``
+    (which may be dead). ``"auto"``: the recorded cluster, explicitly. Anything else:
+    that address (``host:port`` of the GCS, or ``ray://host:port``).
+    """
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            return None
+    if address == "auto":
+        record = ray_address_file()
+        try:
+            with open(record, encoding="utf-8") as f:
+                recorded = f.read().strip()
+        except OSError:
+            recorded = ""
+        if not recorded:
+            raise RayConnectError(f"--address auto: expected a running cluster recorded in {record} by "
+                                  "`ray start --head`, got none (omit --address to start a local Ray)")
+        return recorded
+    return address
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A TCP connection to the cluster's ``host:port``, so that a dead address is one
+    line after ``timeout_s`` instead of Ray's endless GCS retries."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectError(f"--address {address}: expected host:port (or ray://host:port, or auto), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayConnectError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); is it running? "
+                              "Omit --address (and unset RAY_ADDRESS) to start a local Ray") from None
+
+
+def init_ray(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> str:
+    """Join a cluster or start a local Ray (see :func:`resolve_ray_address`); returns
+    what happened, for the run's log. Joining is bounded by ``timeout_s``: a cluster
+    that does not answer raises :class:`RayConnectError` naming the address."""
+    import threading
+
     import ray
 
     if ray.is_initialized():
-        return
+        return "using the Ray already initialised in this process"
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        ray.init(address=address, **kwargs)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    target = resolve_ray_address(address)
+    if target is None:
+        ray.init(address="local", include_dashboard=False, **kwargs)
+        return f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    check_reachable(target, min(timeout_s, 10.0))
+    outcome: list = []
+
+    def join() -> None:
+        try:
+            outcome.append(ray.init(address=target, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=join, name="ray-init", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise RayConnectError(f"the Ray cluster at {target} did not answer within {timeout_s:.0f} s")
+    if isinstance(outcome[0], BaseException):
+        why = _short(outcome[0])
+        if "authentication" in why.lower() or "token" in why.lower():
+            why += (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and the cluster's token in "
+                    "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+        raise RayConnectError(f"cannot join the Ray cluster at {target}: {why}") from None
+    return f"joined the Ray cluster at {target}"
+
+
+def check_cluster_device(device: str) -> None:
+    """``--device cuda[:N]`` on a joined cluster that has no GPU (a ConfigError-like
+    :class:`RayConnectError`, raised before the output is opened)."""
+    import ray
+
+    if device.startswith("cuda") and int(ray.cluster_resources().get("GPU", 0)) == 0:
+        raise RayConnectError(f"--device {device}: expected GPUs in the Ray cluster, got none "
+                              f"(resources: {sorted(ray.cluster_resources())})")
 
 
 def plan_actors(engine_config: EngineConfig, num_actors: int | None) -> tuple[int, dict, str]:

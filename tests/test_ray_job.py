@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -32,6 +34,7 @@ from tests.synthetic import write_dataset, write_vocab
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 RAY = shutil.which("ray")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _free_port() -> int:
@@ -151,6 +154,57 @@ def test_ray_job_submit_runs_an_annotation(ray_cluster, tmp_path):
     assert summary["images"] == 6 and summary["failed"] == 0
     assert (out / "coco.json").is_file()
     assert "6 images" in log  # the driver's log came back through the job
+
+
+def readme_cluster_lines() -> list[str]:
+    """The command lines of the README's local-cluster block (under "Running on a Ray
+    cluster", the block that starts the cluster)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Running on a Ray cluster", 1)[1].split("\n## ", 1)[0]
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        if "ray start --head" in block:
+            return [ln for ln in block.splitlines() if ln.strip()]
+    raise AssertionError("README: no ```bash block with `ray start --head` under 'Running on a Ray cluster'")
+
+
+def test_readme_cluster_lines_run_verbatim(tmp_path):
+    """The README's `ray start` / `ray job submit` lines, exactly as written, on loopback,
+    with token authentication. Isolated: a throwaway HOME (so ~/.ray/auth_token is the
+    test's own) and Ray temp dir, no RAY_* variable inherited; the cluster is stopped by
+    its process group, not by `ray stop` (which stops every Ray on the machine)."""
+    if RAY is None:
+        pytest.skip("the `ray` command is not installed")
+    pytest.importorskip("psutil")
+    lines = readme_cluster_lines()
+    assert any(ln.startswith("ray job submit ") for ln in lines), lines
+    output = re.search(r"--output (\S+)", lines[-1]).group(1)
+    for port in (6379, 8265):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"port {port} (fixed in the README) is in use on this machine")
+    shutil.rmtree(output, ignore_errors=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="annrj-")  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
+    run = subprocess.Popen(["bash", "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        log, _ = run.communicate(timeout=360)
+        assert run.returncode == 0, log[-4000:]
+        assert "succeeded" in log, log[-4000:]
+        assert (home / ".ray" / "auth_token").is_file()  # the cluster really used a token
+        rows = pq.read_table(os.path.join(output, "annotations.parquet")).to_pylist()
+        assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        _stop_cluster(run.pid)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(output, ignore_errors=True)
 
 
 def test_cleanup_leaves_no_process_of_the_cluster():
