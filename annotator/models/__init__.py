@@ -33,19 +33,6 @@ class ResolvedWeights:
     found: str | None = None
 
 
-def _dino_file(config: EngineConfig) -> tuple[str | None, W.MissingWeight | None]:
-    cache = Path(config.weights_dir)
-    if not config.dino_weights:
-        for name in (W.DINO_FILE, "dino_deitsmall8_300ep_pretrain.pth", "vit_small_patch8_224.dino.safetensors"):
-            if (cache / name).is_file():
-                return str(cache / name), None
-    path, missing = W.resolve_file(
-        "DINO ViT-S/8 weights", "--dino-weights /path/to/dino_deitsmall8_pretrain.pth",
-        config.dino_weights, cache, W.DINO_FILE, W.DINO_URL, None,
-    )
-    return (str(path) if path else None), missing
-
-
 def check_saliency_name(name: str) -> None:
     """Raise ValueError for an unknown ``--saliency`` value."""
     if name.startswith("precomputed:") or name in SALIENCY_NAMES:
@@ -60,6 +47,7 @@ def resolve_weights(config: EngineConfig) -> ResolvedWeights:
     """
     check_saliency_name(config.saliency)
     out, missing = ResolvedWeights(), []
+    cache = Path(config.weights_dir)
     if config.model not in TEST_MODELS:
         from .clip import open_clip_missing_weights
 
@@ -67,17 +55,42 @@ def resolve_weights(config: EngineConfig) -> ResolvedWeights:
         missing += [m] if m else []
     random_everywhere = config.pretrained == "random"  # benchmarks: no weights at all
     if config.saliency in ("found", "found-bkg") and not random_everywhere:
-        out.dino, m = _dino_file(config)
+        path, m = W.resolve_weight(W.DINO_VITS8, config.dino_weights, cache)
+        out.dino = str(path) if path else None
         missing += [m] if m else []
     if config.saliency == "found" and not random_everywhere:
-        path, m = W.resolve_file(
-            "FOUND decoder", "--found-weights /path/to/decoder_weights.pt", config.found_weights,
-            Path(config.weights_dir), W.FOUND_DECODER_FILE, W.FOUND_DECODER_URL, W.FOUND_DECODER_SHA256,
-        )
+        path, m = W.resolve_weight(W.FOUND_DECODER, config.found_weights, cache)
         out.found = str(path) if path else None
         missing += [m] if m else []
     if missing:
         raise W.WeightsUnavailableError(missing)
+    return out
+
+
+def describe_weights(config: EngineConfig, weights: ResolvedWeights) -> dict[str, str]:
+    """What the engine really loads, for the run metadata: per weight (``clip``, and
+    ``dino``/``found`` when the saliency uses them) ``random (seed N)``, a file's
+    ``name sha256:<hex>``, the open_clip tag, or ``none``.
+
+    A tag names its weights exactly (open_clip's registry), so its large file is not
+    hashed; a file given or found by hand is.
+    """
+    seed = f"random (seed {config.seed})"
+    if config.model == "toy":
+        clip = "none (toy model: no weights)"
+    elif config.model == "tiny-random" or config.pretrained in ("random", "none", ""):
+        clip = seed
+    elif Path(config.pretrained).expanduser().is_file():
+        clip = W.describe_file(Path(config.pretrained).expanduser())
+    elif weights.clip and Path(weights.clip).parent == Path(config.weights_dir):  # placed by hand
+        clip = f"{config.pretrained} ({W.describe_file(weights.clip)})"
+    else:
+        clip = config.pretrained
+    out = {"clip": clip}
+    if config.saliency in ("found", "found-bkg", "found-tiny-random"):
+        out["dino"] = W.describe_file(weights.dino) if weights.dino else seed
+    if config.saliency in ("found", "found-tiny-random"):
+        out["found"] = W.describe_file(weights.found) if weights.found else seed
     return out
 
 

@@ -74,6 +74,10 @@ def open_clip_missing_weights(model: str, pretrained: str, weights_dir: str) -> 
             f"a local checkpoint file, or 'random'"
         )
     cfg = oc_pretrained.get_pretrained_cfg(model, pretrained)
+    url, flat = _manual_download(model, pretrained, cfg, weights_dir)
+    for f in (flat, flat.with_suffix(".bin"), flat.with_suffix(".pt")):
+        if f.is_file():  # a copy placed in --weights-dir by hand
+            return str(f), None
     hub = cfg.get("hf_hub", "")
     if hub:
         try:
@@ -89,17 +93,30 @@ def open_clip_missing_weights(model: str, pretrained: str, weights_dir: str) -> 
         host = "huggingface.co"
     else:
         host = cfg.get("url", "https://unknown/").split("/")[2]
+    what = f"CLIP weights {model}/{pretrained}"
     if not network_reachable(host):
-        return None, MissingWeight(
-            f"CLIP weights {model}/{pretrained}",
-            f"{host} is unreachable (offline?) and no cached copy is in {weights_dir}",
-            option,
-        )
+        return None, MissingWeight(what, f"{host} is unreachable (offline?) and no copy is in {weights_dir}",
+                                   option, url=url, save_as=str(flat))
     try:
         path = oc_pretrained.download_pretrained(cfg, cache_dir=weights_dir)
         return path, None
     except Exception as e:
-        return None, MissingWeight(f"CLIP weights {model}/{pretrained}", f"download failed: {e}", option)
+        return None, MissingWeight(what, f"download failed: {e}", option, url=url, save_as=str(flat))
+
+
+def _manual_download(model: str, pretrained: str, cfg: dict, weights_dir: str) -> tuple[str, Path]:
+    """(where a user fetches the checkpoint of ``model``/``pretrained`` by hand, the
+    path in ``weights_dir`` where that file is then found). The file keeps its format:
+    ``.safetensors`` from a Hugging Face repository, the URL's suffix otherwise
+    (``.bin``/``.pt`` copies are accepted under the same stem)."""
+    hub = (cfg.get("hf_hub") or "").rstrip("/")
+    stem = f"open_clip_{model}_{pretrained}"
+    if hub:
+        repo, fname = (hub, "open_clip_model.safetensors") if hub.count("/") == 1 else hub.rsplit("/", 1)
+        suffix = Path(fname).suffix or ".safetensors"
+        return f"https://huggingface.co/{repo}/resolve/main/{fname}", Path(weights_dir) / (stem + suffix)
+    url = cfg.get("url", "")
+    return url, Path(weights_dir) / (stem + (Path(url).suffix or ".pt"))
 
 
 def build_open_clip(model: str, checkpoint: str | None, device: torch.device, seed: int = 0) -> OpenClipBackend:

@@ -17,12 +17,44 @@ from pathlib import Path
 
 import torch
 
-FOUND_DECODER_URL = "https://raw.githubusercontent.com/valeoai/FOUND/main/data/weights/decoder_weights.pt"
-FOUND_DECODER_SHA256 = "47ff2a4af3dbc6c80cb832cc81f8ed8ae81809e52576d0de5f9c754cf46ef9b5"
-FOUND_DECODER_FILE = "decoder_weights.pt"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One weight file the engine may need, as data: where it comes from, the name it has
+    in ``--weights-dir`` (so a copy placed there by hand is used offline), its sha256
+    when known, and the option that takes an explicit local path."""
+
+    what: str
+    file_name: str
+    url: str
+    option: str
+    sha256: str | None = None
+    #: other names under which a copy in ``--weights-dir`` is accepted
+    also_accepted: tuple[str, ...] = ()
+
+
+FOUND_DECODER = WeightSpec(
+    what="FOUND decoder",
+    file_name="decoder_weights.pt",
+    url="https://raw.githubusercontent.com/valeoai/FOUND/main/data/weights/decoder_weights.pt",
+    option="--found-weights FILE",
+    sha256="47ff2a4af3dbc6c80cb832cc81f8ed8ae81809e52576d0de5f9c754cf46ef9b5",
+)
+DINO_VITS8 = WeightSpec(
+    what="DINO ViT-S/8 weights",
+    file_name="dino_deitsmall8_pretrain.pth",
+    url="https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+    option="--dino-weights FILE",
+    also_accepted=("vit_small_patch8_224.dino.safetensors",),  # timm's copy, same tensors
+)
+# Older names, kept for callers and tests.
+FOUND_DECODER_URL, FOUND_DECODER_SHA256, FOUND_DECODER_FILE = FOUND_DECODER.url, FOUND_DECODER.sha256, FOUND_DECODER.file_name
+DINO_URL, DINO_FILE = DINO_VITS8.url, DINO_VITS8.file_name
 DINO_TIMM_NAME = "vit_small_patch8_224.dino"
-DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"
-DINO_FILE = "dino_deitsmall8_pretrain.pth"
+#: Shown with every missing-weights error: the pipeline runs without any weights.
+DRY_RUN_HINT = ("To try the pipeline without any weights, use the test models: --model toy --saliency toy "
+                "(they segment saturated colours; the repository's jobs/vocab/colours.txt suits them).")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -32,11 +64,14 @@ class WeightsUnavailableError(RuntimeError):
         self.missing = missing
         lines = ["model weights are not available (no local copy and no download possible):"]
         for m in missing:
-            lines.append(f"  - {m.what}: {m.reason}\n    provide it with {m.option}")
-        lines.append(
-            "Weights are cached in --weights-dir (default $ANNOTATOR_WEIGHTS_DIR or "
-            "~/.cache/annotator); copy them there or pass the local files above."
-        )
+            lines.append(f"  - {m.what}: {m.reason}")
+            if m.url:
+                lines.append(f"    fetch {m.url}")
+            if m.save_as:
+                lines.append(f"    and save it as {m.save_as}, or pass it with {m.option}")
+            else:
+                lines.append(f"    provide it with {m.option}")
+        lines.append(DRY_RUN_HINT)
         super().__init__("\n".join(lines))
 
 
@@ -45,6 +80,8 @@ class MissingWeight:
     what: str
     reason: str
     option: str
+    url: str | None = None  # where a user gets the file by hand
+    save_as: str | None = None  # the path in --weights-dir where it is then found
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -98,32 +135,31 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def resolve_file(
-    what: str,
-    option: str,
-    explicit: str | None,
-    cache_dir: Path,
-    file_name: str,
-    url: str | None,
-    sha256: str | None,
-) -> tuple[Path | None, MissingWeight | None]:
-    """Find a weight file: explicit path, then ``cache_dir/file_name``, then download."""
+def resolve_weight(spec: WeightSpec, explicit: str | None, cache_dir: Path) -> tuple[Path | None, MissingWeight | None]:
+    """Find a weight file: the explicit path, then ``cache_dir/spec.file_name`` (or an
+    accepted alternative name), then a verified download into ``cache_dir``."""
     if explicit:
         p = Path(explicit).expanduser()
         if p.is_file():
             return p, None
-        return None, MissingWeight(what, f"file not found: {explicit!r}", option)
-    cached = cache_dir / file_name
-    if cached.is_file():
-        if sha256 is None or sha256_file(cached) == sha256:
-            return cached, None
-        return None, MissingWeight(what, f"cached file {cached} fails its sha256 check", option)
-    if url is None:
-        return None, MissingWeight(what, "no download address is known", option)
-    host = url.split("/")[2]
+        return None, MissingWeight(spec.what, f"file not found: {explicit!r}", spec.option)
+    cached = cache_dir / spec.file_name
+    missing = dict(what=spec.what, option=spec.option, url=spec.url, save_as=str(cached))
+    for name in (spec.file_name, *spec.also_accepted):
+        if (cache_dir / name).is_file():
+            found = cache_dir / name
+            if spec.sha256 is None or sha256_file(found) == spec.sha256:
+                return found, None
+            return None, MissingWeight(reason=f"{found} fails its sha256 check (expected {spec.sha256})", **missing)
+    host = spec.url.split("/")[2]
     if not network_reachable(host):
-        return None, MissingWeight(what, f"{host} is unreachable (offline?) and {cached} does not exist", option)
+        return None, MissingWeight(reason=f"{host} is unreachable (offline?) and {cached} does not exist", **missing)
     try:
-        return download_verified(url, cached, sha256), None
+        return download_verified(spec.url, cached, spec.sha256), None
     except Exception as e:  # network errors of every flavour end up in one report
-        return None, MissingWeight(what, f"download from {url} failed: {e}", option)
+        return None, MissingWeight(reason=f"download from {spec.url} failed: {e}", **missing)
+
+
+def describe_file(path: str | os.PathLike) -> str:
+    """``name sha256:<hex>``: how run metadata names a weight file that was loaded."""
+    return f"{Path(path).name} sha256:{sha256_file(path)}"
