@@ -58,6 +58,7 @@ from .bench_probes import (
 from .config import (
     DEFAULT_SHARD_SIZE,
     EngineConfig,
+    HelpFormatter,
     add_engine_arguments,
     engine_config_from_args,
 )
@@ -310,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m annotator.bench",
         description="End-to-end throughput of the engine (read -> decode -> engine -> RLE/PNG -> Parquet, "
         "no Ray), the released CLIP-DIY loop on the same device and models, and the Ray pipeline.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     b = p.add_argument_group("benchmark")
     b.add_argument("--source", default=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,18 @@ DEFAULT_SHARD_SIZE = 64
 
 class ConfigError(ValueError):
     """An option value that cannot be used; the message names expected and received."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each default shown once: appended as ``(default: X)`` only when
+    the option's own help does not already say its default, and never for an unset
+    (``None``) or off (``False``) one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def default_weights_dir() -> str:
@@ -79,6 +92,8 @@ class EngineConfig:
         for t in self.templates:
             if t.count("{}") != 1:
                 raise ConfigError(f"--templates: expected exactly one '{{}}' in each template, got {t!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size: expected >= 1, got {self.batch_size}")
         if self.crop_chunk < 1:
@@ -161,8 +176,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "precomputed:<dir or URI> (.npy/.png per image stem), or the test "
                         "saliencies found-tiny-random / toy")
     g.add_argument("--dino-weights", default=None, metavar="FILE",
-                   help="local DINO ViT-S/8 state dict (dino_deitsmall8_300ep_pretrain.pth or "
-                        "timm's model.safetensors) instead of downloading it")
+                   help="local DINO ViT-S/8 state dict (dino_deitsmall8_pretrain.pth, or timm's "
+                        "vit_small_patch8_224.dino safetensors) instead of downloading it")
     g.add_argument("--found-weights", default=None, metavar="FILE",
                    help="local FOUND decoder file (decoder_weights.pt) instead of downloading it")
     g.add_argument("--weights-dir", default=None, metavar="DIR",

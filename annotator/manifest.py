@@ -130,6 +130,10 @@ class Manifest:
     created: str = ""
     updated: str = ""
     storage_options: dict | None = field(default=None, repr=False, compare=False)
+    #: The settings behind ``config_hash`` and the listing's image count, kept so that a
+    #: refused run is told what changed (absent in manifests of older versions).
+    settings: dict | None = None
+    num_images: int | None = None
     #: Seconds between rewrites by :meth:`mark_finished` (0: every call); see :meth:`flush`.
     flush_interval_s: float = field(default=0.0, repr=False, compare=False)
     _dirty: bool = field(default=False, repr=False, compare=False)
@@ -154,6 +158,8 @@ class Manifest:
                 k: dict(v) for k, v in sorted(self.finished.items(), key=lambda kv: int(kv[0]))},
             "created": self.created,
             "updated": self.updated,
+            **({"settings": self.settings} if self.settings is not None else {}),
+            **({"num_images": self.num_images} if self.num_images is not None else {}),
         }
 
     def save(self, retries: int = 3) -> None:
@@ -206,6 +212,8 @@ class Manifest:
             created=doc["created"],
             updated=doc["updated"],
             storage_options=storage_options,
+            settings=doc.get("settings"),
+            num_images=doc.get("num_images"),
         )
 
     @classmethod
@@ -217,6 +225,9 @@ class Manifest:
         num_shards: int,
         shard_size: int,
         storage_options: dict | None = None,
+        *,
+        settings: dict | None = None,
+        num_images: int | None = None,
     ) -> Manifest:
         """A new manifest with no finished shards, written to `output` right away."""
         now = _now()
@@ -230,6 +241,8 @@ class Manifest:
             now,
             now,
             storage_options,
+            settings=settings,
+            num_images=num_images,
         )
         m.save()
         return m
@@ -361,6 +374,8 @@ class Manifest:
         *,
         num_shards: int | None = None,
         shard_size: int | None = None,
+        settings: dict | None = None,
+        num_images: int | None = None,
     ) -> bool:
         """True when this run may resume the existing output.
 
@@ -370,9 +385,17 @@ class Manifest:
         """
         diffs = []
         if config_hash != self.config_hash:
-            diffs.append(f"configuration hash {self.config_hash} (now {config_hash})")
+            changed = setting_differences(self.settings, settings) if self.settings is not None and settings else []
+            if changed:
+                diffs.append("other settings: " + ", ".join(changed))
+            else:
+                diffs.append(f"configuration hash {self.config_hash} (now {config_hash})")
         if listing_fingerprint != self.listing_fingerprint:
-            diffs.append(f"input listing fingerprint {self.listing_fingerprint} (now {listing_fingerprint})")
+            if self.num_images is not None and num_images is not None and num_images != self.num_images:
+                diffs.append(f"another input listing: {self.num_images} images (now {num_images})")
+            else:
+                diffs.append(f"another input listing: other file names (listing fingerprint "
+                             f"{self.listing_fingerprint}, now {listing_fingerprint})")
         if num_shards is not None and num_shards != self.num_shards:
             diffs.append(f"{self.num_shards} shards (now {num_shards})")
         if shard_size is not None and shard_size != self.shard_size:
@@ -388,6 +411,27 @@ class Manifest:
         )
 
 
+def setting_differences(before: dict, now: dict, prefix: str = "", limit: int = 8) -> list[str]:
+    """``key 'old' (now 'new')`` for each setting that differs, nested keys dotted
+    (``engine.model``), values cut to 80 characters, at most ``limit`` items."""
+    out: list[str] = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += setting_differences(a, b, f"{name}.", limit)
+        elif a != b:
+            out.append(f"{name} {_cut(a)} (now {_cut(b)})")
+    if len(out) > limit:
+        out = out[:limit] + [f"{len(out) - limit} more"]
+    return out
+
+
+def _cut(value: object, width: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def open_output(
     output: str,
     *,
@@ -397,6 +441,8 @@ def open_output(
     shard_size: int,
     overwrite: bool = False,
     storage_options: dict | None = None,
+    settings: dict | None = None,
+    num_images: int | None = None,
 ) -> Manifest:
     """The driver's entry point: the manifest to resume, or a fresh one.
 
@@ -410,7 +456,8 @@ def open_output(
         existing = Manifest.load(output, storage_options)
         if existing is not None:
             existing.check_compatible(
-                config_hash, listing_fingerprint, False, num_shards=num_shards, shard_size=shard_size
+                config_hash, listing_fingerprint, False, num_shards=num_shards, shard_size=shard_size,
+                settings=settings, num_images=num_images,
             )
             return existing
         stray = list_parts(output, storage_options)
@@ -419,4 +466,5 @@ def open_output(
                 f"output {output} holds {len(stray)} part file(s) but no {MANIFEST_NAME}, so they cannot be "
                 "resumed safely. Pass --overwrite to replace them, or choose another output."
             )
-    return Manifest.create(output, config_hash, listing_fingerprint, num_shards, shard_size, storage_options)
+    return Manifest.create(output, config_hash, listing_fingerprint, num_shards, shard_size, storage_options,
+                           settings=settings, num_images=num_images)

@@ -22,6 +22,7 @@ from . import __version__
 from .config import (
     DEFAULT_SHARD_SIZE,
     ConfigError,
+    HelpFormatter,
     add_engine_arguments,
     engine_config_from_args,
     parse_storage_options,
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pre-label images with pixel masks for any list of classes (CLIP-DIY), on Ray. "
         "Writes OUTPUT/parts/*.parquet, OUTPUT/annotations.parquet, OUTPUT/coco.json, "
         "OUTPUT/summary.json, OUTPUT/report.html (and OUTPUT/metrics.json with --gt).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     io = p.add_argument_group("input and output")
     io.add_argument("--vocab", default=str(SAMPLES_DIR / "vocab.txt"),
@@ -79,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="images per shard (one Parquet part each)")
     sch.add_argument("--num-actors", type=int, default=None, metavar="N",
                      help="actors: default one per GPU, or CPUs/2 CPU actors when there is no GPU")
-    sch.add_argument("--ray-address", default=None,
-                     help="Ray cluster to join (default: $RAY_ADDRESS, else start a local Ray)")
+    sch.add_argument("--address", "--ray-address", dest="address", default=None, metavar="ADDRESS",
+                     help="Ray cluster to join: host:port of its GCS, ray://host:port, or 'auto' for "
+                          "the cluster that `ray start` recorded on this machine (default: $RAY_ADDRESS "
+                          "when set, as under `ray job submit`, else a new local Ray)")
     sch.add_argument("--max-failure-rate", type=float, default=0.05, metavar="F",
                      help="exit non-zero when more than this fraction of images failed")
     sch.add_argument("--no-report", action="store_true", help="skip the HTML report and previews")
@@ -147,6 +150,31 @@ def _filter_image_list(refs: list, path: str) -> list:
     return out
 
 
+def _check_local_cuda(device: str) -> None:
+    """``--device cuda[:N]`` on a machine (the local Ray's) without that CUDA device."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= count:
+        raise ConfigError(f"--device {device}: expected a CUDA device, got {count} on this machine "
+                          f"(torch {torch.__version__}); use --device cpu, or --device auto to use CUDA when present")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _listing_line(num_images: int, num_shards: int, tasks: list, pending: list) -> str:
+    """'40 images in 10 shards (3 shards, 12 images, already done)'."""
+    line = f"{_plural(num_images, 'image')} in {_plural(num_shards, 'shard')}"
+    done = num_shards - len(pending)
+    if done:
+        done_images = num_images - sum(len(t.refs) for t in pending)
+        line += f" ({_plural(done, 'shard')}, {_plural(done_images, 'image')}, already done)"
+    return line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -155,9 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         from .manifest import OutputConflictError
         from .models.weights import WeightsUnavailableError
-        from .pipeline import ShardFailedError
+        from .pipeline import RayConnectError, ShardFailedError
 
-        known = (ConfigError, WeightsUnavailableError, OutputConflictError, ShardFailedError, ValueError, FileNotFoundError)
+        known = (ConfigError, WeightsUnavailableError, OutputConflictError, ShardFailedError, RayConnectError,
+                 ValueError, FileNotFoundError)
         if isinstance(e, known):
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -170,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
     from .decode import DEFAULT_MAX_PIXELS
     from .hf_source import list_hf_dataset
     from .manifest import config_hash, listing_fingerprint, open_output
-    from .models import resolve_weights
+    from .models import describe_weights, resolve_weights
     from .sources import (
         list_images,
         redact_uri,
@@ -196,7 +225,12 @@ def _run(args: argparse.Namespace) -> int:
     if split_credentials(args.output)[1]:  # never echo them (in messages, the manifest, parts' paths)
         raise ConfigError(f"--output {redact_uri(args.output)}: expected credentials in --storage-options, "
                           "got them in the URL (user:password@)")
-    resolve_weights(engine_config)  # unknown model/tag, missing weights: one clear error now
+    weights = resolve_weights(engine_config)  # unknown model/tag, missing weights: one clear error now
+    ray_target = pipeline.resolve_ray_address(args.address)  # None: a local Ray, started when needed
+    if ray_target is not None:
+        pipeline.check_reachable(ray_target)
+    elif engine_config.device.startswith("cuda"):
+        _check_local_cuda(engine_config.device)  # the local Ray's actors run on this machine
 
     # Stage: list the source (names only; no pixels on the driver)
     hf = None
@@ -215,6 +249,9 @@ def _run(args: argparse.Namespace) -> int:
 
         load_gt(args.gt, args.gt_format, vocabulary.names, storage_options=source_opts)  # bad --gt: fail now
     _check_output_writable(args.output, storage_options)
+    if ray_target is not None:  # join now: a cluster without the GPUs asked for is refused before any write
+        log.info(pipeline.init_ray(ray_target))
+        pipeline.check_cluster_device(engine_config.device)
 
     # Stage: open or resume the output
     identity = {
@@ -229,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     manifest = open_output(
         args.output, config_hash=chash, listing_fingerprint=listing_fingerprint(r.file_name for r in refs),
         num_shards=len(tasks), shard_size=args.shard_size, overwrite=args.overwrite, storage_options=storage_options,
+        settings=identity, num_images=len(refs),
     )
     if args.overwrite:
         _remove_previous_results(args.output, storage_options)
@@ -239,11 +277,13 @@ def _run(args: argparse.Namespace) -> int:
     for i in sorted(shards_with_logs(args.output, storage_options) - done_before):
         if i < len(tasks):
             tasks[i].careful = True  # its worker died in an earlier run: one image at a time
+    described_weights = describe_weights(engine_config, weights)
     metadata = {
         "vocabulary": vocabulary.names,
         "vocabulary_prompts": vocabulary.to_json(),
         "model": engine_config.model,
-        "pretrained": engine_config.pretrained if not Path(engine_config.pretrained).is_file() else Path(engine_config.pretrained).name,
+        "pretrained": described_weights["clip"],
+        "weights": described_weights,
         "saliency": engine_config.saliency,
         "protocol": engine_config.protocol,
         "templates": list(engine_config.templates),
@@ -256,14 +296,14 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(output=args.output, metadata=metadata, storage_options=source_opts or None,
                          output_storage_options=storage_options,
                          max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, gt_spec=args.gt, gt_format=args.gt_format)
-    print(f"annotator {__version__}: {len(refs)} images from {source_desc} in {len(tasks)} shards; "
-          f"{len(tasks) - len(pending)} already done; output {redact_uri(args.output)}", file=sys.stderr)
+    print(f"annotator {__version__}: {_listing_line(len(refs), len(tasks), tasks, pending)} from {source_desc}; "
+          f"output {redact_uri(args.output)}", file=sys.stderr)
 
     # Stage: shards -> Ray actors -> parts
     t0 = time.perf_counter()
     stats = None
     if pending:
-        pipeline.init_ray(args.ray_address)
+        log.info(pipeline.init_ray(ray_target))
         bar = None
         if not args.quiet:
             from tqdm import tqdm
@@ -301,8 +341,9 @@ def _run(args: argparse.Namespace) -> int:
     print(format_summary(summary), file=sys.stderr)
     done = summary["images"]
     failed = summary["failed"]
+    look_at = "summary.json" if args.no_report else "report.html"
     print(f"done: {done} images ({failed} failed) in {elapsed:.1f} s; "
-          f"{summary['annotations']} annotations; see {redact_uri(args.output)}/summary.json", file=sys.stderr)
+          f"{summary['annotations']} annotations; see {redact_uri(args.output)}/{look_at}", file=sys.stderr)
     rate = failed / done if done else 0.0
     if rate > args.max_failure_rate:
         print(f"error: {failed}/{done} images failed ({rate:.1%}), above --max-failure-rate "

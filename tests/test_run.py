@@ -220,7 +220,7 @@ def test_resume_recomputes_only_the_missing_shard(e2e, tmp_path, capsys):
     rc, err = _run(capsys, *args)
     assert rc == 0, err
     n_shards = len(before)
-    assert f"{n_shards} shards; {n_shards - 1} already done" in err
+    assert f"in {n_shards} shards ({n_shards - 1} shards, {NUM_IMAGES - SHARD_SIZE} images, already done)" in err
 
     after = {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (out / "parts").glob("part-*.parquet")}
     assert set(after) == set(before)
@@ -237,7 +237,7 @@ def test_resume_recomputes_only_the_missing_shard(e2e, tmp_path, capsys):
 
     # nothing left to do: a third run recomputes nothing
     rc, err = _run(capsys, *args)
-    assert rc == 0 and f"{n_shards} already done" in err
+    assert rc == 0 and f"({n_shards} shards, {NUM_IMAGES} images, already done)" in err
     assert {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (out / "parts").glob("part-*.parquet")} == after
 
 
@@ -292,7 +292,10 @@ def test_other_configuration_is_refused_unless_overwrite(e2e, tmp_path, capsys):
 
     rc, err = _run(capsys, *_base_args(e2e, out), "--protocol", "official")
     assert rc == 2
-    assert "--overwrite" in err and "configuration" in err
+    assert "--overwrite" in err and "settings" in err
+    # the message says what changed, not two hashes
+    assert 'engine.protocol "full" (now "official")' in err, err
+    assert json.loads(manifest_before)["config_hash"] not in err
     assert (out / "manifest.json").read_text() == manifest_before  # untouched
     assert {p.name: _sha256(p) for p in (out / "parts").glob("*.parquet")} == parts_before
 
@@ -488,6 +491,15 @@ def test_bundled_samples_with_toy_models(tmp_path, ray_session, capsys):
     for name in ("coco.json", "summary.json", "report.html", "manifest.json"):
         assert (out / name).is_file(), name
     assert not (out / "metrics.json").exists()
+    # the last line points to what a person looks at; one shard, no "1 shards"
+    assert err.strip().splitlines()[-1].endswith(f"see {out}/report.html"), err
+    assert "5 images in 1 shard from" in err
+    # the metadata names what was loaded: the toy model has no weights
+    assert summary["run"]["pretrained"] == "none (toy model: no weights)"
+    coco = json.loads((out / "coco.json").read_text())
+    assert coco["info"]["pretrained"] == "none (toy model: no weights)"
+    meta = json.loads(pq.read_schema(next((out / "parts").glob("*.parquet"))).metadata[b"annotator"])
+    assert meta["weights"] == {"clip": "none (toy model: no weights)"}
 
 
 def test_help_lists_every_option(capsys):
@@ -502,9 +514,38 @@ def test_help_lists_every_option(capsys):
     missing = sorted(o for o in options if o not in text)
     assert not missing, missing
     for name in ("--vocab", "--source", "--hf-dataset", "--output", "--overwrite", "--gt", "--shard-size",
-                 "--num-actors", "--ray-address", "--model", "--saliency", "--protocol", "--device",
+                 "--num-actors", "--address", "--ray-address", "--model", "--saliency", "--protocol", "--device",
                  "--dino-weights", "--found-weights", "--image-list", "--storage-options"):
         assert name in text
+
+
+def test_help_shows_each_default_once():
+    from annotator.config import HelpFormatter
+    from annotator.run import build_parser
+
+    parser = build_parser()
+    formatter = HelpFormatter(parser.prog)
+    for action in parser._actions:
+        text = formatter._expand_help(action) if action.help else ""
+        assert text.lower().count("default") <= 1, (action.option_strings, text)
+        if action.default not in (None, False, "==SUPPRESS==") and action.help:
+            assert "default" in text.lower(), (action.option_strings, text)  # ...but shown
+
+
+def test_device_cuda_without_cuda_exits_2_before_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "out"
+    for device in ("cuda", "cuda:1"):
+        rc, err = _run(capsys, "--model", "toy", "--saliency", "toy", "--device", device, "--output", str(out))
+        assert rc == 2, err
+        assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.strip().splitlines()[-1]]
+        assert f"--device {device}: expected a CUDA device, got 0" in err
+    rc, err = _run(capsys, "--model", "toy", "--saliency", "toy", "--device", "gpu", "--output", str(out))
+    assert rc == 2 and "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'" in err
+    assert not out.exists()
 
 
 def test_bad_arguments_exit_2_before_work(tmp_path, capsys):

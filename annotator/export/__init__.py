@@ -123,17 +123,21 @@ class ExportResult:
 
     Attributes:
         format: the registry name.
-        paths: files written (URLs or local paths), main file first.
+        paths: the main files written (URLs or local paths), main file first; for
+            per-image formats the folder they were written to (not every file).
         counts: e.g. ``images``, ``annotations``, ``skipped_error_rows``, ``filtered_*``.
+        files_written: how many files the export wrote in all (None: ``len(paths)``).
     """
 
     format: str
     paths: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    files_written: int | None = None
 
     def summary(self) -> str:
+        n = len(self.paths) if self.files_written is None else self.files_written
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        return f"{self.format}: wrote {len(self.paths)} file(s) ({counts})"
+        return f"{self.format}: wrote {n} file{'' if n == 1 else 's'} ({counts})"
 
 
 # --------------------------------------------------------------------------- inputs

@@ -16,7 +16,7 @@ One task::
 Label Studio does not read COCO RLE: ``value.rle`` is its own encoding (an rle-pack
 bitstream over the row-major RGBA bytes of the mask, W*H*4 values, alpha read back),
 produced by the SDK's ``label_studio_sdk.converter.brush.mask2rle`` on the mask times
-255. The SDK is an optional dependency (``pip install label-studio-sdk``).
+255. The SDK is an optional dependency (``pip install 'annotator[labelstudio]'``).
 
 The prediction ``score`` is :func:`annotator.export.image_score`: the area-weighted mean
 of the annotation scores (the mean confidence over the labelled pixels).
@@ -67,10 +67,25 @@ __all__ = [
 
 TASKS_NAME = "tasks.json"
 CONFIG_NAME = "labeling_config.xml"
-_INSTALL_HINT = (
-    "the Label Studio export needs the label-studio-sdk package, which is not installed: "
-    "pip install label-studio-sdk  (or: pip install 'annotator[labelstudio]')"
-)
+
+
+def install_hint() -> str:
+    """What to pip install for the SDK: the range the package itself declares (its
+    ``labelstudio`` extra), so the hint never brings a version outside the project's pin."""
+    spec = "label-studio-sdk"
+    try:
+        from importlib.metadata import requires
+
+        for line in requires("annotator") or []:
+            name, _, marker = line.partition(";")
+            if name.strip().startswith("label-studio-sdk") and "labelstudio" in marker:
+                spec = name.strip().replace(" ", "")
+                break
+    except Exception:  # noqa: BLE001 - not installed as a distribution: the bare name
+        pass
+    return ("the Label Studio export needs the label-studio-sdk package, which is not installed: "
+            f"pip install '{spec}'  (or: pip install 'annotator[labelstudio]')")
+
 # Cloud-storage URIs that Label Studio resolves itself: the key must stay as written.
 _CLOUD_SCHEMES = re.compile(r"^(s3|gs|gcs|azure-blob|azure-spi|az|abfs)://", re.IGNORECASE)
 
@@ -83,7 +98,7 @@ def _brush() -> Any:
     try:
         from label_studio_sdk.converter import brush
     except ImportError as exc:
-        raise MissingDependencyError(f"{_INSTALL_HINT} ({exc})") from exc
+        raise MissingDependencyError(f"{install_hint()} ({exc})") from exc
     return brush
 
 
@@ -216,10 +231,16 @@ def write_tasks_json(
 
 
 def default_model_version(metadata: dict) -> str:
-    """``annotator-<version>:<model>[/<pretrained>]+<saliency>`` from the run metadata."""
+    """``annotator-<version>:<model>[/<weights>]+<saliency>`` from the run metadata.
+
+    ``<weights>``: the open_clip tag, ``random``, or a checkpoint file's name with the
+    first 12 hex digits of its sha256, ``none`` for a model without weights (``toy``).
+    """
     parts = [f"annotator-{metadata.get('version', '?')}:{metadata.get('model', '?')}"]
-    if metadata.get("pretrained"):
-        parts.append(f"/{metadata['pretrained']}")
+    weights = str(metadata.get("pretrained") or "")
+    if weights:
+        name, _, digest = weights.partition(" sha256:")
+        parts.append(f"/{name.split(' (')[0]}" + (f"@{digest[:12]}" if digest else ""))
     if metadata.get("saliency"):
         parts.append(f"+{metadata['saliency']}")
     return strip_credentials("".join(parts))

@@ -192,4 +192,5 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
 
     counts.update(keep.counts())
     # The PNGs are not listed one by one (that list would grow with the dataset).
-    return ExportResult(format="masks", paths=[labels_txt, to], counts=counts)
+    return ExportResult(format="masks", paths=[labels_txt, to], counts=counts,
+                        files_written=1 + counts["images"] + counts["confidence_maps"])

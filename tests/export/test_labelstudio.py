@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -54,9 +56,18 @@ def test_missing_sdk_is_a_clear_error(monkeypatch, synthetic_output, tmp_path):
     monkeypatch.setitem(sys.modules, "label_studio_sdk", None)
     monkeypatch.setitem(sys.modules, "label_studio_sdk.converter", None)
     monkeypatch.setitem(sys.modules, "label_studio_sdk.converter.brush", None)
-    with pytest.raises(ls.MissingDependencyError, match="pip install label-studio-sdk"):
+    with pytest.raises(ls.MissingDependencyError, match="pip install 'label-studio-sdk") as exc:
         export(output, "labelstudio", str(tmp_path / "ls"))
     assert not (tmp_path / "ls").exists()
+    # the hint installs within the project's own pin (pyproject's labelstudio extra)
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    (pinned,) = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["labelstudio"]
+    hinted = re.search(r"pip install '(label-studio-sdk[^']*)'", str(exc.value)).group(1)
+    assert Requirement(hinted).specifier == Requirement(pinned).specifier
 
 
 def test_tasks_round_trip(synthetic_output, tmp_path):

@@ -54,7 +54,7 @@ def test_cli_coco_with_options(synthetic_output, tmp_path, capsys):
     assert doc["images"][0]["file_name"] == "imgs/a/cat.jpg"
     assert (to / "coco.zip").exists()
     out = capsys.readouterr().out
-    assert "coco: wrote 3 file(s)" in out and "annotations=" in out
+    assert "coco: wrote 3 files" in out and "annotations=" in out
 
 
 def test_cli_default_target(synthetic_output):
