@@ -4,7 +4,7 @@ Usable without Ray (benchmarks, notebooks)::
 
     from annotator.config import EngineConfig
     from annotator.engine import Engine
-    from annotator.vocab import load_vocabulary
+    from annotator.inputs.vocab import load_vocabulary
 
     engine = Engine(EngineConfig(), load_vocabulary("vocab.txt"))
     preds = engine.predict([rgb_uint8_hwc, ...], names=["a.jpg", ...])
@@ -24,11 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import guidance, multiscale
-from .config import ConfigError, EngineConfig
-from .geometry import scale_grids, total_patches
-from .models import ResolvedWeights, build_clip, build_saliency, resolve_weights
-from .vocab import Vocabulary
+from annotator.config import ConfigError, EngineConfig
+from annotator.core import guidance, multiscale
+from annotator.core.geometry import scale_grids, total_patches
+from annotator.inputs.vocab import Vocabulary
+from annotator.models import (
+    ResolvedWeights,
+    build_clip,
+    build_saliency,
+    resolve_weights,
+)
 
 
 @dataclass

@@ -11,8 +11,9 @@ Standard library + ``packaging`` (pip's own copy when it is not installed).
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 try:
     from packaging.requirements import Requirement

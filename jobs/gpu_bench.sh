@@ -63,9 +63,9 @@ timeout 120 python3 -m annotator.bench --model tiny-random --pretrained random -
 timeout 120 python3 - "$WORK/images" "$OUT/loader.json" <<'PY' 2>&1 | tee -a "$OUT/bench.log"
 import json, sys, time
 import numpy as np, torch
-from annotator.decode import decode_image
-from annotator.loader import ImageLoader
-from annotator.sources import list_images, read_image_bytes
+from annotator.inputs.decode import decode_image
+from annotator.inputs.loader import ImageLoader
+from annotator.inputs.listing import list_images, read_image_bytes
 refs = list_images(sys.argv[1])
 res = {}
 for label, gpu in (("gpu_decode", True), ("pil_threads", False)):
@@ -90,7 +90,7 @@ json.dump(res, open(sys.argv[2], "w"), indent=2)
 PY
 
 # 3. Unit tests of the benchmark's own modules, on this machine (CPU paths + torchvision).
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_loader.py tests/test_naive.py tests/test_worker.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/inputs/test_loader.py tests/bench/test_released_loop.py tests/shards/test_processor.py \
   "tests/test_engine.py::test_cuda_matches_cpu_on_tiny_model" "tests/test_engine.py::test_device_class_stats_give_the_same_records" \
   2>&1 | tail -5 | tee "$OUT/tests.log"
 

@@ -6,7 +6,7 @@ outcome of ``decode_image(read_image_bytes(path))`` with the DEFAULT ``max_pixel
     {file_name: ("ok", (height, width))}   decodes, to this displayed size
     {file_name: ("error", reason)}         ImageDecodeError with this ``reason``
 
-Every returned name is also listed by ``annotator.sources.list_images(dir)`` (broken
+Every returned name is also listed by ``annotator.inputs.listing.list_images(dir)`` (broken
 symlinks and unreadable entries included), so a pipeline test can check one output row
 per entry. Tests run as root, where ``chmod 000`` does not deny reads: there
 ``unreadable.jpg`` is a symlink that points at itself (ELOOP, unreadable for root too);

@@ -3,11 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
-from annotator import metrics
 from annotator.config import ConfigError, EngineConfig
 from annotator.engine import Engine
+from annotator.evaluation import metrics
+from annotator.inputs.vocab import Vocabulary
 from annotator.models import ResolvedWeights
-from annotator.vocab import Vocabulary
 from tests.synthetic import VOCAB, make_image
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 from annotator.config import EngineConfig
 from annotator.engine import Engine
+from annotator.inputs.vocab import Vocabulary
 from annotator.models import ResolvedWeights
-from annotator.vocab import Vocabulary
 
 MEAN = np.array((0.48145466, 0.4578275, 0.40821073), np.float32)
 STD = np.array((0.26862954, 0.26130258, 0.27577711), np.float32)

@@ -35,8 +35,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from annotator import parts
 from annotator.run import main
+from annotator.storage import parts
 from tests.synthetic import write_dataset, write_vocab
 
 psutil = pytest.importorskip("psutil")
@@ -244,7 +244,7 @@ def test_poison_image_costs_its_row_not_its_shard(dataset, reference, tmp_path, 
     after the worker died on the image twice, the next attempt skips it: one
     ``worker-crashed`` row, every other row equal to the uninterrupted run, no shard lost.
     The shard that ran beside it when the actor first died is not blamed."""
-    from annotator.crashlog import DEATHS_TO_SKIP
+    from annotator.storage.crashlog import DEATHS_TO_SKIP
 
     out = tmp_path / "out"
     argv = dataset.argv(out, "--num-actors", "1", "--max-failure-rate", "0.1")
@@ -289,9 +289,9 @@ def test_poison_image_costs_its_row_not_its_shard(dataset, reference, tmp_path, 
 
 
 def _toy_engine_config(vocab_path: Path):
-    from annotator.config import engine_config_from_args
+    from annotator.cli import engine_config_from_args
+    from annotator.inputs.vocab import load_vocabulary
     from annotator.run import build_parser
-    from annotator.vocab import load_vocabulary
 
     args = build_parser().parse_args(["--model", "toy", "--saliency", "toy", "--device", "cpu"])
     return engine_config_from_args(args), load_vocabulary(str(vocab_path))
@@ -300,9 +300,9 @@ def _toy_engine_config(vocab_path: Path):
 def test_actors_that_cannot_start_fail_fast_with_the_cause(dataset, ray_session, tmp_path):
     """An actor whose set-up raises (here: its ground truth is missing) is not restarted
     in a loop: the run stops at once with ShardFailedError carrying the actor's error."""
-    from annotator.pipeline import ShardFailedError, run_shards
-    from annotator.sources import list_images
-    from annotator.worker import RunOptions, make_shards
+    from annotator.distributed.ray_runner import ShardFailedError, run_shards
+    from annotator.inputs.listing import list_images
+    from annotator.shards.task import RunOptions, make_shards
 
     cfg, vocab = _toy_engine_config(dataset.vocab)
     options = RunOptions(output=str(tmp_path / "out"), metadata={}, gt_spec=str(tmp_path / "no-such-gt"))
@@ -320,7 +320,7 @@ def test_more_actors_than_cpus_share_them(ray_session):
     """--num-actors above the CPU count gives each actor a fraction of a CPU (whole CPUs
     would leave some actors unschedulable and the run waiting forever)."""
     from annotator.config import EngineConfig
-    from annotator.pipeline import plan_actors
+    from annotator.distributed.ray_runner import plan_actors
 
     cpus = ray_session.cluster_resources()["CPU"]
     cfg = EngineConfig(model="toy", saliency="toy", device="cpu")
@@ -405,7 +405,7 @@ def test_driver_killed_mid_run_then_rerun_finishes(dataset, reference, tmp_path)
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, start_new_session=True,
                                check=False)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert f"{len(before)} already done" in rerun.stderr
+        assert f"({len(before)} shards, " in rerun.stderr and "already done)" in rerun.stderr
         assert (f"took back {len(before) - len(listed)} finished part(s)" in rerun.stderr) == (len(before) > len(listed))
     finally:
         blocker.release(unblock=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from annotator.vocab import load_vocabulary
+from annotator.inputs.vocab import load_vocabulary
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 REPO = JOBS.parent
@@ -43,7 +43,7 @@ def test_coco_vocabulary_matches_coco_categories(tmp_path):
     assert {"traffic light", "dining table", "tv", "cell phone", "potted plant"} <= set(names)
 
     # the names map onto COCO categories one to one (how --gt instances.json is matched)
-    from annotator.gt import COCOInstancesGT
+    from annotator.evaluation.gt import COCOInstancesGT
 
     coco_ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
                 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,

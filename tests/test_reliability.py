@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from annotator import records
-from annotator.manifest import open_output
 from annotator.run import main
+from annotator.storage.manifest import open_output
 from tests.badinputs import EXIF_STORED_WH, make_bad_inputs
 from tests.synthetic import make_image, write_vocab
 

@@ -18,9 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from annotator import metrics, parts, records
+from annotator import records
+from annotator.evaluation import metrics
+from annotator.records.schema import validate, validate_row
 from annotator.run import main
-from annotator.schema import validate, validate_row
+from annotator.storage import parts
 from tests.synthetic import VOCAB, write_dataset, write_vocab
 
 pytestmark = pytest.mark.timeout(300)
@@ -78,13 +80,13 @@ def e2e(dataset, tmp_path_factory, ray_session) -> dict:
 def engine(dataset):
     from annotator.config import EngineConfig
     from annotator.engine import Engine
-    from annotator.vocab import load_vocabulary
+    from annotator.inputs.vocab import load_vocabulary
 
     return Engine(EngineConfig(model="toy", saliency="toy", device="cpu"), load_vocabulary(dataset["vocab"]))
 
 
 def _decode(path: Path) -> np.ndarray:
-    from annotator.decode import decode_image
+    from annotator.inputs.decode import decode_image
 
     return decode_image(path.read_bytes(), name=path.name)
 
@@ -277,7 +279,7 @@ def test_parts_missing_from_the_manifest_are_taken_back(e2e, tmp_path, capsys):
 
     rc, err = _run(capsys, *_base_args(e2e, out))
     assert rc == 0, err
-    assert f"{len(before)} shards; {len(before)} already done" in err
+    assert f"in {len(before)} shards ({len(before)} shards, {NUM_IMAGES} images, already done)" in err
     assert {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (out / "parts").glob("part-*.parquet")} == before
     assert json.loads((out / "manifest.json").read_text())["finished"] == listed
     assert _rows(out / "annotations.parquet") == _rows(e2e["output"] / "annotations.parquet")
@@ -387,10 +389,11 @@ def test_memory_source_in_process(tmp_path):
 
     from annotator.config import EngineConfig
     from annotator.engine import Engine
-    from annotator.reduce import reduce_output
-    from annotator.sources import list_images
-    from annotator.vocab import Vocabulary
-    from annotator.worker import RunOptions, ShardProcessor, make_shards
+    from annotator.inputs.listing import list_images
+    from annotator.inputs.vocab import Vocabulary
+    from annotator.outputs.reduce import reduce_output
+    from annotator.shards.processor import ShardProcessor
+    from annotator.shards.task import RunOptions, make_shards
     from tests.synthetic import make_image
 
     fs = fsspec.filesystem("memory")
@@ -473,8 +476,8 @@ def test_default_model_fails_fast_without_weights(tmp_path, monkeypatch, capsys)
 
 @pytest.mark.slow
 def test_bundled_samples_with_toy_models(tmp_path, ray_session, capsys):
+    from annotator.inputs.vocab import load_vocabulary
     from annotator.run import SAMPLES_DIR
-    from annotator.vocab import load_vocabulary
 
     out = tmp_path / "out"
     rc, err = _run(capsys, "--model", "toy", "--saliency", "toy", "--output", str(out))
@@ -520,7 +523,7 @@ def test_help_lists_every_option(capsys):
 
 
 def test_help_shows_each_default_once():
-    from annotator.config import HelpFormatter
+    from annotator.cli import HelpFormatter
     from annotator.run import build_parser
 
     parser = build_parser()

@@ -6,7 +6,7 @@ requests with ``503 ServiceUnavailable``. The Ray actors are separate processes 
 reach the server over HTTP, so they see the faults exactly as they would see a flaky
 store. The runs disable botocore's own retries (``config_kwargs``) and use an error code
 that s3fs does not retry, so what recovers from the faults is the package's retry layer
-(``annotator.retry`` / ``sources.read_image_bytes``: 3 retries, waits 0.5 s then 1 s
+(``annotator.storage.retry`` / ``sources.read_image_bytes``: 3 retries, waits 0.5 s then 1 s
 then 2 s), and the server's request log shows each attempt and the waits between them.
 """
 
@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from annotator.manifest import Manifest
 from annotator.run import main
+from annotator.storage.manifest import Manifest
 from tests.synthetic import VOCAB, make_image
 
 moto_server = pytest.importorskip("moto.server")
@@ -199,7 +199,7 @@ def test_s3_part_that_cannot_be_written_is_reported_then_rerun(ray_session, moto
     """Every write of shard 1's part fails: after 4 write attempts per try and 3 tries the
     run exits 2 naming shard 1 and its images; the other shards are written and recorded.
     Once the store recovers, the same command writes only shard 1."""
-    from annotator.pipeline import MAX_SHARD_ATTEMPTS
+    from annotator.distributed.policy import MAX_SHARD_ATTEMPTS
 
     options, injector = moto
     truth, vocab = s3_data
@@ -226,7 +226,7 @@ def test_s3_part_that_cannot_be_written_is_reported_then_rerun(ray_session, moto
     rc = main(_argv(options, vocab, out))
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "2 already done" in err
+    assert "(2 shards, 5 images, already done)" in err
     rows = _rows(fs, out)
     assert [r["image_id"] for r in rows] == list(range(1, N_IMAGES + 1))
     assert all(r["status"] == "ok" for r in rows)

@@ -28,10 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from annotator import parts, records
-from annotator.reduce import reduce_output
+from annotator import records
+from annotator.inputs.listing import ImageRef
+from annotator.outputs.reduce import reduce_output
 from annotator.run import main
-from annotator.sources import ImageRef
+from annotator.storage import parts
 from tests.synthetic import VOCAB, make_image
 from tests.test_s3 import moto  # noqa: F401 - the moto server fixture (this module gets its own)
 
@@ -145,7 +146,7 @@ def test_report_escapes_and_limits_user_strings(tmp_path):
 
 
 def test_over_long_class_name_is_refused(tmp_path, capsys):
-    from annotator.vocab import MAX_NAME_CHARS
+    from annotator.inputs.vocab import MAX_NAME_CHARS
 
     vocab = tmp_path / "v.txt"
     vocab.write_text(f"red\n{'x' * (MAX_NAME_CHARS + 1)}\n", encoding="utf-8")

@@ -3,9 +3,9 @@
 One run measures, on the same device with the same loaded models:
 
 1. **engine, end to end, without Ray**: read -> decode -> engine -> RLE + confidence PNG
-   -> Parquet, through the real shard processor (:class:`annotator.worker.ShardProcessor`),
+   -> Parquet, through the real shard processor (:class:`annotator.shards.processor.ShardProcessor`),
    after a warm-up shard that is not timed;
-2. **naive**: the released CLIP-DIY loop re-created (:func:`annotator.naive.naive_predict`)
+2. **naive**: the released CLIP-DIY loop re-created (:func:`annotator.bench.released_loop.naive_predict`)
    on ``--naive-images`` images already decoded (so I/O is not charged to it), reported
    without saliency (the released code precomputed it: the published-baseline figure)
    and with it; ``ratio`` = engine images/s / naive images/s without saliency;
@@ -17,8 +17,8 @@ One run measures, on the same device with the same loaded models:
 
 Without ``--source`` it writes ``--images`` synthetic JPEGs of PASCAL VOC sizes (mostly
 500x375, some 375x500 and 500x333; smooth colour fields, shapes and grain) to a
-temporary folder on local disk (:mod:`annotator.bench_data`). Device names, GPU
-utilisation sampling and the driver-memory probe live in :mod:`annotator.bench_probes`.
+temporary folder on local disk (:mod:`annotator.bench.data`). Device names, GPU
+utilisation sampling and the driver-memory probe live in :mod:`annotator.bench.probes`.
 Examples::
 
     # CPU, test models (no weights, no downloads)
@@ -46,8 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from .bench_data import make_synthetic_jpegs
-from .bench_probes import (
+from annotator.bench.data import make_synthetic_jpegs
+from annotator.bench.probes import (
     GpuUtilSampler,
     cpu_name,
     device_name,
@@ -55,14 +55,9 @@ from .bench_probes import (
     run_driver_memory_scale,
     run_manifest_scale,
 )
-from .config import (
-    DEFAULT_SHARD_SIZE,
-    EngineConfig,
-    HelpFormatter,
-    add_engine_arguments,
-    engine_config_from_args,
-)
-from .worker import SHARDS_AT_ONCE
+from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_from_args
+from annotator.config import DEFAULT_SHARD_SIZE, EngineConfig
+from annotator.shards.task import SHARDS_AT_ONCE
 
 __all__ = ["VOC_CLASSES", "build_parser", "main"]
 
@@ -98,9 +93,9 @@ class StubDevice:
     def predict(self, images, names=None):
         import numpy as np
 
-        from .engine import Prediction
-        from .loader import image_size_hw
-        from .records import class_stats_numpy
+        from annotator.engine import Prediction
+        from annotator.inputs.loader import image_size_hw
+        from annotator.records import class_stats_numpy
 
         t0 = time.perf_counter()
         out = []
@@ -132,13 +127,8 @@ def run_engine_pass(engine, refs, workdir: Path, args, shards_at_once: int | Non
     ``shards_at_once`` shards at a time (default ``args.shards_at_once``) as an actor does."""
     import torch
 
-    from .worker import (
-        RunOptions,
-        ShardProcessor,
-        ShardTask,
-        make_shards,
-        process_shards,
-    )
+    from annotator.shards.processor import ShardProcessor, process_shards
+    from annotator.shards.task import RunOptions, ShardTask, make_shards
 
     shards_at_once = shards_at_once or args.shards_at_once
 
@@ -200,9 +190,9 @@ def run_engine_pass(engine, refs, workdir: Path, args, shards_at_once: int | Non
 
 def run_naive_pass(engine, refs, n: int) -> dict:
     """The released loop on the first ``n`` images (decoded beforehand, untimed)."""
-    from .decode import ImageDecodeError, decode_image
-    from .naive import naive_predict
-    from .sources import read_image_bytes
+    from annotator.bench.released_loop import naive_predict
+    from annotator.inputs.decode import ImageDecodeError, decode_image
+    from annotator.inputs.listing import read_image_bytes
 
     images, names = [], []
     for ref in refs:
@@ -259,7 +249,7 @@ def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args)
     why = ray_unavailable_reason()
     if why:
         return {"skipped": why}
-    from . import run
+    from annotator import run
 
     source = str(Path(refs[0].uri).parent) if args.source is None else args.source
     image_list = workdir / "ray-image-list.txt"
@@ -272,11 +262,10 @@ def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args)
         rc = run.main(argv)
     finally:
         try:
-            import ray
+            from annotator.distributed.ray_runner import shutdown_ray
 
-            if ray.is_initialized():
-                ray.shutdown()
-        except Exception:
+            shutdown_ray()
+        except Exception:  # noqa: BLE001 - best effort (Ray may not be installed)
             pass
     wall = time.perf_counter() - t0
     stats_path = workdir / "ray-output" / "scheduling.json"
@@ -412,9 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--stub-device-ms-per-image: expected > 0, got {args.stub_device_ms_per_image}")
     import torch
 
-    from .engine import Engine
-    from .sources import list_images
-    from .vocab import Vocabulary, load_vocabulary
+    from annotator.engine import Engine
+    from annotator.inputs.listing import list_images
+    from annotator.inputs.vocab import Vocabulary, load_vocabulary
 
     if args.torch_threads is not None:
         if args.torch_threads < 1:

@@ -4,7 +4,7 @@
 shapes, sensor-like grain) from a seed; :func:`make_synthetic_jpegs` writes ``n`` of them
 as baseline JPEGs, sizes cycling through ``VOC_SIZES_HW`` (mostly 500x375, some 375x500
 and 500x333). Used by :mod:`annotator.bench` (without ``--source``) and by the
-driver-memory probe of :mod:`annotator.bench_probes`.
+driver-memory probe of :mod:`annotator.bench.probes`.
 """
 
 from __future__ import annotations

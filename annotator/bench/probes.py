@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bench_data import make_synthetic_jpegs
+from annotator.bench.data import make_synthetic_jpegs
 
 __all__ = ["PROBE_ENGINE_ARGV", "GpuUtilSampler", "cpu_name", "device_name", "run_driver_memory_scale",
            "run_manifest_scale"]
@@ -109,8 +109,8 @@ def ray_unavailable_reason() -> str | None:
 
     if importlib.util.find_spec("ray") is None:
         return "ray is not installed"
-    if importlib.util.find_spec("annotator.run") is None or importlib.util.find_spec("annotator.pipeline") is None:
-        return "annotator.run / annotator.pipeline not present"
+    if importlib.util.find_spec("annotator.run") is None or importlib.util.find_spec("annotator.distributed.ray_runner") is None:
+        return "annotator.run / annotator.distributed.ray_runner not present"
     return None
 
 
@@ -123,14 +123,15 @@ PROBE_ENGINE_ARGV = ["--model", "tiny-random", "--pretrained", "random", "--sali
 def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) -> dict:
     """In a fresh process: list ``source`` and schedule it through the Ray pipeline the way
     ``annotator.run`` does (manifest included, no reduce); returns the peak RSS."""
-    from . import pipeline
-    from .config import engine_config_from_args
-    from .manifest import config_hash, listing_fingerprint, open_output
-    from .run import MANIFEST_FLUSH_INTERVAL_S
-    from .run import build_parser as run_parser
-    from .sources import list_images
-    from .vocab import load_vocabulary
-    from .worker import RunOptions, make_shards
+    from annotator.cli import engine_config_from_args
+    from annotator.distributed import ray_runner as pipeline
+    from annotator.inputs.listing import list_images
+    from annotator.inputs.vocab import load_vocabulary
+    from annotator.job import MANIFEST_FLUSH_INTERVAL_S
+    from annotator.run import build_parser as run_parser
+    from annotator.shards.task import RunOptions, make_shards
+    from annotator.storage.identity import config_hash, listing_fingerprint
+    from annotator.storage.manifest import open_output
 
     def rss_mb() -> float:
         """Peak resident set size of this process so far, MiB: VmHWM (ru_maxrss keeps the
@@ -158,12 +159,10 @@ def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) ->
     manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
     opts = RunOptions(output=output, metadata={"vocabulary": vocab.names, "bench": True})
     pipeline.run_shards(tasks, cfg, vocab, opts, num_actors=None,
-                        on_done=lambda r: manifest.mark_finished(r["shard_index"], r["path"], r["rows"], r["sha256"]))
+                        on_done=lambda r: manifest.mark_finished(r.shard_index, r.path, r.rows, r.sha256))
     manifest.flush()
     wall = time.perf_counter() - t0
-    import ray
-
-    ray.shutdown()
+    pipeline.shutdown_ray()
     return {"images": len(refs), "shards": len(tasks), "seconds": wall, "peak_rss_mb_after_imports": imported,
             "peak_rss_mb_after_ray_init": before, "peak_rss_mb_after_listing": listed, "peak_rss_mb": rss_mb(),
             "peak_rss_mb_listing_and_scheduling": rss_mb() - before}
@@ -178,7 +177,7 @@ def run_driver_memory_scale(counts: Sequence[int], workdir: Path, vocab_path: Pa
     for n in counts:
         src = workdir / f"scale-{n}"
         make_synthetic_jpegs(src, n, sizes_hw=((32, 32),), quality=80)
-        code = ("import json, sys; from annotator.bench_probes import _driver_probe; "
+        code = ("import json, sys; from annotator.bench.probes import _driver_probe; "
                 "print('DRIVER-PROBE ' + json.dumps(_driver_probe(*sys.argv[1:4], int(sys.argv[4]))))")
         proc = subprocess.run(
             [sys.executable, "-c", code, str(src), str(workdir / f"scale-{n}-output"), str(vocab_path), str(shard_size)],
@@ -200,9 +199,9 @@ def run_manifest_scale(counts: Sequence[int], workdir: Path) -> dict:
     lists N shards: one full save (what every shard cost when the manifest was saved
     after each one) against the amortised cost of ``mark_finished`` as a run uses it
     (saves at most every ``MANIFEST_FLUSH_INTERVAL_S``), side by side for each N."""
-    from .manifest import Manifest
-    from .parts import part_path
-    from .run import MANIFEST_FLUSH_INTERVAL_S
+    from annotator.job import MANIFEST_FLUSH_INTERVAL_S
+    from annotator.storage.manifest import Manifest
+    from annotator.storage.parts import part_path
 
     out = {"flush_interval_s": MANIFEST_FLUSH_INTERVAL_S, "runs": []}
     for n in counts:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .engine import Engine, Prediction
+from annotator.engine import Engine, Prediction
 
 __all__ = ["NAIVE_BATCH_IMAGES", "bilinear_resize_uint8", "naive_predict"]
 

@@ -24,7 +24,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .geometry import ScaleGrid
+from annotator.core.geometry import ScaleGrid
 
 
 def resize_input(image_3hw: torch.Tensor, size: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ def cut_crops(
 
     Args:
         images_b3ss: (B, 3, L, L) float32, integer values 0..255 (from ``resize_input``).
-        grids: the scales (see :func:`annotator.geometry.scale_grids`).
+        grids: the scales (see :func:`annotator.core.geometry.scale_grids`).
         out_size: the encoder's square input size.
     Returns:
         (B * N, 3, out_size, out_size) float32, normalised; ordered image-major, then

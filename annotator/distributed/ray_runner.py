@@ -1,18 +1,20 @@
-"""The Ray layer (thin): place one engine per GPU (or N on CPUs) and hand them shards.
+"""The Ray layer (thin; the only module that imports ray): join or start Ray, place one
+engine per GPU (or N on CPUs) and hand them shards. The decisions (which shard next,
+what a failure costs, when to give up) are :mod:`annotator.distributed.policy`'s.
 
-Actors load the engine once and process whole shards (:class:`~annotator.worker.ShardProcessor`);
+Actors load the engine once and process whole shards (:class:`~annotator.shards.processor.ShardProcessor`);
 the driver only holds the listing (names, not pixels), keeps a few shards in flight per
 actor, records finished shards in the manifest, and requeues a shard whose actor died.
 
 Failure handling (see the README, "Failure behaviour"):
 
-- An actor runs ``SHARDS_AT_ONCE`` shards at once (worker.py). A shard whose task
+- An actor runs ``SHARDS_AT_ONCE`` shards at once (:mod:`annotator.shards.processor`). A shard whose task
   raised (e.g. its part could not be written after the storage retries), or whose actor
   died while it ran alone there, is retried, up to ``MAX_SHARD_ATTEMPTS`` attempts in
   all. When an actor dies running several shards, the culprit is unknown: they are all
   requeued without using up an attempt, each to run ALONE on its actor next time, where
   a death is surely its own. Retried shards run alone too.
-- A shard whose actor died is retried *carefully* (``annotator.crashlog``): one image at
+- A shard whose actor died is retried *carefully* (``annotator.storage.crashlog``): one image at
   a time, each named in a crash log before it is read, so that the next attempt skips
   the image the worker died on (one ``worker-crashed`` row) instead of losing the shard.
 - A dead actor is restarted by Ray (the engine loads again); the driver sends it nothing
@@ -32,24 +34,21 @@ import math
 import os
 import re
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
-from .config import EngineConfig
-from .vocab import Vocabulary
-from .worker import SHARDS_AT_ONCE, RunOptions, ShardTask
+from annotator.config import EngineConfig
+from annotator.distributed.policy import ActorSlot, SchedulePolicy
+from annotator.inputs.vocab import Vocabulary
+from annotator.shards.task import (
+    SHARDS_AT_ONCE,
+    RunOptions,
+    SchedulingStats,
+    ShardResult,
+    ShardTask,
+)
 
 log = logging.getLogger(__name__)
 
-#: Attempts per shard (first run + retries) before it is reported as failed. Four, so
-#: that a shard with one poison image gets through: a first death, two careful
-#: attempts dying on the image (crashlog.DEATHS_TO_SKIP), one that skips it.
-MAX_SHARD_ATTEMPTS = 4
-#: A shard requeued this many times without a counted failure (its actor kept being
-#: unavailable) counts one failure anyway, so that no shard can cycle forever.
-MAX_FREE_REQUEUES = 5
 #: How long a restarting actor may take to come back before it is retired.
 ACTOR_RESTART_TIMEOUT_S = 600.0
 #: How long actors may take to start (load the engine) before the run is abandoned.
@@ -66,15 +65,15 @@ class _ShardActor:
     def __init__(self, engine_config: EngineConfig, vocabulary: Vocabulary, options: RunOptions, threads: int | None):
         import torch
 
-        from .engine import Engine
-        from .worker import ShardProcessor
+        from annotator.engine import Engine
+        from annotator.shards.processor import ShardProcessor
 
         if threads:
             torch.set_num_threads(threads)
         self.processor = ShardProcessor(Engine(engine_config, vocabulary), options)
 
-    def process(self, task: ShardTask) -> dict:
-        return asdict(self.processor.process(task))
+    def process(self, task: ShardTask) -> ShardResult:
+        return self.processor.process(task)
 
     def pid(self) -> int:
         return os.getpid()
@@ -89,6 +88,14 @@ RAY_CONNECT_TIMEOUT_S = 60.0
 
 class RayConnectError(RuntimeError):
     """The Ray cluster named by ``--address`` / ``$RAY_ADDRESS`` could not be joined."""
+
+
+def shutdown_ray() -> None:
+    """Shut down this process's Ray, if one is initialised (for benchmarks and tools)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def ray_address_file() -> str:
@@ -226,19 +233,6 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {(lines[-1] if lines else '')[:300]}"
 
 
-@dataclass
-class _Slot:
-    """The driver's view of one actor."""
-
-    handle: Any
-    inflight: list = field(default_factory=list)  # ObjectRefs, in submission order
-    collateral: set = field(default_factory=set)  # refs that ran beside a task whose actor died
-    isolated: bool = False  # running a retried or suspect shard alone
-    probe: Any = None  # ready() ref while the actor restarts
-    probe_since: float = 0.0
-    retired: str | None = None  # why it gets no more work
-
-
 def run_shards(
     tasks: list[ShardTask],
     engine_config: EngineConfig,
@@ -246,10 +240,10 @@ def run_shards(
     options: RunOptions,
     *,
     num_actors: int | None,
-    on_done: Callable[[dict], None],
+    on_done: Callable[[ShardResult], None],
     in_flight_per_actor: int | None = None,
-) -> dict:
-    """Process ``tasks`` on Ray actors; ``on_done(result_dict)`` is called per finished shard.
+) -> SchedulingStats:
+    """Process ``tasks`` on Ray actors; ``on_done(result)`` is called per finished shard.
 
     Returns scheduling statistics (``actors``, ``device``, ``retries``, ``restarts``,
     ``driver_overhead_s``, ``shard_seconds``, ``shards_done``). Raises :class:`ShardFailedError` listing
@@ -259,7 +253,7 @@ def run_shards(
     import ray
 
     if not tasks:
-        return {"actors": 0, "retries": 0}
+        return SchedulingStats()
     n, resources, device = plan_actors(engine_config, num_actors)
     n = min(n, len(tasks))
     cfg = dataclasses.replace(engine_config, device=device) if engine_config.device == "auto" else engine_config
@@ -269,7 +263,7 @@ def run_shards(
     # and written (ShardProcessor serialises the device work; see worker.py).
     Actor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=SHARDS_AT_ONCE,
                        **resources)(_ShardActor)
-    slots = [_Slot(Actor.remote(cfg, vocabulary, options, threads)) for _ in range(n)]
+    slots = [ActorSlot(Actor.remote(cfg, vocabulary, options, threads)) for _ in range(n)]
     try:
         return _schedule(tasks, slots, device, on_done, in_flight_per_actor or SHARDS_AT_ONCE)
     finally:
@@ -278,9 +272,10 @@ def run_shards(
                 ray.kill(s.handle)
 
 
-def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: Callable[[dict], None],
-              in_flight_per_actor: int) -> dict:
-    """The driver's loop over ``slots`` (actors already created); see :func:`run_shards`."""
+def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_done: Callable[[ShardResult], None],
+              in_flight_per_actor: int) -> SchedulingStats:
+    """The driver's loop over ``slots`` (actors already created): Ray's waits and
+    results here, every decision in :class:`SchedulePolicy`; see :func:`run_shards`."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
@@ -290,75 +285,23 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
     except (RayActorError, RayTaskError, GetTimeoutError) as e:
         raise ShardFailedError(f"the Ray actors could not load the engine, no shard ran: {_short(e)}") from e
 
-    queue = deque(tasks)
-    attempts: dict[int, int] = {}  # counted failures per shard
-    free: dict[int, int] = {}  # uncounted requeues per shard
-    failed: dict[int, str] = {}
-    suspects: set[int] = set()  # shards whose actor died while they ran beside another one
-    died: set[int] = set()  # shards whose actor died under them: retried carefully (crashlog.py)
+    policy = SchedulePolicy(tasks, in_flight_per_actor)
     inflight: dict = {}  # ObjectRef -> (slot, task)
     probes: dict = {}  # ObjectRef -> slot
-    stats = {"actors": len(slots), "device": device, "retries": 0, "restarts": 0,
-             "driver_overhead_s": 0.0, "shard_seconds": 0.0, "shards_done": 0}
+    stats = SchedulingStats(actors=len(slots), device=device)
 
-    def fill(s: _Slot) -> None:
-        if s.retired or s.probe is not None or s.isolated:
-            return
-        while queue and len(s.inflight) < in_flight_per_actor:
-            task = queue[0]
-            if task.shard_index in died:
-                task.careful = True  # one image at a time: a poison image costs one row, not the shard
-            if attempts.get(task.shard_index) or task.shard_index in suspects:  # alone: a failure is its own
-                if s.inflight:
-                    return
-                s.isolated = True
-            queue.popleft()
-            ref = s.handle.process.remote(task)
+    def fill(s: ActorSlot) -> None:
+        for ref, task in policy.fill(s, lambda task: s.handle.process.remote(task)):
             inflight[ref] = (s, task)
-            s.inflight.append(ref)
-            if s.isolated:
-                return
 
-    def unfinished(refs: list) -> list:
-        """The refs among ``refs`` that have not returned a result (running, or died)."""
-        if not refs:
-            return []
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        out = [r for r in refs if r not in done]
-        for r in done:
-            try:
-                ray.get(r, timeout=0)
-            except Exception:  # noqa: BLE001 - died with the actor, or failed on its own: not finished
-                out.append(r)
-        return out
-
-    def requeue(task: ShardTask, counted: bool, why: str) -> None:
-        i = task.shard_index
-        if not counted:
-            free[i] = free.get(i, 0) + 1
-            counted = free[i] > MAX_FREE_REQUEUES
-            if counted:
-                free[i] = 0
-        if counted:
-            k = attempts[i] = attempts.get(i, 0) + 1
-            stats["retries"] += 1
-            if k >= MAX_SHARD_ATTEMPTS:
-                failed[i] = why
-                log.error("shard %d failed %d times, giving up on it: %s", i, k, why)
-                return
-            log.warning("shard %d failed (attempt %d of %d: %s); retrying", i, k, MAX_SHARD_ATTEMPTS, why)
-        else:
-            log.info("shard %d requeued to run alone (its actor died while it ran beside another shard: %s)", i, why)
-        queue.appendleft(task)
-
-    def start_probe(s: _Slot) -> None:
+    def start_probe(s: ActorSlot) -> None:
         if s.probe is None and not s.retired:
             s.probe = s.handle.ready.options(max_task_retries=-1).remote()
-            s.probe_since = time.perf_counter()
+            s.probe_since_s = time.perf_counter()
             probes[s.probe] = s
-            stats["restarts"] += 1
+            stats.restarts += 1
 
-    def retire(s: _Slot, why: str) -> None:
+    def retire(s: ActorSlot, why: str) -> None:
         s.retired = why
         log.error("an actor was retired: %s", why)
         if s.probe is not None:
@@ -367,16 +310,13 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
 
     for s in slots:
         fill(s)
-    while inflight or (queue and probes):
-        timeout = 1.0 if probes else None
-        ready, _ = ray.wait(list(inflight) + list(probes), num_returns=1, timeout=timeout)
+    while inflight or (policy.queue and probes):
+        ready, _ = ray.wait(list(inflight) + list(probes), num_returns=1, timeout=1.0 if probes else None)
         now = time.perf_counter()
-        for s in [s for s in probes.values() if now - s.probe_since > ACTOR_RESTART_TIMEOUT_S]:
+        for s in [s for s in probes.values() if now - s.probe_since_s > ACTOR_RESTART_TIMEOUT_S]:
             retire(s, f"not back {ACTOR_RESTART_TIMEOUT_S:.0f} s after it died")
         ref = ready[0] if ready else None
-        if ref is None:
-            pass
-        elif ref in probes:
+        if ref is not None and ref in probes:
             s = probes.pop(ref)
             s.probe = None
             try:
@@ -384,60 +324,49 @@ def _schedule(tasks: list[ShardTask], slots: list[_Slot], device: str, on_done: 
                 log.info("an actor is back after a restart")
             except Exception as e:  # noqa: BLE001 - e.g. the engine no longer loads
                 retire(s, f"could not be restarted ({_short(e)})")
-        elif ref in inflight:
+        elif ref is not None and ref in inflight:
             s, task = inflight.pop(ref)
-            s.inflight.remove(ref)
-            was_isolated, s.isolated = s.isolated, False
             t0 = time.perf_counter()
             try:
                 result = ray.get(ref)
             except RayActorError as e:
                 # The actor died (Ray reports ActorDiedError, or ActorUnavailableError when the
-                # connection dropped mid-task or the task reached it restarting). Alone on it,
-                # the shard was the cause: an attempt is used up. Beside other unfinished shards
-                # the cause is unknown: all of them are requeued for free, to run alone next.
-                beside = [] if was_isolated else unfinished(s.inflight)
-                shared = ref in s.collateral or bool(beside)
-                s.collateral.discard(ref)
-                s.collateral.update(beside)
+                # connection dropped mid-task or the task reached it restarting).
+                beside = [] if s.isolated else _unfinished([r for r in s.inflight if r != ref])
+                policy.actor_died(s, ref, task, _short(e), beside)
                 start_probe(s)
-                died.add(task.shard_index)
-                if shared:
-                    suspects.add(task.shard_index)
-                requeue(task, counted=not shared, why=f"actor died: {_short(e)}")
             except RayTaskError as e:
-                requeue(task, counted=True, why=_short(e.cause if getattr(e, "cause", None) else e))
+                policy.task_failed(s, ref, task, _short(e.cause if getattr(e, "cause", None) else e))
             except RayError as e:  # e.g. the result was lost with its node
-                requeue(task, counted=True, why=_short(e))
+                policy.task_failed(s, ref, task, _short(e))
             else:
-                s.collateral.discard(ref)
-                suspects.discard(task.shard_index)
+                policy.finished(s, ref, task)
                 on_done(result)
-                stats["shard_seconds"] += result["seconds"]
-                stats["shards_done"] += 1
-                stats["driver_overhead_s"] += time.perf_counter() - t0
-        if queue and not inflight and all(s.retired for s in slots):
-            why = "; ".join(sorted({s.retired for s in slots}))
-            for task in queue:
-                failed[task.shard_index] = f"no actor left to run it ({why})"
-            queue.clear()
+                stats.shard_seconds += result.seconds
+                stats.shards_done += 1
+                stats.driver_overhead_s += time.perf_counter() - t0
+        policy.no_actor_left(slots)
         for s in slots:
             fill(s)
-    for task in queue:  # cannot happen while an actor is alive; never drop a shard silently
-        failed.setdefault(task.shard_index, "never ran: no actor was available")
-    if failed:
-        raise ShardFailedError(
-            f"{len(failed)} shard(s) failed on every attempt and have no output: "
-            + "; ".join(f"shard {i} ({_describe(tasks, i)}): {why}" for i, why in sorted(failed.items()))
-            + ". The other shards are written; re-run the same command to retry these."
-        )
+    policy.close()
+    stats.retries = policy.retries
+    message = policy.failure_message()
+    if message:
+        raise ShardFailedError(message)
     return stats
 
 
-def _describe(tasks: list[ShardTask], shard_index: int) -> str:
-    """'N images, first.jpg .. last.jpg' for error messages."""
-    for t in tasks:
-        if t.shard_index == shard_index and t.refs:
-            first, last = t.refs[0].file_name, t.refs[-1].file_name
-            return f"{len(t.refs)} images, {first[:120]}" + (f" .. {last[:120]}" if last != first else "")
-    return "no images"
+def _unfinished(refs: list) -> list:
+    """The refs among ``refs`` that have not returned a result (running, or died)."""
+    import ray
+
+    if not refs:
+        return []
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    out = [r for r in refs if r not in done]
+    for r in done:
+        try:
+            ray.get(r, timeout=0)
+        except Exception:  # noqa: BLE001 - died with the actor, or failed on its own: not finished
+            out.append(r)
+    return out

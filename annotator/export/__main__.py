@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from annotator.config import parse_storage_options
+from annotator.cli import parse_storage_options
 from annotator.export import (
     DEFAULT_LS_IMAGE_URL_PREFIX,
     EXPORTERS,
@@ -18,8 +18,8 @@ from annotator.export import (
     ExportOptions,
     export,
     parse_classes,
-    strip_credentials,
 )
+from annotator.storage.redact import redact_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(result.summary())
     for path in result.paths:
-        print(f"  {strip_credentials(path)}")
+        print(f"  {redact_text(path)}")
     if not result.counts.get("annotations"):
         print(
             f"warning: the {args.format} export holds no annotations "

@@ -35,17 +35,18 @@ from typing import IO, Any
 
 import fsspec
 
-from annotator import export as _export
-from annotator.export import (
+from annotator.export.common import (
     AnnotationFilter,
     ExportError,
     ExportOptions,
     ExportResult,
     as_record,
-    join_path,
     select_class_ids,
-    strip_credentials,
 )
+from annotator.storage import parts
+from annotator.storage.layout import join_url
+from annotator.storage.redact import redact_text
+from annotator.storage.results import read_metadata, resolve_inputs
 
 __all__ = [
     "CVAT_LABELS_NAME",
@@ -75,7 +76,7 @@ def categories(class_names: list[str], class_ids: Iterable[int] | None = None) -
 def cvat_labels(class_names: list[str], class_ids: Iterable[int] | None = None) -> list[dict]:
     """CVAT label definitions (paste into the task's label editor, "Raw" tab): one per
     exported class, VOC palette colour, no attributes. Sorted by vocabulary index."""
-    from annotator.palette import class_colors, hex_color
+    from annotator.review.palette import class_colors, hex_color
 
     colors = class_colors(len(class_names))
     ids = sorted(class_ids) if class_ids is not None else range(1, len(class_names))
@@ -99,7 +100,7 @@ def _info(metadata: Mapping[str, Any] | None) -> dict:
     for key in _INFO_KEYS:
         if metadata and metadata.get(key) is not None:
             value = metadata[key]
-            info[key] = strip_credentials(value) if isinstance(value, str) else value
+            info[key] = redact_text(value) if isinstance(value, str) else value
     return info
 
 
@@ -229,17 +230,17 @@ def write_zip(json_path: str, zip_path: str, storage_options: Mapping[str, Any] 
 
 def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     """Export a run folder as COCO instances JSON (+ ``coco.zip`` with ``options.zip``)."""
-    paths = _export.resolve_inputs(output, options.storage_options)
-    metadata = _export.read_metadata(paths, options.storage_options)
+    paths = resolve_inputs(output, options.storage_options)
+    metadata = read_metadata(paths, options.storage_options)
     class_names = list(metadata["vocabulary"])
     select_class_ids(class_names, options.classes)  # fail on bad names before writing anything
     so = dict(options.storage_options or {})
     fs, _ = fsspec.core.url_to_fs(to, **so)
-    json_path = join_path(to, JSON_RELATIVE_PATH)
-    fs.makedirs(fsspec.core.url_to_fs(join_path(to, "annotations"), **so)[1], exist_ok=True)
+    json_path = join_url(to, JSON_RELATIVE_PATH)
+    fs.makedirs(fsspec.core.url_to_fs(join_url(to, "annotations"), **so)[1], exist_ok=True)
     with fsspec.open(json_path, "w", encoding="utf-8", **so) as fp:
         counts = write_coco_json(
-            _export.iter_records(paths, options.storage_options),
+            parts.iter_records(paths, dict(options.storage_options) if options.storage_options else None),
             class_names,
             fp,
             iscrowd=options.iscrowd,
@@ -250,12 +251,12 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             metadata=metadata,
         )
     written = [json_path]
-    labels_path = join_path(to, CVAT_LABELS_NAME)
+    labels_path = join_url(to, CVAT_LABELS_NAME)
     with fsspec.open(labels_path, "w", encoding="utf-8", **so) as fp:
         json.dump(cvat_labels(class_names, select_class_ids(class_names, options.classes)), fp, indent=2)
         fp.write("\n")
     if options.zip:
-        zip_path = join_path(to, ZIP_NAME)
+        zip_path = join_url(to, ZIP_NAME)
         write_zip(json_path, zip_path, options.storage_options)
         written.append(zip_path)
     written.append(labels_path)

@@ -40,17 +40,17 @@ from urllib.parse import quote
 import fsspec
 import numpy as np
 
-from annotator import export as _export
-from annotator.export import (
+from annotator.export.common import (
     AnnotationFilter,
     ExportOptions,
     ExportResult,
     as_record,
-    image_score,
-    join_path,
-    strip_credentials,
 )
-from annotator.palette import class_colors, hex_color
+from annotator.review.palette import class_colors, hex_color
+from annotator.storage import parts
+from annotator.storage.layout import join_url
+from annotator.storage.redact import redact_text
+from annotator.storage.results import image_score, read_metadata, resolve_inputs
 
 __all__ = [
     "CONFIG_NAME",
@@ -163,7 +163,7 @@ def task_for_record(
     image_url_prefix: str,
     model_version: str,
 ) -> dict:
-    """One Label Studio task for an ok :class:`annotator.records.ImageRecord`."""
+    """One Label Studio task for an ok :class:`annotator.records.types.ImageRecord`."""
     from annotator.records import decode_mask
 
     results = []
@@ -243,26 +243,26 @@ def default_model_version(metadata: dict) -> str:
         parts.append(f"/{name.split(' (')[0]}" + (f"@{digest[:12]}" if digest else ""))
     if metadata.get("saliency"):
         parts.append(f"+{metadata['saliency']}")
-    return strip_credentials("".join(parts))
+    return redact_text("".join(parts))
 
 
 def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     """Export a run folder as Label Studio ``tasks.json`` + ``labeling_config.xml``."""
     _brush()
-    paths = _export.resolve_inputs(output, options.storage_options)
-    metadata = _export.read_metadata(paths, options.storage_options)
+    paths = resolve_inputs(output, options.storage_options)
+    metadata = read_metadata(paths, options.storage_options)
     class_names = list(metadata["vocabulary"])
     keep_ids = AnnotationFilter.from_options(class_names, options).class_ids
     model_version = options.model_version or default_model_version(metadata)
     so = dict(options.storage_options or {})
     fs, root = fsspec.core.url_to_fs(to, **so)
     fs.makedirs(root, exist_ok=True)
-    config_path = join_path(to, CONFIG_NAME)
+    config_path = join_url(to, CONFIG_NAME)
     with fsspec.open(config_path, "w", encoding="utf-8", **so) as fp:
         fp.write(labeling_config(class_names, options.ls_from_name, options.ls_to_name, keep_ids))
-    tasks_path = join_path(to, TASKS_NAME)
+    tasks_path = join_url(to, TASKS_NAME)
     with fsspec.open(tasks_path, "w", encoding="utf-8", **so) as fp:
         counts = write_tasks_json(
-            _export.iter_records(paths, options.storage_options), class_names, fp, options, model_version
+            parts.iter_records(paths, dict(options.storage_options) if options.storage_options else None), class_names, fp, options, model_version
         )
     return ExportResult(format="labelstudio", paths=[tasks_path, config_path], counts=counts)

@@ -31,15 +31,16 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from annotator import export as _export
-from annotator.export import (
+from annotator.export.common import (
     AnnotationFilter,
     ExportError,
     ExportOptions,
     ExportResult,
-    join_path,
 )
-from annotator.palette import IGNORE_INDEX, flat_palette
+from annotator.review.palette import IGNORE_INDEX, flat_palette
+from annotator.storage import parts
+from annotator.storage.layout import join_url
+from annotator.storage.results import read_metadata, resolve_inputs
 
 __all__ = [
     "LABELS_NAME",
@@ -145,15 +146,15 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     """Write one label PNG per ok image (+ confidence PNGs) and ``labels.txt`` under ``to``."""
     from annotator.records import labels_from_annotations
 
-    paths = _export.resolve_inputs(output, options.storage_options)
-    metadata = _export.read_metadata(paths, options.storage_options)
+    paths = resolve_inputs(output, options.storage_options)
+    metadata = read_metadata(paths, options.storage_options)
     class_names = list(metadata["vocabulary"])
     keep = AnnotationFilter.from_options(class_names, options)
     so = dict(options.storage_options or {})
     fs, root = fsspec.core.url_to_fs(to, **so)
     fs.makedirs(root, exist_ok=True)
 
-    labels_txt = join_path(to, LABELS_NAME)
+    labels_txt = join_url(to, LABELS_NAME)
     with fsspec.open(labels_txt, "w", encoding="utf-8", **so) as fp:
         for i, name in enumerate(class_names):
             fp.write(f"{i} {name}\n")
@@ -173,7 +174,7 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
         with fs.open(target, "wb") as f:
             f.write(data)
 
-    for record in _export.iter_records(paths, options.storage_options):
+    for record in parts.iter_records(paths, dict(options.storage_options) if options.storage_options else None):
         if record.status != "ok":
             counts["skipped_error_rows"] += 1
             continue

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from annotator.decode import ImageDecodeError, sniff_format
-from annotator.sources import (
+from annotator.inputs.decode import ImageDecodeError, sniff_format
+from annotator.inputs.listing import (
     _FORMAT_EXT,
     ImageRef,
     SourceError,

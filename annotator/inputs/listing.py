@@ -5,7 +5,7 @@ Sources:
 - a local directory (recursive), a glob (``/data/**/*.jpg``, ``s3://bucket/imgs/*.png``),
   a single file, or any fsspec URL of a directory (``s3://``, ``gs://``, ``memory://``,
   ``file://``, ``http(s)://`` where the server lists directories): :func:`list_images`;
-- a Hugging Face dataset: see :mod:`annotator.hf_source`.
+- a Hugging Face dataset: see :mod:`annotator.inputs.hf`.
 
 Listing is deterministic: refs are sorted by ``file_name`` (the path relative to the
 source root, ``/``-separated; for a glob the root is the part before the first
@@ -24,19 +24,18 @@ storage options that :func:`resolve_source` returns for the source.
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import fsspec
 
-from annotator.decode import ImageDecodeError
-from annotator.retry import is_transient_storage_error, retry
+from annotator.inputs.decode import ImageDecodeError
+from annotator.storage.redact import redact_uri, scrub_secrets, split_credentials
+from annotator.storage.retry import is_transient_storage_error, retry
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -90,68 +89,6 @@ def has_image_extension(path: str) -> bool:
 
 # ---------------------------------------------------------------- credentials
 
-_URL_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)$", re.S)
-# Schemes whose authority is a bucket name, which never contains ':' -- so
-# "s3://KEY:SEC/RET@bucket" is a secret containing '/', not a path.
-_BUCKET_SCHEMES = {"s3", "s3a", "s3n", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "r2"}
-_SECRET_QUERY_RE = re.compile(
-    r"(?i)([?&;](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
-    r"x-goog-credential|signature|sig|token|access_token|id_token|api_key|apikey|key|secret|"
-    r"client_secret|password|passwd|pwd|awsaccesskeyid)=)[^&;#]*"
-)
-REDACTED = "REDACTED"
-
-
-def _split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
-    """(uri without 'user:password@', user, password); user None when there is none."""
-    m = _URL_RE.match(uri)
-    if not m:
-        return uri, None, None
-    scheme, rest = m["scheme"], m["rest"]
-    at = rest.find("@")
-    if at < 0:
-        return uri, None, None
-    slash = rest.find("/")
-    authority_end = len(rest) if slash < 0 else slash
-    if not (at < authority_end or (scheme.lower() in _BUCKET_SCHEMES and ":" in rest[:authority_end])):
-        return uri, None, None
-    user, sep, password = rest[:at].partition(":")
-    return f"{scheme}://{rest[at + 1:]}", unquote(user), (unquote(password) if sep else None)
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` safe to show: 'user:password@' removed, secret query values replaced by
-    'REDACTED'. Chained fsspec URLs ('a::b') are redacted part by part. Local paths
-    (no scheme) are returned unchanged."""
-    parts = []
-    for part in str(uri).split("::"):
-        clean, _, _ = _split_userinfo(part)
-        if _URL_RE.match(clean):
-            clean = _SECRET_QUERY_RE.sub(lambda m: m.group(1) + REDACTED, clean)
-        parts.append(clean)
-    return "::".join(parts)
-
-
-def split_credentials(uri: str) -> tuple[str, dict[str, Any]]:
-    """Move 'user:password@' of ``uri`` into fsspec storage options.
-
-    Returns (uri without userinfo, options): ``{"key", "secret"}`` for s3/s3a/s3n,
-    ``{"client_kwargs": {"headers": {"Authorization": "Basic ..."}}}`` for http/https,
-    ``{"username", "password"}`` for other schemes; ``{}`` when there is no userinfo.
-    Signed query strings are kept (they are needed to read); see :func:`redact_uri`.
-    """
-    clean, user, password = _split_userinfo(uri)
-    if user is None:
-        return uri, {}
-    scheme = clean.split("://", 1)[0].lower()
-    if scheme in ("s3", "s3a", "s3n"):
-        return clean, {"key": user, "secret": password}
-    if scheme in ("http", "https"):
-        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
-        return clean, {"client_kwargs": {"headers": {"Authorization": f"Basic {token}"}}}
-    return clean, {"username": user, "password": password}
-
-
 def resolve_source(uri: str, storage_options: dict | None = None) -> tuple[str, dict[str, Any]]:
     """(uri without credentials, storage options = URL credentials updated with the
     explicit ``storage_options``, which win). Pass both to every reader of the source."""
@@ -163,15 +100,6 @@ def resolve_source(uri: str, storage_options: dict | None = None) -> tuple[str, 
         else:
             options[k] = v
     return clean, options
-
-
-def _scrub(text: str, uri: str) -> str:
-    """``text`` (an error message) with ``uri``'s secrets removed."""
-    _, user, password = _split_userinfo(uri)
-    for secret in (password, user):
-        if secret:
-            text = text.replace(secret, "***")
-    return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 # ---------------------------------------------------------------- listing
@@ -209,7 +137,7 @@ def list_images(source: str, storage_options: dict | None = None) -> list[ImageR
         else:
             raise SourceError(f"source {shown!r} does not exist (expected a directory, glob, file or URL)")
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-        raise SourceError(f"source {shown!r} cannot be listed: {_scrub(str(exc), source)}") from None
+        raise SourceError(f"source {shown!r} cannot be listed: {scrub_secrets(str(exc), source)}") from None
 
     root = root.rstrip("/")
     files = [p for p, info in entries.items() if info.get("type") != "directory" and p.rstrip("/") != root]
@@ -270,7 +198,7 @@ def read_image_bytes(ref_or_uri: ImageRef | str, storage_options: dict | None = 
 
 
 def _read_error(exc: Exception, uri: str, shown: str, retries: int) -> ImageDecodeError:
-    message = _scrub(f"{type(exc).__name__}: {exc}", uri)
+    message = scrub_secrets(f"{type(exc).__name__}: {exc}", uri)
     if isinstance(exc, FileNotFoundError) or (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
         if "://" not in uri and os.path.islink(uri):
             return ImageDecodeError("missing", f"{shown}: broken symlink to {os.readlink(uri)!r}")

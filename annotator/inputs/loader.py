@@ -2,8 +2,8 @@
 
 Usage (what a shard worker does)::
 
-    from annotator.loader import ImageLoader
-    from annotator.sources import read_image_bytes
+    from annotator.inputs.loader import ImageLoader
+    from annotator.inputs.listing import read_image_bytes
 
     with ImageLoader(refs, read_image_bytes, batch_size=32, device=engine.device) as loader:
         for batch in loader:                       # batches in input order
@@ -16,7 +16,7 @@ Each batch is a list of ``(index, image | ImageDecodeError)``: ``index`` is the
 0-based position of the item in ``items``; ``image`` is
 
 - on a CPU ``device`` (the default): an ``(H, W, 3)`` uint8 numpy array from
-  :func:`annotator.decode.decode_image` (EXIF orientation applied), or a ``(3, H, W)``
+  :func:`annotator.inputs.decode.decode_image` (EXIF orientation applied), or a ``(3, H, W)``
   uint8 CPU tensor when the batched torchvision path was forced (``gpu_decode=True``);
 - on a CUDA ``device``: a ``(3, H, W)`` uint8 tensor ON THAT DEVICE, ready for
   :meth:`annotator.engine.Engine.predict`.
@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from annotator.inputs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 __all__ = [
     "DecodedImage",
@@ -193,10 +193,10 @@ class ImageLoader:
     """Reads and decodes ``items`` in a thread pool, yielding ordered batches.
 
     Args:
-        items: anything ``read_fn`` accepts (e.g. :class:`annotator.sources.ImageRef`);
+        items: anything ``read_fn`` accepts (e.g. :class:`annotator.inputs.listing.ImageRef`);
             any iterable, consumed lazily.
         read_fn: ``item -> bytes``; may raise (or return) :class:`ImageDecodeError`
-            (e.g. :func:`annotator.sources.read_image_bytes`). Called from worker threads.
+            (e.g. :func:`annotator.inputs.listing.read_image_bytes`). Called from worker threads.
         batch_size: images per yielded batch (the last one may be smaller).
         num_threads: reader/decoder threads (default: the CPU count).
         prefetch: batches read and decoded ahead of the one being consumed (>= 0).

@@ -78,11 +78,6 @@ class Vocabulary:
         """Build from lines in the file syntax (``name`` or ``name: a; b``)."""
         return parse_vocabulary("\n".join(names), source=source)
 
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "Vocabulary":
-        """Read and validate a vocabulary file (local path)."""
-        return load_vocabulary(path)
-
 
 def _parse_line(line: str, where: str) -> VocabClass:
     if ":" in line:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .weights import MissingWeight, network_reachable
+from annotator.models.weights import MissingWeight, network_reachable
 
 log = logging.getLogger(__name__)
 

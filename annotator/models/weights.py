@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 
-
 @dataclass(frozen=True)
 class WeightSpec:
     """One weight file the engine may need, as data: where it comes from, the name it has

@@ -12,21 +12,30 @@ Writes, streaming over the parts (memory does not grow with the dataset):
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from collections import Counter
-from typing import Sequence
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import metrics, parts
-from .config import parse_storage_options
-from .schema import PART_ARROW_SCHEMA
+from annotator.core.stats import ClassTally
+from annotator.evaluation import metrics
+from annotator.records import error_reason
+from annotator.records.metadata import SHARD_KEYS, RunMetadata
+from annotator.records.schema import PART_ARROW_SCHEMA
+from annotator.storage import parts
+from annotator.storage.layout import (
+    ANNOTATIONS_NAME,
+    COCO_NAME,
+    METRICS_NAME,
+    SUMMARY_NAME,
+    join_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,20 @@ def _write_json(fs, path: str, obj) -> None:
         json.dump(obj, f, indent=2, sort_keys=True)
 
 
+@dataclass
+class MergeCounts:
+    """What the merge saw: image ids, statuses, failure reasons, per-class totals."""
+
+    class_names: list[str]
+    seen: set[int] = field(default_factory=set)
+    status: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    tally: ClassTally = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tally = ClassTally(len(self.class_names))
+
+
 def reduce_output(output: str, storage_options: dict | None = None, *, report: bool = True,
                   image_storage_options: dict | None = None) -> dict:
     """Merge ``OUTPUT/parts`` into the final files; returns the summary dict.
@@ -55,108 +78,134 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
         raise ReduceError(f"{output}: no parts to reduce (expected {output}/parts/part-*.parquet)")
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
     metas = [parts.read_part_metadata(p, storage_options) for p in paths]
-    meta = dict(metas[0])
+    meta = run_metadata(output, metas)
+    counts = merge_parts(fs, root, paths, meta, storage_options)
+    expected = meta.get("num_images")
+    if expected is not None and len(counts.seen) != expected:
+        log.warning("%d of %d images have output (run the same command again to finish)", len(counts.seen), expected)
+    coco_counts = write_coco(fs, root, output, meta, storage_options)
+    summary = build_summary(counts, meta, coco_counts)
+    scores = write_metrics(fs, root, metas, counts.class_names)
+    if scores is not None:
+        summary["miou"] = scores["miou"]
+    _write_json(fs, join_url(root, SUMMARY_NAME), summary)
+    if report:
+        try:
+            from annotator.review.report import write_report
+
+            write_report(output, storage_options=storage_options, image_storage_options=image_storage_options)
+        except Exception as e:  # the report is a review aid: never lose the run over it
+            log.warning("report not written: %s: %s", type(e).__name__, e)
+    return summary
+
+
+def run_metadata(output: str, metas: list[dict]) -> dict:
+    """The run's metadata from the parts' footers (all of one configuration), without
+    the per-shard keys."""
     hashes = {m.get("config_hash") for m in metas}
     if len(hashes) > 1:
         raise ReduceError(f"{output}: parts come from different configurations {sorted(map(str, hashes))}")
-    class_names: list[str] = meta["vocabulary"]
-    expected = meta.get("num_images")
+    meta = dict(metas[0])
+    for key in SHARD_KEYS:
+        meta.pop(key, None)
+    RunMetadata.from_json(meta)  # validated: a vocabulary with background first
+    return meta
 
-    # Stage: merge rows (streamed) and count
-    seen: set[int] = set()
-    status, reasons = Counter(), Counter()
-    ann_per_class, px_per_class, score_sum = Counter(), Counter(), Counter()
-    meta.pop("shard_index", None)
-    meta.pop("confusion", None)
-    meta.pop("gt_errors", None)
+
+def merge_parts(fs, root: str, paths: list[str], meta: dict, storage_options: dict | None) -> MergeCounts:
+    """Stream every part's rows into ``annotations.parquet`` (written by a temporary name
+    and a move), counting as it goes; each image id must appear once."""
+    counts = MergeCounts(meta["vocabulary"])
     schema = PART_ARROW_SCHEMA.with_metadata({parts.METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
-    merged_tmp = f"{root}/annotations.parquet.tmp"
+    merged_tmp = join_url(root, ANNOTATIONS_NAME + ".tmp")
     with fs.open(merged_tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
         for path in paths:
             buf = []
             for row in parts.iter_rows([path], storage_options):
-                if row["image_id"] in seen:
-                    raise ReduceError(f"image_id {row['image_id']} ({row['file_name']}) appears in more than one part")
-                seen.add(row["image_id"])
-                status[row["status"]] += 1
-                if row["status"] == "error":
-                    reasons[(row["error"] or "unknown").split(":", 1)[0]] += 1
-                for a in row["annotations"]:
-                    ann_per_class[a["category_name"]] += 1
-                    px_per_class[a["category_name"]] += a["area"]
-                    score_sum[a["category_name"]] += a["score"] * a["area"]
+                _count_row(counts, row)
                 buf.append(row)
                 if len(buf) >= 256:
                     writer.write_table(pa.Table.from_pylist(buf, schema=schema))
                     buf = []
             if buf:
                 writer.write_table(pa.Table.from_pylist(buf, schema=schema))
-    fs.mv(merged_tmp, f"{root}/annotations.parquet")
-    if expected is not None and len(seen) != expected:
-        log.warning("%d of %d images have output (run the same command again to finish)", len(seen), expected)
+    fs.mv(merged_tmp, join_url(root, ANNOTATIONS_NAME))
+    return counts
 
-    # Stage: COCO JSON
-    from .export.coco import write_coco_json
 
-    with fs.open(f"{root}/coco.json.tmp", "w") as f:
-        coco_counts = write_coco_json(parts.iter_rows([f"{output}/annotations.parquet"], storage_options),
-                                      class_names, f, metadata=meta)
-    fs.mv(f"{root}/coco.json.tmp", f"{root}/coco.json")
+def _count_row(counts: MergeCounts, row: dict) -> None:
+    if row["image_id"] in counts.seen:
+        raise ReduceError(f"image_id {row['image_id']} ({row['file_name']}) appears in more than one part")
+    counts.seen.add(row["image_id"])
+    counts.status[row["status"]] += 1
+    if row["status"] == "error":
+        counts.reasons[error_reason(row["error"])] += 1
+    for a in row["annotations"]:
+        counts.tally.add(a["category_id"], a["area"], a["score"])
 
-    # Stage: summary
-    never = [c for c in class_names[1:] if ann_per_class[c] == 0]
+
+def write_coco(fs, root: str, output: str, meta: dict, storage_options: dict | None) -> dict:
+    """``coco.json`` from the merged file (streamed); returns the COCO writer's counts."""
+    from annotator.export.coco import write_coco_json
+
+    tmp = join_url(root, COCO_NAME + ".tmp")
+    with fs.open(tmp, "w") as f:
+        coco_counts = write_coco_json(parts.iter_rows([join_url(output, ANNOTATIONS_NAME)], storage_options),
+                                      meta["vocabulary"], f, metadata=meta)
+    fs.mv(tmp, join_url(root, COCO_NAME))
+    return coco_counts
+
+
+def build_summary(counts: MergeCounts, meta: dict, coco_counts: dict) -> dict:
+    """The ``summary.json`` document (identical between runs of the same configuration)."""
+    names, tally = counts.class_names, counts.tally
+    never = [c for k, c in enumerate(names) if k and tally.images[k] == 0]
     summary = {
-        "images": len(seen),
-        "expected_images": expected,
-        "ok": status["ok"],
-        "failed": status["error"],
-        "failures_by_reason": dict(sorted(reasons.items())),
-        "annotations": sum(ann_per_class.values()),
+        "images": len(counts.seen),
+        "expected_images": meta.get("num_images"),
+        "ok": counts.status["ok"],
+        "failed": counts.status["error"],
+        "failures_by_reason": dict(sorted(counts.reasons.items())),
+        "annotations": int(tally.images[1:].sum()),
         "per_class": {
-            c: {"annotations": ann_per_class[c], "pixels": px_per_class[c],
-                "mean_score": round(score_sum[c] / px_per_class[c], 6) if px_per_class[c] else None}
-            for c in class_names[1:]
+            c: {"annotations": int(tally.images[k]), "pixels": int(tally.pixels[k]),
+                "mean_score": tally.mean_score(k, decimals=6)}
+            for k, c in enumerate(names) if k
         },
         "classes_never_predicted": never,
         "coco": coco_counts,
         "run": {k: meta.get(k) for k in ("model", "pretrained", "saliency", "protocol", "version", "config_hash", "source")},
     }
-    if summary["annotations"] == 0 and status["ok"]:
-        log.warning("no annotation at all in %d images: check the vocabulary and the saliency", status["ok"])
+    if summary["annotations"] == 0 and counts.status["ok"]:
+        log.warning("no annotation at all in %d images: check the vocabulary and the saliency", counts.status["ok"])
     if never:
         log.warning("classes never predicted: %s", ", ".join(never))
-
-    # Stage: metrics from the confusion matrices computed in the actors
-    cms = [m.get("confusion") for m in metas if m.get("confusion") is not None]
-    metrics_path = f"{root}/metrics.json"
-    if any("confusion" in m for m in metas):
-        k = len(class_names)
-        cm = np.zeros((k, k), dtype=np.int64)
-        for c in cms:
-            cm += np.asarray(c, dtype=np.int64)
-        scores = metrics.scores_from_confusion(cm, class_names)
-        scores["confusion_matrix"] = cm.tolist()
-        gt_errors = sorted((e for m in metas for e in m.get("gt_errors") or []), key=lambda e: e["file_name"])
-        scores["ground_truth_errors"] = {"count": len(gt_errors), "first": gt_errors[:GT_ERRORS_LISTED]}
-        if gt_errors:
-            log.warning("%d image(s) left out of the scores, their ground truth could not be used; "
-                        "e.g. %s: %s (see metrics.json)", len(gt_errors), gt_errors[0]["file_name"], gt_errors[0]["error"])
-        _write_json(fs, metrics_path, scores)
-        summary["miou"] = scores["miou"]
-        print(metrics.format_table(scores), file=sys.stderr)
-    elif fs.exists(metrics_path):  # left by an earlier run (e.g. one replaced with --overwrite)
-        fs.rm(metrics_path)
-    _write_json(fs, f"{root}/summary.json", summary)
-
-    # Stage: review report
-    if report:
-        try:
-            from .report import write_report
-
-            write_report(output, storage_options=storage_options, image_storage_options=image_storage_options)
-        except Exception as e:  # the report is a review aid: never lose the run over it
-            log.warning("report not written: %s: %s", type(e).__name__, e)
     return summary
+
+
+def write_metrics(fs, root: str, metas: list[dict], class_names: list[str]) -> dict | None:
+    """``metrics.json`` from the confusion matrices the actors computed (None without
+    ground truth; a metrics.json left by an earlier run is then removed)."""
+    metrics_path = join_url(root, METRICS_NAME)
+    if not any("confusion" in m for m in metas):
+        if fs.exists(metrics_path):  # left by an earlier run (e.g. one replaced with --overwrite)
+            fs.rm(metrics_path)
+        return None
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    for m in metas:
+        if m.get("confusion") is not None:
+            cm += np.asarray(m["confusion"], dtype=np.int64)
+    scores = metrics.scores_from_confusion(cm, class_names)
+    scores["confusion_matrix"] = cm.tolist()
+    gt_errors = sorted((e for m in metas for e in m.get("gt_errors") or []), key=lambda e: e["file_name"])
+    scores["ground_truth_errors"] = {"count": len(gt_errors), "first": gt_errors[:GT_ERRORS_LISTED]}
+    if gt_errors:
+        log.warning("%d image(s) left out of the scores, their ground truth could not be used; "
+                    "e.g. %s: %s (see metrics.json)", len(gt_errors), gt_errors[0]["file_name"], gt_errors[0]["error"])
+    _write_json(fs, metrics_path, scores)
+    print(metrics.format_table(scores), file=sys.stderr)
+    return scores
 
 
 def format_summary(summary: dict) -> str:
@@ -173,26 +222,3 @@ def format_summary(summary: dict) -> str:
     for reason, n in summary["failures_by_reason"].items():
         out.append(f"  failed, {reason}: {n}")
     return "\n".join(out)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotator.reduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("output", help="the run's output folder or fsspec URL")
-    p.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec storage options as JSON")
-    p.add_argument("--no-report", action="store_true", help="skip report.html and previews")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        opts = parse_storage_options(args.storage_options) or None
-        summary = reduce_output(args.output, opts, report=not args.no_report)
-    except (ReduceError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(summary), file=sys.stderr)
-    print(json.dumps({k: summary[k] for k in ("images", "ok", "failed", "annotations")}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ __all__ = [
     "validate_row",
 ]
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # annotator/
 
 
 class SchemaValidationError(ValueError):

@@ -3,7 +3,7 @@
 :func:`render_overlay` re-reads a record's image (local path, fsspec URL, or a row of a
 LOCAL Hugging Face dataset), applies EXIF orientation, scales it so its longest side is
 <= ``max_side`` pixels (tiny images are enlarged to ``PREVIEW_MIN_SIDE``), blends the
-class colours of :mod:`annotator.palette` over the non-background pixels and adds a
+class colours of :mod:`annotator.review.palette` over the non-background pixels and adds a
 legend strip below (class name and score per annotation, largest area first). When the
 image cannot be read, the masks are drawn on grey and a note says why.
 :func:`annotator.report.write_report` encodes these previews as JPEG (:func:`encode_jpeg`).
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from annotator import export as _export
-from annotator.palette import class_colors, colorize_labels
+from annotator.review.palette import class_colors, colorize_labels
+from annotator.storage.redact import redact_text
 
 __all__ = ["encode_jpeg", "render_overlay"]
 
@@ -37,8 +37,8 @@ def _font(size: int = 12) -> Any:
 
 def _read_image(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[np.ndarray | None, str | None]:
     """(RGB uint8 (H, W, 3) with EXIF orientation applied, None) or (None, why not)."""
-    from annotator.decode import decode_image
-    from annotator.sources import read_image_bytes, redact_uri
+    from annotator.inputs.decode import decode_image
+    from annotator.inputs.listing import read_image_bytes, redact_uri
 
     try:
         if uri.startswith("hf://"):
@@ -49,7 +49,7 @@ def _read_image(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[np
     except ImportError as exc:
         return None, f"image not readable (missing fsspec backend: {exc})"
     except Exception as exc:  # noqa: BLE001 - any failure: draw the mask alone, and say why
-        return None, f"image not readable: {_export.strip_credentials(str(exc))[:160]}"
+        return None, f"image not readable: {redact_text(str(exc))[:160]}"
 
 
 def _read_hf_row(uri: str) -> bytes:
@@ -70,7 +70,7 @@ def _read_hf_row(uri: str) -> bytes:
 
 @functools.lru_cache(maxsize=4)
 def _hf_source(name: str, split: str) -> Any:
-    from annotator.hf_source import list_hf_dataset
+    from annotator.inputs.hf import list_hf_dataset
 
     return list_hf_dataset(name, split)
 

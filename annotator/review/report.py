@@ -5,7 +5,7 @@
 
     OUTPUT/previews/sample-<image_id>.jpg   overlays (image + translucent class colours +
     OUTPUT/previews/lowest-<image_id>.jpg   legend), longest side <= 512 px,
-                                            drawn by :func:`annotator.overlay.render_overlay`
+                                            drawn by :func:`annotator.review.overlay.render_overlay`
     OUTPUT/report.html                      one file, previews embedded as data: URIs
 
 The page holds the run configuration (credentials removed), per-class counts, pixels
@@ -23,12 +23,10 @@ annotation scores; mean of the confidence map for an image without annotations).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import heapq
 import html
 import json
-import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,16 +35,19 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from annotator import export as _export
-from annotator.config import parse_storage_options
-from annotator.overlay import encode_jpeg, render_overlay
-from annotator.palette import class_colors, hex_color
+from annotator.core.stats import ClassTally
+from annotator.records import error_reason
+from annotator.review.overlay import encode_jpeg, render_overlay
+from annotator.review.palette import class_colors, hex_color
+from annotator.storage import parts
+from annotator.storage.layout import METRICS_NAME, PREVIEWS_DIR, REPORT_NAME, join_url
+from annotator.storage.redact import redact_value
+from annotator.storage.results import image_score, read_metadata, resolve_inputs
 
-__all__ = ["ReportStats", "main", "write_report"]
+__all__ = ["ReportStats", "write_report"]
 
 HIST_BINS = 20
 TEXT_LIMIT = 200
-_SECRET_KEYS = ("key", "secret", "token", "password", "passwd", "credential", "storage_options", "auth")
 
 
 def _esc(value: Any, limit: int = TEXT_LIMIT) -> str:
@@ -57,19 +58,6 @@ def _esc(value: Any, limit: int = TEXT_LIMIT) -> str:
     return html.escape(text, quote=True)
 
 
-def _clean_value(key: str, value: Any) -> Any:
-    """Metadata value safe to show: secrets redacted, URLs without credentials."""
-    if any(s in key.lower() for s in _SECRET_KEYS):
-        return "REDACTED"
-    if isinstance(value, str):
-        return _export.strip_credentials(value)
-    if isinstance(value, Mapping):
-        return {k: _clean_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_value(key, v) for v in value]
-    return value
-
-
 # ----------------------------------------------------------------------- statistics
 
 
@@ -77,9 +65,9 @@ def _clean_value(key: str, value: Any) -> Any:
 class ReportStats:
     """Totals gathered in one pass over the rows.
 
-    class_images / class_pixels / class_score_sum: per vocabulary index; score sums are
-    area-weighted, so class_score_sum / class_pixels is the mean confidence over the
-    class's pixels. histogram: image-confidence counts over HIST_BINS equal bins of [0, 1].
+    classes: the per-class totals (:class:`annotator.core.stats.ClassTally`, the same
+    aggregator as summary.json's). histogram: image-confidence counts over HIST_BINS equal
+    bins of [0, 1].
     """
 
     num_classes: int
@@ -89,23 +77,19 @@ class ReportStats:
     annotations: int = 0
     empty_images: int = 0
     image_pixels: int = 0
-    class_images: np.ndarray = field(init=False)
-    class_pixels: np.ndarray = field(init=False)
-    class_score_sum: np.ndarray = field(init=False)
+    classes: ClassTally = field(init=False)
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, dtype=np.int64))
     failures: list[tuple[int, str, str]] = field(default_factory=list)
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.class_images = np.zeros(self.num_classes, dtype=np.int64)
-        self.class_pixels = np.zeros(self.num_classes, dtype=np.int64)
-        self.class_score_sum = np.zeros(self.num_classes, dtype=np.float64)
+        self.classes = ClassTally(self.num_classes)
 
     def add(self, record: Any, score: float | None, max_failures: int) -> None:
         self.rows += 1
         if record.status != "ok":
             self.errors += 1
-            reason = (record.error or "error").split(":", 1)[0][:64]
+            reason = error_reason(record.error)[:64]
             if reason in self.failure_reasons or len(self.failure_reasons) < 100:
                 self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
             if len(self.failures) < max_failures:
@@ -117,10 +101,7 @@ class ReportStats:
         if not record.annotations:
             self.empty_images += 1
         for a in record.annotations:
-            if 0 <= a.category_id < self.num_classes:
-                self.class_images[a.category_id] += 1
-                self.class_pixels[a.category_id] += int(a.area)
-                self.class_score_sum[a.category_id] += float(a.score) * int(a.area)
+            self.classes.add(a.category_id, a.area, a.score)
         if score is not None:
             self.histogram[min(int(score * HIST_BINS), HIST_BINS - 1)] += 1
 
@@ -239,7 +220,7 @@ def _metrics_html(metrics: Mapping[str, Any]) -> str:
 
 
 def _read_metrics(output: str, storage_options: Mapping[str, Any] | None) -> dict | None:
-    path = _export.join_path(output, "metrics.json")
+    path = join_url(output, METRICS_NAME)
     fs, p = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     if not fs.exists(p):
         return None
@@ -270,13 +251,13 @@ def _render_html(
         ("ok images with background only", str(stats.empty_images)),
     ], numeric=(1,))
     if stats.image_pixels:
-        summary += (f"<p>Foreground covers {100.0 * stats.class_pixels[1:].sum() / stats.image_pixels:.2f}% "
+        summary += (f"<p>Foreground covers {100.0 * stats.classes.pixels[1:].sum() / stats.image_pixels:.2f}% "
                     "of the annotated images' pixels.</p>")
     summary += "</div>"
 
     config_rows = []
     for key, value in metadata.items():
-        value = _clean_value(str(key), value)
+        value = redact_value(str(key), value)
         if key == "vocabulary" and isinstance(value, list):
             shown = ", ".join(str(v) for v in value[:50]) + (" ..." if len(value) > 50 else "")
             value = f"{len(value)} classes: {shown}"
@@ -286,14 +267,14 @@ def _render_html(
     body.append(f'<div class="row">{summary}<div><h2>Run configuration</h2>'
                 + _table(["setting", "value"], config_rows) + "</div></div>")
 
-    total = max(int(stats.class_pixels[1:].sum()), 1)
+    total = max(int(stats.classes.pixels[1:].sum()), 1)
     class_rows = []
     for c in range(1, len(class_names)):
-        px = int(stats.class_pixels[c])
-        mean = stats.class_score_sum[c] / px if px else None
+        px = int(stats.classes.pixels[c])
+        mean = stats.classes.mean_score(c)
         class_rows.append((
             f'<span class="sw" style="background:{hex_color(colors[c])}"></span>', str(c), _esc(class_names[c]),
-            str(int(stats.class_images[c])), str(px), f"{100.0 * px / total:.2f}", _fmt(mean),
+            str(int(stats.classes.images[c])), str(px), f"{100.0 * px / total:.2f}", _fmt(mean),
         ))
     class_rows.sort(key=lambda r: -int(r[4]))
     body.append('<div class="row"><div><h2>Classes</h2>' + _table(
@@ -353,15 +334,15 @@ def write_report(
     """
     if samples < 0 or lowest < 0 or max_failures < 0:
         raise ValueError(f"samples, lowest and max_failures must be >= 0, got {samples}, {lowest}, {max_failures}")
-    paths = _export.resolve_inputs(output, storage_options)
-    metadata = _export.read_metadata(paths, storage_options)
+    paths = resolve_inputs(output, storage_options)
+    metadata = read_metadata(paths, storage_options)
     class_names = list(metadata["vocabulary"])
     image_so = image_storage_options if image_storage_options is not None else storage_options
 
     stats = ReportStats(num_classes=len(class_names))
     lowest_keeper, sample_keeper = _Keeper(lowest), _Keeper(samples)
-    for record in _export.iter_records(paths, storage_options):
-        score = _export.image_score(record)
+    for record in parts.iter_records(paths, storage_options):
+        score = image_score(record)
         stats.add(record, score, max_failures)
         if record.status != "ok":
             continue
@@ -371,7 +352,7 @@ def write_report(
         sample_keeper.offer(key, record.image_id, (record, score))
 
     so = dict(storage_options or {})
-    previews_dir = _export.join_path(output, "previews")
+    previews_dir = join_url(output, PREVIEWS_DIR)
     fs, root = fsspec.core.url_to_fs(previews_dir, **so)
     rendered: dict[int, tuple[tuple[bytes, str], str | None]] = {}
 
@@ -394,37 +375,7 @@ def write_report(
     sample_html = figures("sample", sorted(sample_keeper.sorted(), key=lambda rs: rs[0].image_id))
     metrics = _read_metrics(output, storage_options)
     page = _render_html(metadata, class_names, stats, lowest_html, sample_html, metrics, max_failures)
-    report_path = _export.join_path(output, "report.html")
+    report_path = join_url(output, REPORT_NAME)
     with fsspec.open(report_path, "w", encoding="utf-8", **so) as f:
         f.write(page)
     return report_path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m annotator.report",
-        description="Write OUTPUT/report.html (self-contained) and OUTPUT/previews/*.jpg for a run folder.",
-    )
-    parser.add_argument("output", help="the run's OUTPUT folder (local path or fsspec URL)")
-    parser.add_argument("--samples", type=int, default=8, metavar="N", help="images in the random sample (default 8)")
-    parser.add_argument("--lowest", type=int, default=8, metavar="N",
-                        help="lowest-confidence images shown (default 8)")
-    parser.add_argument("--max-failures", type=int, default=200, metavar="N",
-                        help="failed images listed (all are counted; default 200)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
-    parser.add_argument("--storage-options", default=None, metavar="JSON",
-                        help="fsspec storage options (JSON object) for OUTPUT and the images")
-    args = parser.parse_args(argv)
-    try:
-        so = parse_storage_options(args.storage_options) or None
-        path = write_report(args.output, samples=args.samples, lowest=args.lowest, storage_options=so,
-                            max_failures=args.max_failures, seed=args.seed)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {_export.strip_credentials(path)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Processing one shard: read -> decode -> engine -> records -> one Parquet part.
 
-No Ray here: a Ray actor (``pipeline.py``), the benchmark and tests all call
+No Ray here: a Ray actor (:mod:`annotator.distributed.ray_runner`), the benchmark and tests all call
 :class:`ShardProcessor` directly. Reading and decoding run in a thread pool ahead of
 the engine; encoding masks (RLE, confidence PNG) runs in threads behind it, so the
 device is not kept waiting on the CPU work of neighbouring batches.
@@ -21,64 +21,34 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics, parts, records
-from .crashlog import CRASHED_REASON, CrashLog
-from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError
-from .gt import GroundTruthError
-from .hf_source import HFSource
-from .loader import DecodedImage, ImageLoader, image_size_hw
-from .sources import ImageRef, read_image_bytes
+from annotator import records
+from annotator.inputs.decode import ImageDecodeError
+from annotator.inputs.listing import ImageRef, read_image_bytes
+from annotator.inputs.loader import DecodedImage, ImageLoader, image_size_hw
+from annotator.shards.scoring import ImageScore, ShardScorer, ShardScores
+from annotator.shards.task import SHARDS_AT_ONCE, RunOptions, ShardResult, ShardTask
+from annotator.storage import parts
+from annotator.storage.crashlog import CRASHED_REASON, CrashLog
 
 log = logging.getLogger(__name__)
 
-#: Shards a processor runs at once (a Ray actor's ``max_concurrency``): one holds the
-#: device while the other reads, decodes, encodes and writes.
-SHARDS_AT_ONCE = 2
-
 
 @dataclass
-class ShardTask:
-    """One shard: its index and the images in it (``hf`` set for Hugging Face rows)."""
+class EncodedImage:
+    """What an encoder thread hands back for one image (``seconds`` of its CPU work)."""
 
-    shard_index: int
-    refs: list[ImageRef]
-    hf: HFSource | None = None
-    #: One image at a time, each named in a crash log first (see :mod:`annotator.crashlog`):
-    #: the driver sets it for a shard whose actor died.
-    careful: bool = False
-
-
-@dataclass
-class ShardResult:
-    """What the driver needs to know about a finished shard (no image data)."""
-
-    shard_index: int
-    path: str
-    rows: int
-    errors: int
-    sha256: str
+    record: records.ImageRecord
+    score: ImageScore
     seconds: float
-    stages: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class RunOptions:
-    """Per-run settings that a shard processor needs besides the engine."""
-
-    output: str
-    metadata: dict
-    storage_options: dict | None = None  # reading the source (and the ground truth)
-    output_storage_options: dict | None = None  # writing parts; None: same as storage_options
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    read_threads: int = 8
-    encode_threads: int = 4
-    prefetch_batches: int = 1
-    gt_spec: str | None = None
-    gt_format: str | None = None
+def _read_hf_labels(task: ShardTask, column: str) -> list:
+    """The shard's cells of a Hugging Face label column."""
+    return _read_hf(task, lambda start, stop: task.hf.read_labels(start, stop, column))
 
 
 class ShardProcessor:
@@ -88,17 +58,11 @@ class ShardProcessor:
         self.engine = engine
         self.options = options
         self.class_names = engine.vocabulary.names
-        self.gt = None
-        if options.gt_spec:
-            from .gt import load_gt
-
-            self.gt = load_gt(options.gt_spec, options.gt_format, self.class_names,
-                              storage_options=options.storage_options)
+        self.scorer = ShardScorer(options, self.class_names) if options.gt_spec else None
         self._io = ThreadPoolExecutor(max_workers=max(1, options.read_threads), thread_name_prefix="read")
         self._enc = ThreadPoolExecutor(max_workers=max(1, options.encode_threads), thread_name_prefix="encode")
         # One shard at a time on the device; the other shard's CPU work goes on meanwhile.
         self._device = threading.Lock()
-        self._hf_cells: dict = {}  # file_name -> label cell, for the shards in progress
 
     # ---------------------------------------------------------------- stages
     def _read(self, item: tuple[ImageRef, bytes | ImageDecodeError | None]) -> bytes | ImageDecodeError:
@@ -115,7 +79,7 @@ class ShardProcessor:
 
     def _decoded(self, task: ShardTask, times: dict[str, float],
                  crash_log: CrashLog | None = None) -> Iterator[list[tuple[ImageRef, DecodedImage]]]:
-        """Batches of decoded images from :class:`~annotator.loader.ImageLoader`.
+        """Batches of decoded images from :class:`~annotator.inputs.loader.ImageLoader`.
 
         At most ``prefetch_batches`` batches are read and decoded ahead (memory stays
         bounded even for a shard of 4000x3000 photos); on CUDA, plain JPEGs are decoded
@@ -156,9 +120,8 @@ class ShardProcessor:
             log.warning("batch failed (%s); retrying its %d images one by one", e, len(batch))
             return [self._predict([item])[0] for item in batch]
 
-    def _encode(self, ref: ImageRef, pred) -> tuple[records.ImageRecord, np.ndarray | None, str | None, float]:
-        """Encoder thread: the record, this image's confusion matrix (or None), why its
-        ground truth could not be used (or None), seconds taken.
+    def _encode(self, ref: ImageRef, pred) -> EncodedImage:
+        """Encoder thread: the record and its score against the ground truth.
 
         The seconds are returned, not added to shared state: encoder threads run at once.
         A bad ground truth (wrong size, unreadable map) leaves the prediction's row
@@ -172,17 +135,9 @@ class ShardProcessor:
             log.warning("%s: could not encode the prediction: %s: %s", ref.file_name, type(e).__name__, e)
             rec = records.error_record(ref, "encode-failed", f"{type(e).__name__}: {e}",
                                        size_hw=pred.labels_hw.shape[:2])
-            return rec, None, None, time.perf_counter() - t0
-        cm = gt_error = None
-        if self.gt is not None:
-            try:
-                gt = self.gt.labels_for(ref.file_name, pred.labels_hw.shape)
-            except GroundTruthError as e:
-                log.warning("%s: ground truth not used: %s", ref.file_name, e)
-                gt, gt_error = None, str(e)[:records.ERROR_MAX_LENGTH]
-            if gt is not None:
-                cm = metrics.released_protocol_confusion(pred.labels_hw, gt, len(self.class_names))
-        return rec, cm, gt_error, time.perf_counter() - t0
+            return EncodedImage(rec, ImageScore(), time.perf_counter() - t0)
+        score = self.scorer.score(ref.file_name, pred.labels_hw) if self.scorer is not None else ImageScore()
+        return EncodedImage(rec, score, time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- API
     def process(self, task: ShardTask) -> ShardResult:
@@ -193,22 +148,20 @@ class ShardProcessor:
         """
         t_start = time.perf_counter()
         times: dict[str, float] = defaultdict(float)
-        hf_names: list[str] = []
-        if self.gt is not None and getattr(self.gt, "format", None) == "hf-column":
-            hf_names = self._add_hf_labels(task)
+        hf_names = self.scorer.shard_started(task, _read_hf_labels) if self.scorer is not None else []
         out_opts = self.options.output_storage_options
         out_opts = self.options.storage_options if out_opts is None else out_opts
         crash_log = CrashLog.open(self.options.output, task.shard_index, out_opts) if task.careful else None
         try:
-            recs, confusion, gt_errors = self._run_images(task, times, crash_log)
+            recs, scores = self._run_images(task, times, crash_log)
         finally:
-            for name in hf_names:
-                self._hf_cells.pop(name, None)
-        meta = dict(self.options.metadata)
+            if self.scorer is not None:
+                self.scorer.shard_finished(hf_names)
+        meta = dict(self.options.metadata)  # + SHARD_KEYS (records.metadata)
         meta["shard_index"] = task.shard_index
-        if self.gt is not None:
-            meta["confusion"] = None if confusion is None else confusion.tolist()
-            meta["gt_errors"] = gt_errors
+        if self.scorer is not None:
+            meta["confusion"] = None if scores.confusion is None else scores.confusion.tolist()
+            meta["gt_errors"] = scores.gt_errors
         t0 = time.perf_counter()
         path = parts.part_path(self.options.output, task.shard_index)
         sha = parts.write_part(recs, path, meta, out_opts)
@@ -226,8 +179,8 @@ class ShardProcessor:
         )
 
     def _run_images(self, task: ShardTask, times: dict[str, float], crash_log: CrashLog | None = None):
-        """Decode, predict (holding the device) and encode: (records, summed confusion
-        matrix or None, ground-truth errors as ``[{file_name, error}]``). With a
+        """Decode, predict (holding the device) and encode: (records, the shard's scores
+        against the ground truth). With a
         ``crash_log``, one image at a time, encoded before the next is read, and the
         images the worker died on before become ``worker-crashed`` rows."""
         pending: list[Future | records.ImageRecord] = []
@@ -259,20 +212,15 @@ class ShardProcessor:
         finally:
             batches.close()
         recs: list[records.ImageRecord] = []
-        confusion = None
-        gt_errors: list[dict] = []
+        scores = ShardScores()
         for p in pending:
             if isinstance(p, Future):
-                rec, cm, gt_error, seconds = p.result()
-                times["encode"] += seconds
-                if cm is not None:
-                    confusion = cm if confusion is None else confusion + cm
-                if gt_error is not None:
-                    gt_errors.append({"file_name": rec.file_name, "error": gt_error})
-            else:
-                rec = p
-            recs.append(rec)
-        return recs, confusion, gt_errors
+                encoded = p.result()
+                times["encode"] += encoded.seconds
+                scores.add(encoded.record.file_name, encoded.score)
+                p = encoded.record
+            recs.append(p)
+        return recs, scores
 
     def _predict_batch(self, batch: list[tuple[ImageRef, DecodedImage]], pending: list) -> None:
         """Error rows for undecodable images; the rest through the engine, encodes submitted."""
@@ -287,20 +235,6 @@ class ShardProcessor:
                                                         size_hw=image_size_hw(img)))
                 else:
                     pending.append(self._enc.submit(self._encode, ref, pred))
-
-    def _add_hf_labels(self, task: ShardTask) -> list[str]:
-        """Give an ``hf-column:NAME`` ground truth this shard's label cells (by file_name,
-        beside those of a shard running at the same time); returns the names added."""
-        if task.hf is None:
-            from .gt import GroundTruthError
-
-            raise GroundTruthError(f"ground truth {self.options.gt_spec!r} reads a column of a Hugging Face "
-                                   "dataset, but the source is not one (use --hf-dataset)")
-        column = self.gt.column
-        cells = _read_hf(task, lambda start, stop: task.hf.read_labels(start, stop, column)) if task.refs else []
-        self._hf_cells.update({ref.file_name: cell for ref, cell in zip(task.refs, cells)})
-        self.gt.set_lookup(self._hf_cells.get)
-        return [ref.file_name for ref in task.refs]
 
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
@@ -341,10 +275,3 @@ def process_shards(processor: ShardProcessor, tasks: Sequence[ShardTask], concur
             for task in itertools.islice(todo, 1):
                 inflight.append(pool.submit(processor.process, task))
             yield result
-
-
-def make_shards(refs: Sequence[ImageRef], shard_size: int, hf: HFSource | None = None) -> list[ShardTask]:
-    """Cut the listing into consecutive shards of ``shard_size`` images."""
-    if shard_size < 1:
-        raise ValueError(f"--shard-size: expected >= 1, got {shard_size}")
-    return [ShardTask(i // shard_size, list(refs[i : i + shard_size]), hf) for i in range(0, len(refs), shard_size)]

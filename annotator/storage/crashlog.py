@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
-from .parts import PARTS_DIR, atomic_write_bytes, join_url, parts_dir_names, url_to_fs
+from annotator.storage.layout import (
+    CRASHLOG_NAME_RE,
+    PARTS_DIR,
+    crashlog_name,
+    join_url,
+    url_to_fs,
+)
+from annotator.storage.parts import atomic_write_bytes, parts_dir_names
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +39,12 @@ CRASHED_REASON = "worker-crashed"
 DEATHS_TO_SKIP = 2
 
 
-_LOG_NAME = re.compile(r"^\.crashlog-(\d{5,})\.json$")
 
 
 def shards_with_logs(output: str, storage_options: dict | None = None) -> set[int]:
     """Shards with a crash log left by an earlier run (one listing of ``parts/``): the
     run that resumes them runs them carefully from the start."""
-    return {int(m.group(1)) for m in map(_LOG_NAME.match, parts_dir_names(output, storage_options)) if m}
+    return {int(m.group(1)) for m in map(CRASHLOG_NAME_RE.match, parts_dir_names(output, storage_options)) if m}
 
 
 class CrashLog:
@@ -50,7 +55,7 @@ class CrashLog:
     """
 
     def __init__(self, output: str, shard_index: int, storage_options: dict | None = None):
-        self.path = join_url(output, PARTS_DIR, f".crashlog-{shard_index:05d}.json")
+        self.path = join_url(output, PARTS_DIR, crashlog_name(shard_index))
         self.shard_index = shard_index
         self.storage_options = storage_options
         self.deaths: dict[str, int] = {}

@@ -1,7 +1,7 @@
 """The run manifest, ``OUTPUT/manifest.json``: which shards are finished, for resuming.
 
 Written by the driver only (schemas/manifest.schema.json), atomically, through
-:mod:`annotator.parts`'s temporary-file-and-move writer. It holds the configuration hash
+:mod:`annotator.storage.parts`'s temporary-file-and-move writer. It holds the configuration hash
 and the input listing fingerprint of the run, so that an output folder is only resumed
 by the same configuration on the same listing (:func:`open_output`; otherwise
 OutputConflictError, or a fresh start with ``overwrite=True``).
@@ -24,20 +24,23 @@ import json
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .parts import (
-    PARTS_DIR,
+from annotator.records.schema import SchemaValidationError, validate
+from annotator.storage.identity import (
+    config_hash,
+    listing_fingerprint,
+    setting_differences,
+)
+from annotator.storage.layout import MANIFEST_NAME, PARTS_DIR, join_url, url_to_fs
+from annotator.storage.parts import (
     atomic_write_bytes,
-    join_url,
     list_parts,
     part_file_metadata,
     part_index,
-    url_to_fs,
 )
-from .schema import SchemaValidationError, validate
 
 __all__ = [
     "MANIFEST_NAME",
@@ -52,7 +55,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
 
@@ -62,35 +64,6 @@ class OutputConflictError(RuntimeError):
 
 class ManifestError(ValueError):
     """manifest.json exists but is not a valid manifest."""
-
-
-# ----------------------------------------------------------------------------- hashes
-
-
-def config_hash(d: dict) -> str:
-    """First 16 hex digits of sha256 over canonical JSON (sorted keys, no spaces)."""
-    try:
-        text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"config_hash: expected a JSON-serialisable dict, received one that fails: {exc}"
-        ) from None
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def listing_fingerprint(file_names: Iterable[str]) -> str:
-    """First 16 hex digits of sha256 over the ordered file names (NUL-separated) and their count.
-
-    Order matters: image ids are positions in the listing.
-    """
-    h = hashlib.sha256()
-    n = 0
-    for name in file_names:
-        h.update(name.encode("utf-8"))
-        h.update(b"\0")
-        n += 1
-    h.update(f"count={n}".encode("ascii"))
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -409,27 +382,6 @@ class Manifest:
             + "; ".join(diffs)
             + ". Pass --overwrite to replace it, or choose another output."
         )
-
-
-def setting_differences(before: dict, now: dict, prefix: str = "", limit: int = 8) -> list[str]:
-    """``key 'old' (now 'new')`` for each setting that differs, nested keys dotted
-    (``engine.model``), values cut to 80 characters, at most ``limit`` items."""
-    out: list[str] = []
-    for key in sorted(set(before) | set(now)):
-        a, b = before.get(key), now.get(key)
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += setting_differences(a, b, f"{name}.", limit)
-        elif a != b:
-            out.append(f"{name} {_cut(a)} (now {_cut(b)})")
-    if len(out) > limit:
-        out = out[:limit] + [f"{len(out) - limit} more"]
-    return out
-
-
-def _cut(value: object, width: int = 80) -> str:
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def open_output(

@@ -5,7 +5,7 @@ Layout of an output folder
                                       sorted by image_id, Arrow schema PART_ARROW_SCHEMA,
                                       run metadata as JSON under the key b"annotator"
     OUTPUT/manifest.json              written by the driver only (schemas/manifest.schema.json);
-                                      see `annotator.manifest`
+                                      see `annotator.storage.manifest`
 
 Atomicity: a file is written to `{path}.tmp-{uuid}` and then moved to its final name.
 On a local or POSIX file system the move is a rename, so readers see either the old
@@ -22,17 +22,22 @@ import hashlib
 import itertools
 import json
 import posixpath
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .records import ImageRecord
-from .retry import retry
-from .schema import PART_ARROW_SCHEMA
+from annotator.records import ImageRecord
+from annotator.records.schema import PART_ARROW_SCHEMA
+from annotator.storage.layout import (
+    PART_NAME_RE,
+    PARTS_DIR,
+    join_url,
+    part_name,
+    url_to_fs,
+)
+from annotator.storage.retry import retry
 
 __all__ = [
     "METADATA_KEY",
@@ -52,29 +57,17 @@ __all__ = [
 ]
 
 METADATA_KEY = b"annotator"
-PARTS_DIR = "parts"
 ROW_GROUP_ROWS = 64  # small row groups keep streaming reads at a bounded memory
-_PART_NAME = re.compile(r"^part-(\d{5,})\.parquet$")
 
 
 # ----------------------------------------------------------------------------- paths
-
-
-def url_to_fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(file system, path within it) for a local path or any fsspec URL."""
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
-
-
-def join_url(output: str, *names: str) -> str:
-    """``output/name/...`` keeping the URL form of ``output`` (``s3://b/x`` -> ``s3://b/x/n``)."""
-    return "/".join([output.rstrip("/"), *names])
 
 
 def part_path(output: str, shard_index: int) -> str:
     """`{output}/parts/part-{shard_index:05d}.parquet` (same URL form as `output`)."""
     if isinstance(shard_index, bool) or not isinstance(shard_index, int) or shard_index < 0:
         raise ValueError(f"shard_index: expected an integer >= 0, received {shard_index!r}")
-    return join_url(output, PARTS_DIR, f"part-{shard_index:05d}.parquet")
+    return join_url(output, PARTS_DIR, part_name(shard_index))
 
 
 def parts_dir_names(output: str, storage_options: dict | None = None) -> list[str]:
@@ -91,7 +84,7 @@ def parts_dir_names(output: str, storage_options: dict | None = None) -> list[st
 
 def part_index(name: str) -> int | None:
     """The shard index of a part file name (`part-00003.parquet` -> 3), or None if it is not one."""
-    m = _PART_NAME.match(posixpath.basename(name))
+    m = PART_NAME_RE.match(posixpath.basename(name))
     return int(m.group(1)) if m else None
 
 
@@ -203,8 +196,12 @@ def iter_rows(
 
 
 def iter_records(
-    paths: Sequence[str], storage_options: dict | None = None, batch_size: int = 64
+    paths: Sequence[str],
+    storage_options: dict | None = None,
+    batch_size: int = 64,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[ImageRecord]:
-    """Like `iter_rows`, as validated `ImageRecord`s."""
-    for row in iter_rows(paths, storage_options, batch_size=batch_size):
+    """Like `iter_rows`, as validated `ImageRecord`s (the one record reader: exports,
+    the report and the reducer stream through it)."""
+    for row in iter_rows(paths, storage_options, columns=columns, batch_size=batch_size):
         yield ImageRecord.from_row(row)

@@ -6,8 +6,8 @@ import sys
 
 from PIL import Image
 
-from annotator import bench
-from annotator.bench_data import synthetic_image
+from annotator.bench import benchmark as bench
+from annotator.bench.data import synthetic_image
 
 TINY = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "found-tiny-random", "--device", "cpu"]
 
@@ -59,7 +59,7 @@ def test_import_needs_neither_ray_nor_datasets():
 def test_engine_argv_round_trips_the_config():
     import argparse
 
-    from annotator.config import add_engine_arguments, engine_config_from_args
+    from annotator.cli import add_engine_arguments, engine_config_from_args
 
     p = argparse.ArgumentParser()
     add_engine_arguments(p)
@@ -96,7 +96,7 @@ def test_bench_rejects_bad_counts(tmp_path):
 
 
 def test_manifest_scale_probe(tmp_path):
-    from annotator.bench_probes import run_manifest_scale
+    from annotator.bench.probes import run_manifest_scale
 
     r = run_manifest_scale([10, 200], tmp_path)
     assert r["flush_interval_s"] > 0 and [x["shards_listed"] for x in r["runs"]] == [10, 200]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from annotator.bench.released_loop import bilinear_resize_uint8, naive_predict
 from annotator.config import EngineConfig
 from annotator.engine import Engine
-from annotator.naive import bilinear_resize_uint8, naive_predict
-from annotator.vocab import Vocabulary
+from annotator.inputs.vocab import Vocabulary
 from tests.synthetic import make_image
 
 

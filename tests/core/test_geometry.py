@@ -1,4 +1,4 @@
-from annotator.geometry import scale_grids, total_patches
+from annotator.core.geometry import scale_grids, total_patches
 
 
 def test_official_grid_is_59_patches():

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from annotator import guidance, multiscale
-from annotator.geometry import scale_grids
+from annotator.core import guidance, multiscale
+from annotator.core.geometry import scale_grids
 
 
 @pytest.mark.parametrize("n_in, n_out", [(1, 256), (3, 256), (7, 256), (7, 375), (3, 5), (5, 3)])

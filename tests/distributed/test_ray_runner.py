@@ -1,4 +1,4 @@
-"""Joining or starting Ray (``annotator.pipeline.init_ray`` and the run's ``--address``).
+"""Joining or starting Ray (``annotator.distributed.ray_runner.init_ray`` and the run's ``--address``).
 
 Each run here is a subprocess with its own Ray temp dir (``RAY_TMPDIR``, short: Ray's
 socket paths must fit 107 bytes) and no inherited ``RAY_*`` variable, so the machine's
@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from annotator import pipeline
+from annotator.distributed import ray_runner
 from tests.synthetic import write_dataset, write_vocab
 
 pytestmark = pytest.mark.timeout(300)
@@ -81,20 +81,20 @@ def test_address_auto_with_a_dead_record_is_one_line(tmp_path, ray_tmp):
 def test_resolve_ray_address(monkeypatch, ray_tmp):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    assert pipeline.resolve_ray_address(None) is None  # a new local Ray, never the record
+    assert ray_runner.resolve_ray_address(None) is None  # a new local Ray, never the record
     recorded = (Path(ray_tmp) / "ray" / "ray_current_cluster").read_text()
-    assert pipeline.resolve_ray_address("auto") == recorded
-    assert pipeline.resolve_ray_address("10.1.2.3:6379") == "10.1.2.3:6379"
+    assert ray_runner.resolve_ray_address("auto") == recorded
+    assert ray_runner.resolve_ray_address("10.1.2.3:6379") == "10.1.2.3:6379"
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:7000")  # as under `ray job submit`
-    assert pipeline.resolve_ray_address(None) == "127.0.0.1:7000"
+    assert ray_runner.resolve_ray_address(None) == "127.0.0.1:7000"
     (Path(ray_tmp) / "ray" / "ray_current_cluster").unlink()
-    with pytest.raises(pipeline.RayConnectError, match="ray start --head"):
-        pipeline.resolve_ray_address("auto")
+    with pytest.raises(ray_runner.RayConnectError, match="ray start --head"):
+        ray_runner.resolve_ray_address("auto")
 
 
 def test_unreachable_or_malformed_address(tmp_path):
     dead = _dead_address()
-    with pytest.raises(pipeline.RayConnectError, match=f"cannot reach the Ray cluster at {dead}"):
-        pipeline.check_reachable(dead, timeout_s=2)
-    with pytest.raises(pipeline.RayConnectError, match="expected host:port"):
-        pipeline.check_reachable("just-a-name", timeout_s=2)
+    with pytest.raises(ray_runner.RayConnectError, match=f"cannot reach the Ray cluster at {dead}"):
+        ray_runner.check_reachable(dead, timeout_s=2)
+    with pytest.raises(ray_runner.RayConnectError, match="expected host:port"):
+        ray_runner.check_reachable("just-a-name", timeout_s=2)

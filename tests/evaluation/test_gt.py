@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from annotator.gt import (
+from annotator.evaluation.gt import (
     COCOInstancesGT,
     GroundTruthError,
     HFColumnGT,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator.metrics import (
+from annotator.evaluation.metrics import (
     confusion_matrix,
     format_table,
     released_protocol_confusion,
@@ -14,7 +14,7 @@ from annotator.metrics import (
     resize_labels_nearest,
     scores_from_confusion,
 )
-from annotator.schema import validate
+from annotator.records.schema import validate
 
 NAMES = ["background", "cat", "dog"]
 

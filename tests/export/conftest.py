@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator import parts, records
-from annotator.sources import ImageRef
+from annotator import records
+from annotator.inputs.listing import ImageRef
+from annotator.storage import parts
 
 CLASS_NAMES = ["background", "cat", "dog", "<script>alert(1)</script>", "traffic light"]
 XSS_FILE_NAME = 'sub/"><img src=x onerror=alert(1)>.png'
@@ -108,10 +109,11 @@ def build_toy_run_output(tmp_path: Path) -> tuple[str, dict[str, np.ndarray], li
     """
     from annotator.config import EngineConfig
     from annotator.engine import Engine
-    from annotator.reduce import reduce_output
-    from annotator.sources import list_images
-    from annotator.vocab import load_vocabulary
-    from annotator.worker import RunOptions, ShardProcessor, make_shards
+    from annotator.inputs.listing import list_images
+    from annotator.inputs.vocab import load_vocabulary
+    from annotator.outputs.reduce import reduce_output
+    from annotator.shards.processor import ShardProcessor
+    from annotator.shards.task import RunOptions, make_shards
     from tests.synthetic import write_dataset, write_vocab
 
     images, _, _ = write_dataset(tmp_path / "data", 6, size_hw=(120, 160))

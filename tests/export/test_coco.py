@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from annotator import parts, records
+from annotator import records
 from annotator.export import (
     ExportError,
     ExportOptions,
     UnknownClassError,
     export,
-    iter_records,
 )
 from annotator.export.coco import JSON_RELATIVE_PATH, write_coco_json
+from annotator.storage import parts
 from tests.export.helpers import coco_labels, load_json
 
 
@@ -141,7 +141,7 @@ def test_zip_layout_for_cvat(synthetic_output, tmp_path):
 
 def test_prefers_merged_annotations_parquet(synthetic_output, tmp_path):
     output, _, _ = synthetic_output
-    rows = list(iter_records(parts.list_parts(output)))
+    rows = list(parts.iter_records(parts.list_parts(output)))
     meta = parts.read_part_metadata(parts.list_parts(output)[0])
     parts.write_part(rows[:2], str(Path(output) / "annotations.parquet"), meta)
     doc, _ = _export(output, tmp_path)
@@ -181,7 +181,7 @@ def test_write_coco_json_streams_images(synthetic_output):
 def test_write_coco_json_binary_file_and_records(synthetic_output):
     output, expected, class_names = synthetic_output
     buf = io.BytesIO()
-    write_coco_json(iter_records(parts.list_parts(output)), class_names, buf, classes=["cat"])
+    write_coco_json(parts.iter_records(parts.list_parts(output)), class_names, buf, classes=["cat"])
     doc = json.loads(buf.getvalue().decode("utf-8"))
     assert [c["name"] for c in doc["categories"]] == ["cat"]
     got = coco_labels(doc)

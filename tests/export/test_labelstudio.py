@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from annotator.export import ExportOptions, export
 from annotator.export import labelstudio as ls
-from annotator.palette import class_colors, hex_color
+from annotator.review.palette import class_colors, hex_color
 from tests.export.helpers import load_json
 
 
@@ -61,7 +61,6 @@ def test_missing_sdk_is_a_clear_error(monkeypatch, synthetic_output, tmp_path):
     assert not (tmp_path / "ls").exists()
     # the hint installs within the project's own pin (pyproject's labelstudio extra)
     import tomllib
-
     from packaging.requirements import Requirement
 
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator import parts, records
+from annotator import records
 from annotator.export import ExportError, ExportOptions, export
 from annotator.export.masks import label_map_png, read_label_png, safe_relative_path
-from annotator.palette import class_colors, voc_palette
-from annotator.sources import ImageRef
+from annotator.inputs.listing import ImageRef
+from annotator.review.palette import class_colors, voc_palette
+from annotator.storage import parts
 
 
 def test_voc_palette_reference_entries():

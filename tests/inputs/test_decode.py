@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from annotator.decode import (
+from annotator.inputs.decode import (
     DEFAULT_MAX_PIXELS,
     ERROR_REASONS,
     ImageDecodeError,
@@ -16,7 +16,7 @@ from annotator.decode import (
     probe_size_hw,
     sniff_format,
 )
-from annotator.sources import read_image_bytes
+from annotator.inputs.listing import read_image_bytes
 from tests.badinputs import (
     EXIF_STORED_WH,
     GRAY16_EXPECTED,

@@ -13,10 +13,9 @@ import pytest
 from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
-from annotator.decode import ImageDecodeError, decode_image
-from annotator.hf_source import HFSource, list_hf_dataset
-from annotator.retry import is_transient_storage_error as is_transient_error
-from annotator.sources import (
+from annotator.inputs.decode import ImageDecodeError, decode_image
+from annotator.inputs.hf import HFSource, list_hf_dataset
+from annotator.inputs.listing import (
     IMAGE_EXTENSIONS,
     ImageRef,
     SourceError,
@@ -26,6 +25,7 @@ from annotator.sources import (
     resolve_source,
     split_credentials,
 )
+from annotator.storage.retry import is_transient_storage_error as is_transient_error
 from tests.badinputs import make_bad_inputs
 
 

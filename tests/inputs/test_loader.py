@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from annotator.decode import ImageDecodeError, decode_image
-from annotator.loader import ImageLoader, image_size_hw, jpeg_fast_path_size_hw
-from annotator.sources import list_images, read_image_bytes
+from annotator.inputs.decode import ImageDecodeError, decode_image
+from annotator.inputs.listing import list_images, read_image_bytes
+from annotator.inputs.loader import ImageLoader, image_size_hw, jpeg_fast_path_size_hw
 from tests.badinputs import make_bad_inputs
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from annotator.vocab import (
+from annotator.inputs.vocab import (
     MAX_LINE_CHARS,
     Vocabulary,
     VocabularyError,

@@ -9,10 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotator import metrics, parts, records
-from annotator.reduce import ReduceError, main, reduce_output
-from annotator.schema import validate, validate_row
-from annotator.sources import ImageRef
+from annotator import records
+from annotator.evaluation import metrics
+from annotator.inputs.listing import ImageRef
+from annotator.outputs.reduce import ReduceError, reduce_output
+from annotator.records.schema import validate, validate_row
+from annotator.reduce import main
+from annotator.storage import parts
 
 CLASSES = ["background", "cat", "dog"]
 SIZE_HW = (6, 8)
@@ -183,7 +186,7 @@ def test_memory_output(tmp_path):
 
 
 def test_format_summary_table():
-    from annotator.reduce import format_summary
+    from annotator.outputs.reduce import format_summary
 
     text = format_summary({
         "per_class": {"cat": {"annotations": 3, "pixels": 1200, "mean_score": 0.8123},

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from annotator import records, schema
-from annotator.records import error_record, ok_record
-from annotator.schema import (
+from annotator import records
+from annotator.records import error_record, ok_record, schema
+from annotator.records.schema import (
     PART_ARROW_SCHEMA,
     SchemaValidationError,
     load_schema,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator import parts
-from annotator.overlay import render_overlay
+from annotator.review.overlay import render_overlay
+from annotator.storage import parts
 from tests.export.conftest import build_synthetic_output
 
 
@@ -38,7 +38,7 @@ def test_overlay_falls_back_to_grey_when_image_is_unreadable(synthetic_output):
 def test_overlay_rereads_a_local_hugging_face_dataset_row(tmp_path):
     datasets = pytest.importorskip("datasets")
     from annotator import records
-    from annotator.hf_source import list_hf_dataset
+    from annotator.inputs.hf import list_hf_dataset
 
     rgb = np.zeros((10, 12, 3), np.uint8)
     rgb[:, :, 1] = 200

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator import parts
-from annotator.overlay import render_overlay
-from annotator.report import main, write_report
+from annotator.report import main
+from annotator.review.overlay import render_overlay
+from annotator.review.report import write_report
+from annotator.storage import parts
 from tests.export.conftest import XSS_FILE_NAME, build_synthetic_output
 
 
@@ -149,7 +150,7 @@ def test_metrics_table_when_present(synthetic_output):
 
 def test_big_images_are_downscaled(tmp_path):
     from annotator import records
-    from annotator.sources import ImageRef
+    from annotator.inputs.listing import ImageRef
 
     labels = np.zeros((900, 1200), np.int32)
     labels[100:500, 200:900] = 1
@@ -175,7 +176,7 @@ def test_cli(synthetic_output, capsys):
 
 def test_empty_run_warns(tmp_path):
     from annotator import records
-    from annotator.sources import ImageRef
+    from annotator.inputs.listing import ImageRef
 
     names = ["background", "thing"]
     rec = records.ok_record(ImageRef(1, "x.png", str(tmp_path / "x.png")), np.zeros((8, 8), np.int32),

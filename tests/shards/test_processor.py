@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator import parts
 from annotator.config import EngineConfig
 from annotator.engine import Engine
-from annotator.metrics import resize_gt_short_side
-from annotator.reduce import reduce_output
-from annotator.sources import list_images
-from annotator.vocab import Vocabulary
-from annotator.worker import RunOptions, ShardProcessor, make_shards, process_shards
+from annotator.evaluation.metrics import resize_gt_short_side
+from annotator.inputs.listing import list_images
+from annotator.inputs.vocab import Vocabulary
+from annotator.outputs.reduce import reduce_output
+from annotator.shards.processor import ShardProcessor, process_shards
+from annotator.shards.task import RunOptions, make_shards
+from annotator.storage import parts
 from tests.synthetic import VOCAB, write_dataset
 
 SIZE_HW = (48, 64)
@@ -150,8 +151,8 @@ def _rows_by_name(path: str) -> dict[str, dict]:
 
 def test_careful_mode_names_each_image_before_reading_it_and_matches_normal_rows(dataset, engine, tmp_path,
                                                                                    monkeypatch):
-    from annotator import worker
-    from annotator.crashlog import CrashLog
+    from annotator.shards import processor as worker
+    from annotator.storage.crashlog import CrashLog
 
     images, _, _ = dataset
     refs = list_images(str(images))

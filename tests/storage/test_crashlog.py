@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from annotator.crashlog import DEATHS_TO_SKIP, CrashLog, shards_with_logs
-from annotator.parts import part_path, write_part
+from annotator.storage.crashlog import DEATHS_TO_SKIP, CrashLog, shards_with_logs
+from annotator.storage.parts import part_path, write_part
 from tests.part_records import META, make_records
 
 

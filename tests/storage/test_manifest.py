@@ -7,7 +7,7 @@ import json
 import fsspec
 import pytest
 
-from annotator.manifest import (
+from annotator.storage.manifest import (
     Manifest,
     ManifestError,
     OutputConflictError,
@@ -16,7 +16,7 @@ from annotator.manifest import (
     listing_fingerprint,
     open_output,
 )
-from annotator.parts import list_parts, part_path, write_part
+from annotator.storage.parts import list_parts, part_path, write_part
 from tests.part_records import META
 from tests.part_records import make_records as _records
 
@@ -161,7 +161,7 @@ def test_unlisted_parts_are_taken_back_only_when_they_belong(tmp_path, caplog):
     listed = write_part(_records([10, 11]), part_path(out, 4).replace("00004", "00005"), META)
     m.finished["5"] = {"path": "parts/part-00005.parquet", "rows": 2, "sha256": listed}  # already listed
 
-    with caplog.at_level("INFO", logger="annotator.manifest"):
+    with caplog.at_level("INFO", logger="annotator.storage.manifest"):
         assert m.adopt_unlisted_parts(lambda i: 2) == [0]
     assert m.finished["0"] == {"path": "parts/part-00000.parquet", "rows": 2, "sha256": digest0}
     assert Manifest.load(out).finished["0"]["sha256"] == digest0  # saved

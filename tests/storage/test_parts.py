@@ -7,8 +7,9 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from annotator.manifest import Manifest, clear, open_output
-from annotator.parts import (
+from annotator.records.schema import PART_ARROW_SCHEMA, validate_row
+from annotator.storage.manifest import Manifest, clear, open_output
+from annotator.storage.parts import (
     iter_records,
     iter_rows,
     list_parts,
@@ -16,8 +17,7 @@ from annotator.parts import (
     read_part_metadata,
     write_part,
 )
-from annotator.retry import is_transient_storage_error, retry
-from annotator.schema import PART_ARROW_SCHEMA, validate_row
+from annotator.storage.retry import is_transient_storage_error, retry
 from tests.part_records import META
 from tests.part_records import make_records as _records
 
@@ -124,7 +124,7 @@ class _FlakyOpen:
 
 
 def test_write_part_retries_transient_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr("annotator.retry.time.sleep", lambda s: None)
+    monkeypatch.setattr("annotator.storage.retry.time.sleep", lambda s: None)
     fs = fsspec.filesystem("file")
     flaky = _FlakyOpen(fs, failures=2)
     monkeypatch.setattr(fs, "open", flaky)
@@ -135,7 +135,7 @@ def test_write_part_retries_transient_errors(tmp_path, monkeypatch):
 
 
 def test_write_part_gives_up_and_keeps_old_file(tmp_path, monkeypatch):
-    monkeypatch.setattr("annotator.retry.time.sleep", lambda s: None)
+    monkeypatch.setattr("annotator.storage.retry.time.sleep", lambda s: None)
     path = part_path(str(tmp_path), 0)
     write_part(_records([1]), path, META)
     before = Path(path).read_bytes()

@@ -1,0 +1,324 @@
+"""The annotation job, stage by stage: ``run_job`` = validate -> list -> open the output
+-> annotate the shards -> finish. Each stage is one call below; ``annotator.run`` is the
+command-line shim around :func:`run_job`.
+
+Everything that can be refused is refused in :func:`validate` and :func:`list_inputs`,
+before Ray starts or anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotator import __version__
+from annotator.cli import engine_config_from_args, parse_storage_options
+from annotator.config import ConfigError, EngineConfig
+from annotator.distributed import ray_runner
+from annotator.inputs.decode import DEFAULT_MAX_PIXELS
+from annotator.inputs.hf import HFSource, list_hf_dataset
+from annotator.inputs.listing import ImageRef, list_images, resolve_source
+from annotator.inputs.vocab import Vocabulary, load_vocabulary
+from annotator.models import ResolvedWeights, describe_weights, resolve_weights
+from annotator.records.metadata import RunMetadata
+from annotator.shards.task import (
+    RunOptions,
+    SchedulingStats,
+    ShardResult,
+    ShardTask,
+    make_shards,
+)
+from annotator.storage import layout
+from annotator.storage.crashlog import shards_with_logs
+from annotator.storage.identity import config_hash, listing_fingerprint
+from annotator.storage.manifest import Manifest, open_output
+from annotator.storage.redact import redact_uri, split_credentials
+
+log = logging.getLogger("annotator")
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+#: The driver rewrites manifest.json at most this often (its size grows with the shard
+#: count); parts written in between are taken back on resume (``adopt_unlisted_parts``).
+MANIFEST_FLUSH_INTERVAL_S = 2.0
+
+
+@dataclass
+class Validated:
+    """A configuration that passed every check (stage 1)."""
+
+    vocabulary: Vocabulary
+    engine: EngineConfig
+    weights: ResolvedWeights
+    storage_options: dict
+    ray_target: str | None  # None: a local Ray, started when there is work
+
+
+@dataclass
+class Inputs:
+    """The listing (stage 2): names only, never pixels."""
+
+    refs: list[ImageRef]
+    description: str  # the source as shown and recorded (credentials removed)
+    storage_options: dict  # for reading the source and the ground truth
+    hf: HFSource | None = None
+
+
+@dataclass
+class OpenedOutput:
+    """The output folder opened or resumed (stage 3)."""
+
+    manifest: Manifest
+    tasks: list[ShardTask]
+    pending: list[ShardTask]
+    options: RunOptions
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """The whole run; returns the exit code (0, or 1 above ``--max-failure-rate``)."""
+    checked = validate(args)
+    inputs = list_inputs(args, checked)
+    opened = open_run_output(args, checked, inputs)
+    t0 = time.perf_counter()
+    stats = annotate_shards(args, checked, opened)
+    return finish(args, checked, inputs, stats, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def validate(args: argparse.Namespace) -> Validated:
+    """Stage 1: every option, the vocabulary, the weights and the Ray address."""
+    if args.source and args.hf_dataset:
+        raise ConfigError("--source and --hf-dataset are mutually exclusive; got both")
+    if (args.hf_split or args.hf_image_column) and not args.hf_dataset:
+        raise ConfigError("--hf-split/--hf-image-column need --hf-dataset")
+    if _gt_is_hf_column(args) and not args.hf_dataset:
+        raise ConfigError("--gt hf-column:NAME / --gt-format hf-column: expected --hf-dataset (the labels are "
+                          "a column of that dataset), got no --hf-dataset")
+    if not 0.0 <= args.max_failure_rate <= 1.0:
+        raise ConfigError(f"--max-failure-rate: expected a fraction in [0, 1], got {args.max_failure_rate}")
+    vocabulary = load_vocabulary(args.vocab)
+    engine_config = engine_config_from_args(args)
+    storage_options = parse_storage_options(args.storage_options)
+    if split_credentials(args.output)[1]:  # never echo them (in messages, the manifest, parts' paths)
+        raise ConfigError(f"--output {redact_uri(args.output)}: expected credentials in --storage-options, "
+                          "got them in the URL (user:password@)")
+    weights = resolve_weights(engine_config)  # unknown model/tag, missing weights: one clear error now
+    ray_target = ray_runner.resolve_ray_address(args.address)
+    if ray_target is not None:
+        ray_runner.check_reachable(ray_target)
+    elif engine_config.device.startswith("cuda"):
+        check_local_cuda(engine_config.device)  # the local Ray's actors run on this machine
+    return Validated(vocabulary, engine_config, weights, storage_options, ray_target)
+
+
+def list_inputs(args: argparse.Namespace, checked: Validated) -> Inputs:
+    """Stage 2: list the source, check the ground truth and the output, join the cluster."""
+    if args.hf_dataset:
+        hf = list_hf_dataset(args.hf_dataset, args.hf_split, args.hf_image_column)
+        inputs = Inputs(hf.refs(), f"hf:{args.hf_dataset}:{hf.split}", checked.storage_options, hf)
+    else:
+        source, source_opts = resolve_source(args.source or str(SAMPLES_DIR), checked.storage_options)
+        inputs = Inputs(list_images(source, source_opts), redact_uri(source), source_opts)
+    if args.image_list:
+        inputs.refs = filter_image_list(inputs.refs, args.image_list)
+    if args.gt and not _gt_is_hf_column(args):
+        from annotator.evaluation.gt import load_gt
+
+        load_gt(args.gt, args.gt_format, checked.vocabulary.names, storage_options=inputs.storage_options)
+    check_output_writable(args.output, checked.storage_options)
+    if checked.ray_target is not None:  # join now: a cluster without the GPUs asked for is refused before any write
+        log.info(ray_runner.init_ray(checked.ray_target))
+        ray_runner.check_cluster_device(checked.engine.device)
+    return inputs
+
+
+def open_run_output(args: argparse.Namespace, checked: Validated, inputs: Inputs) -> OpenedOutput:
+    """Stage 3: open or resume ``--output``; decide which shards are left to run."""
+    identity = {
+        "engine": checked.engine.identity(),
+        "vocabulary": checked.vocabulary.to_json(),
+        "source": inputs.description,
+        "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS,
+        "gt": args.gt,
+    }
+    chash = config_hash(identity)
+    tasks = make_shards(inputs.refs, args.shard_size, inputs.hf)
+    manifest = open_output(
+        args.output, config_hash=chash, listing_fingerprint=listing_fingerprint(r.file_name for r in inputs.refs),
+        num_shards=len(tasks), shard_size=args.shard_size, overwrite=args.overwrite,
+        storage_options=checked.storage_options, settings=identity, num_images=len(inputs.refs),
+    )
+    if args.overwrite:
+        remove_previous_results(args.output, checked.storage_options)
+    manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
+    manifest.adopt_unlisted_parts(lambda i: len(tasks[i].refs))
+    done_before = manifest.finished_shards()  # one listing, not a request per shard
+    pending = [t for t in tasks if t.shard_index not in done_before]
+    for i in sorted(shards_with_logs(args.output, checked.storage_options) - done_before):
+        if i < len(tasks):
+            tasks[i].careful = True  # its worker died in an earlier run: one image at a time
+    options = RunOptions(output=args.output, metadata=run_metadata(checked, inputs, chash, len(tasks)).to_json(),
+                         storage_options=inputs.storage_options or None,
+                         output_storage_options=checked.storage_options,
+                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, gt_spec=args.gt, gt_format=args.gt_format)
+    print(f"annotator {__version__}: {listing_line(len(inputs.refs), len(tasks), pending)} from "
+          f"{inputs.description}; output {redact_uri(args.output)}", file=sys.stderr)
+    return OpenedOutput(manifest, tasks, pending, options)
+
+
+def annotate_shards(args: argparse.Namespace, checked: Validated, opened: OpenedOutput) -> SchedulingStats | None:
+    """Stage 4: the pending shards on Ray actors; each finished one is recorded at once.
+    Returns the scheduler's figures (None when nothing was left to do)."""
+    if not opened.pending:
+        return None
+    log.info(ray_runner.init_ray(checked.ray_target))
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(t.refs) for t in opened.pending), unit="img", desc="annotating", file=sys.stderr)
+
+    def on_done(result: ShardResult) -> None:
+        opened.manifest.mark_finished(result.shard_index, result.path, result.rows, result.sha256)
+        if bar is not None:
+            bar.update(result.rows)
+
+    try:
+        stats = ray_runner.run_shards(opened.pending, checked.engine, checked.vocabulary, opened.options,
+                                      num_actors=args.num_actors, on_done=on_done)
+    finally:
+        opened.manifest.flush()  # also when shards failed or the run was interrupted
+        if bar is not None:
+            bar.close()
+    if stats.overhead_fraction is not None:
+        log.info("scheduling overhead: %.3f%% of shard time (%d actors, %d retries)",
+                 100 * stats.overhead_fraction, stats.actors, stats.retries)
+    return stats
+
+
+def finish(args: argparse.Namespace, checked: Validated, inputs: Inputs, stats: SchedulingStats | None,
+           elapsed_s: float) -> int:
+    """Stage 5: merge, COCO, summary, metrics, report; the verdict as the exit code."""
+    from annotator.outputs.reduce import format_summary, reduce_output
+
+    summary = reduce_output(args.output, storage_options=checked.storage_options or None, report=not args.no_report,
+                            image_storage_options=inputs.storage_options or None)
+    if stats:  # timings vary between runs: kept out of summary.json, which must be reproducible
+        write_scheduling(args.output, checked.storage_options, stats)
+    print(format_summary(summary), file=sys.stderr)
+    done, failed = summary["images"], summary["failed"]
+    look_at = layout.SUMMARY_NAME if args.no_report else layout.REPORT_NAME
+    print(f"done: {done} images ({failed} failed) in {elapsed_s:.1f} s; "
+          f"{summary['annotations']} annotations; see {redact_uri(args.output)}/{look_at}", file=sys.stderr)
+    rate = failed / done if done else 0.0
+    if rate > args.max_failure_rate:
+        print(f"error: {failed}/{done} images failed ({rate:.1%}), above --max-failure-rate "
+              f"{args.max_failure_rate:.1%}; reasons in summary.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _gt_is_hf_column(args: argparse.Namespace) -> bool:
+    return args.gt_format == "hf-column" or (args.gt or "").startswith("hf-column:")
+
+
+def run_metadata(checked: Validated, inputs: Inputs, chash: str, num_shards: int) -> RunMetadata:
+    """The run metadata stored in every part's footer (and shown by the report)."""
+    described = describe_weights(checked.engine, checked.weights)
+    return RunMetadata(
+        vocabulary=checked.vocabulary.names,
+        vocabulary_prompts=checked.vocabulary.to_json(),
+        model=checked.engine.model,
+        pretrained=described["clip"],
+        weights=described,
+        saliency=checked.engine.saliency,
+        protocol=checked.engine.protocol,
+        templates=list(checked.engine.templates),
+        version=__version__,
+        config_hash=chash,
+        source=inputs.description,
+        num_images=len(inputs.refs),
+        num_shards=num_shards,
+    )
+
+
+def check_local_cuda(device: str) -> None:
+    """``--device cuda[:N]`` on a machine (the local Ray's) without that CUDA device."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= count:
+        raise ConfigError(f"--device {device}: expected a CUDA device, got {count} on this machine "
+                          f"(torch {torch.__version__}); use --device cpu, or --device auto to use CUDA when present")
+
+
+def check_output_writable(output: str, storage_options: dict) -> None:
+    """A probe file written and removed under ``output``; ConfigError naming the cause."""
+    fs, root = layout.url_to_fs(output, storage_options)
+    probe = layout.join_url(root, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as e:
+        raise ConfigError(f"--output {redact_uri(output)}: not writable ({type(e).__name__}: {e})") from None
+
+
+def remove_previous_results(output: str, storage_options: dict) -> None:
+    """--overwrite: remove the replaced run's merged results, so that none of them (e.g. a
+    report.html under --no-report, metrics.json without --gt) outlives it."""
+    fs, root = layout.url_to_fs(output, storage_options)
+    for name in layout.MERGED_RESULTS:
+        path = layout.join_url(root, name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def write_scheduling(output: str, storage_options: dict, stats: SchedulingStats) -> None:
+    """``OUTPUT/scheduling.json``: the scheduler's figures of the latest run (actors,
+    retries, driver overhead as a fraction of shard time)."""
+    fs, root = layout.url_to_fs(output, storage_options)
+    with fs.open(layout.join_url(root, layout.SCHEDULING_NAME), "w") as f:
+        json.dump(stats.to_json(), f, indent=2, sort_keys=True)
+
+
+def filter_image_list(refs: list[ImageRef], path: str) -> list[ImageRef]:
+    """The images named in ``--image-list`` (id, relative path, or stem per line)."""
+    wanted = {ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()}
+    if not wanted:
+        raise ConfigError(f"--image-list {path}: expected one id or path per line, got an empty file")
+
+    def keys(r: ImageRef) -> set[str]:
+        stem = r.file_name.rsplit(".", 1)[0]
+        return {str(r.image_id), r.file_name, stem, stem.rsplit("/", 1)[-1]}
+
+    out = [r for r in refs if keys(r) & wanted]
+    if not out:
+        raise ConfigError(f"--image-list {path}: none of its {len(wanted)} entries matches an image of the source")
+    return out
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def listing_line(num_images: int, num_shards: int, pending: list[ShardTask]) -> str:
+    """'40 images in 10 shards (3 shards, 12 images, already done)'."""
+    line = f"{_plural(num_images, 'image')} in {_plural(num_shards, 'shard')}"
+    done = num_shards - len(pending)
+    if done:
+        done_images = num_images - sum(len(t.refs) for t in pending)
+        line += f" ({_plural(done, 'shard')}, {_plural(done_images, 'image')}, already done)"
+    return line

@@ -1,0 +1,39 @@
+"""``python -m annotator.reduce OUTPUT``: merge the parts and write the run's deliverables
+(``annotations.parquet``, ``coco.json``, ``summary.json``, ``metrics.json``, the report);
+see :mod:`annotator.outputs.reduce`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from annotator.cli import parse_storage_options
+from annotator.outputs import reduce as _reduce
+from annotator.outputs.reduce import ReduceError, format_summary, reduce_output
+
+__doc__ = _reduce.__doc__
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m annotator.reduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output", help="the run's output folder or fsspec URL")
+    p.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec storage options as JSON")
+    p.add_argument("--no-report", action="store_true", help="skip report.html and previews")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        opts = parse_storage_options(args.storage_options) or None
+        summary = reduce_output(args.output, opts, report=not args.no_report)
+    except (ReduceError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary), file=sys.stderr)
+    print(json.dumps({k: summary[k] for k in ("images", "ok", "failed", "annotations")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

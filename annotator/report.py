@@ -1,0 +1,42 @@
+"""``python -m annotator.report OUTPUT``: the review report of a run folder
+(``report.html`` + ``previews/``); see :mod:`annotator.review.report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from annotator.cli import parse_storage_options
+from annotator.review.report import write_report
+from annotator.storage.redact import redact_uri
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m annotator.report",
+        description="Write OUTPUT/report.html (self-contained) and OUTPUT/previews/*.jpg for a run folder.",
+    )
+    parser.add_argument("output", help="the run's OUTPUT folder (local path or fsspec URL)")
+    parser.add_argument("--samples", type=int, default=8, metavar="N", help="images in the random sample (default 8)")
+    parser.add_argument("--lowest", type=int, default=8, metavar="N",
+                        help="lowest-confidence images shown (default 8)")
+    parser.add_argument("--max-failures", type=int, default=200, metavar="N",
+                        help="failed images listed (all are counted; default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec storage options (JSON object) for OUTPUT and the images")
+    args = parser.parse_args(argv)
+    try:
+        so = parse_storage_options(args.storage_options) or None
+        path = write_report(args.output, samples=args.samples, lowest=args.lowest, storage_options=so,
+                            max_failures=args.max_failures, seed=args.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {redact_uri(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

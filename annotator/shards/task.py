@@ -1,0 +1,97 @@
+"""What a shard is, as typed records: the task the driver hands out, the options a
+processor needs besides the engine, and the result it hands back (no image data)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from annotator.inputs.decode import DEFAULT_MAX_PIXELS
+from annotator.inputs.hf import HFSource
+from annotator.inputs.listing import ImageRef
+
+__all__ = ["SHARDS_AT_ONCE", "RunOptions", "SchedulingStats", "ShardResult", "ShardTask", "make_shards"]
+
+#: Shards a processor runs at once (a Ray actor's ``max_concurrency``): one holds the
+#: device while the other reads, decodes, encodes and writes.
+SHARDS_AT_ONCE = 2
+
+
+@dataclass
+class ShardTask:
+    """One shard: its index and the images in it (``hf`` set for Hugging Face rows)."""
+
+    shard_index: int
+    refs: list[ImageRef]
+    hf: HFSource | None = None
+    #: One image at a time, each named in a crash log first (see :mod:`annotator.storage.crashlog`):
+    #: the driver sets it for a shard whose actor died.
+    careful: bool = False
+
+
+@dataclass
+class ShardResult:
+    """What the driver needs to know about a finished shard (no image data)."""
+
+    shard_index: int
+    path: str
+    rows: int
+    errors: int
+    sha256: str
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunOptions:
+    """Per-run settings that a shard processor needs besides the engine."""
+
+    output: str
+    metadata: dict  # RunMetadata.to_json() (records.metadata); the footer of every part
+    storage_options: dict | None = None  # reading the source (and the ground truth)
+    output_storage_options: dict | None = None  # writing parts; None: same as storage_options
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    read_threads: int = 8
+    encode_threads: int = 4
+    prefetch_batches: int = 1
+    gt_spec: str | None = None
+    gt_format: str | None = None
+
+
+def make_shards(refs: Sequence[ImageRef], shard_size: int, hf: HFSource | None = None) -> list[ShardTask]:
+    """Cut the listing into consecutive shards of ``shard_size`` images."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size: expected >= 1, got {shard_size}")
+    return [ShardTask(i // shard_size, list(refs[i : i + shard_size]), hf) for i in range(0, len(refs), shard_size)]
+
+
+@dataclass
+class SchedulingStats:
+    """The scheduler's figures of one run (``OUTPUT/scheduling.json``): seconds of wall
+    time, counted on the driver (``driver_overhead_s``: handling results and
+    submissions) and summed over the shards as the actors timed them (``shard_seconds``)."""
+
+    actors: int = 0
+    device: str = ""
+    retries: int = 0
+    restarts: int = 0
+    shards_done: int = 0
+    driver_overhead_s: float = 0.0
+    shard_seconds: float = 0.0
+
+    @property
+    def overhead_fraction(self) -> float | None:
+        """Driver time as a fraction of shard time (None before any shard finished)."""
+        return self.driver_overhead_s / self.shard_seconds if self.shard_seconds else None
+
+    @property
+    def driver_ms_per_shard(self) -> float | None:
+        return 1000 * self.driver_overhead_s / self.shards_done if self.shards_done else None
+
+    def to_json(self) -> dict:
+        doc = dataclasses.asdict(self)
+        for key in ("overhead_fraction", "driver_ms_per_shard"):
+            if getattr(self, key) is not None:
+                doc[key] = getattr(self, key)
+        return doc

@@ -1,0 +1,133 @@
+"""The package's shape, kept by tests (static: the imports are read from the source).
+
+- ``annotator.core`` is pure numerics: the standard library, numpy and torch only.
+- Only ``annotator.distributed.ray_runner`` imports ray (the engine, the shard processor
+  and the benchmark run without Ray, e.g. on a GPU machine that has none).
+- Nothing in the product imports ``annotator.bench``.
+- No import cycles between modules, and none between the stage packages.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "annotator"
+STDLIB = set(sys.stdlib_module_names)
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Absolute names of every module ``name`` imports (at any depth in the file)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            for a in node.names:  # `from annotator.x import y`: y may be a module
+                if f"{mod}.{a.name}" in MODULES:
+                    found.add(f"{mod}.{a.name}")
+    return found
+
+
+IMPORTS = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _internal(names: set[str]) -> set[str]:
+    return {n for n in names if n in MODULES and n != "annotator"}
+
+
+def test_core_imports_only_numpy_and_torch():
+    for name, imported in IMPORTS.items():
+        if not name.startswith("annotator.core"):
+            continue
+        for mod in imported:
+            top = mod.split(".")[0]
+            assert top in STDLIB or top in ("numpy", "torch") or mod.startswith("annotator.core"), (name, mod)
+
+
+def test_only_the_ray_runner_imports_ray():
+    offenders = {name for name, imported in IMPORTS.items()
+                 if any(m == "ray" or m.startswith("ray.") for m in imported)}
+    assert offenders == {"annotator.distributed.ray_runner"}, offenders
+
+
+def test_the_product_never_imports_the_benchmark():
+    offenders = {(name, m) for name, imported in IMPORTS.items() if not name.startswith("annotator.bench")
+                 for m in imported if m.startswith("annotator.bench")}
+    assert not offenders, offenders
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle_between_modules():
+    graph = {name: _internal(imported) - {name} for name, imported in IMPORTS.items()}
+    # a package's __init__ re-exporting its own modules is not a cycle of the flow
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+    assert _cycle(graph) is None, _cycle(graph)
+
+
+def _stage(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and name + ".__init__" not in MODULES) else parts[-1]
+
+
+def test_no_import_cycle_between_stage_packages():
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    graph: dict[str, set[str]] = {}
+    for name, imported in IMPORTS.items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in packages:
+            continue
+        src = parts[1]
+        for m in _internal(imported):
+            dst = m.split(".")[1] if len(m.split(".")) > 1 else None
+            if dst in packages and dst != src:
+                graph.setdefault(src, set()).add(dst)
+    assert _cycle(graph) is None, _cycle(graph)
