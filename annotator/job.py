@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ from annotator import __version__
 from annotator.cli import engine_config_from_args, parse_storage_options
 from annotator.config import ConfigError, EngineConfig
 from annotator.distributed import ray_runner
+from annotator.errors import install_interrupt_handlers
 from annotator.inputs.decode import DEFAULT_MAX_PIXELS
 from annotator.inputs.hf import HFSource, list_hf_dataset
 from annotator.inputs.listing import ImageRef, list_images, resolve_source
@@ -37,12 +39,16 @@ from annotator.shards.task import (
 from annotator.storage import layout
 from annotator.storage.crashlog import shards_with_logs
 from annotator.storage.identity import config_hash, listing_fingerprint
+from annotator.storage.lock import OutputLock
 from annotator.storage.manifest import Manifest, open_output
+from annotator.storage.parts import atomic_write_bytes
 from annotator.storage.redact import redact_uri, split_credentials
 
 log = logging.getLogger("annotator")
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+#: Output URL schemes whose first path component is a bucket (checked, never created).
+BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "r2", "oci"}
 #: The driver rewrites manifest.json at most this often (its size grows with the shard
 #: count); parts written in between are taken back on resume (``adopt_unlisted_parts``).
 MANIFEST_FLUSH_INTERVAL_S = 2.0
@@ -83,10 +89,11 @@ def run_job(args: argparse.Namespace) -> int:
     """The whole run; returns the exit code (0, or 1 above ``--max-failure-rate``)."""
     checked = validate(args)
     inputs = list_inputs(args, checked)
-    opened = open_run_output(args, checked, inputs)
-    t0 = time.perf_counter()
-    stats = annotate_shards(args, checked, opened)
-    return finish(args, checked, inputs, stats, time.perf_counter() - t0)
+    with OutputLock(args.output, checked.storage_options, what="annotator.run"):  # one writer per output
+        opened = open_run_output(args, checked, inputs)
+        t0 = time.perf_counter()
+        stats = annotate_shards(args, checked, opened)
+        return finish(args, checked, inputs, stats, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -101,6 +108,8 @@ def validate(args: argparse.Namespace) -> Validated:
     if _gt_is_hf_column(args) and not args.hf_dataset:
         raise ConfigError("--gt hf-column:NAME / --gt-format hf-column: expected --hf-dataset (the labels are "
                           "a column of that dataset), got no --hf-dataset")
+    if args.max_bytes < 1:
+        raise ConfigError(f"--max-bytes: expected a positive number of bytes, got {args.max_bytes}")
     if not 0.0 <= args.max_failure_rate <= 1.0:
         raise ConfigError(f"--max-failure-rate: expected a fraction in [0, 1], got {args.max_failure_rate}")
     vocabulary = load_vocabulary(args.vocab)
@@ -110,6 +119,8 @@ def validate(args: argparse.Namespace) -> Validated:
         raise ConfigError(f"--output {redact_uri(args.output)}: expected credentials in --storage-options, "
                           "got them in the URL (user:password@)")
     weights = resolve_weights(engine_config)  # unknown model/tag, missing weights: one clear error now
+    if engine_config.saliency.startswith("precomputed:"):
+        check_precomputed_saliency(engine_config.saliency.split(":", 1)[1], storage_options)
     ray_target = ray_runner.resolve_ray_address(args.address)
     if ray_target is not None:
         ray_runner.check_reachable(ray_target)
@@ -126,8 +137,10 @@ def list_inputs(args: argparse.Namespace, checked: Validated) -> Inputs:
     else:
         source, source_opts = resolve_source(args.source or str(SAMPLES_DIR), checked.storage_options)
         inputs = Inputs(list_images(source, source_opts), redact_uri(source), source_opts)
+    inputs.refs = exclude_output(inputs.refs, args.output)
     if args.image_list:
-        inputs.refs = filter_image_list(inputs.refs, args.image_list)
+        inputs.refs = filter_image_list(inputs.refs, args.image_list,
+                                        None if args.hf_dataset else inputs.description)
     if args.gt and not _gt_is_hf_column(args):
         from annotator.evaluation.gt import load_gt
 
@@ -135,6 +148,7 @@ def list_inputs(args: argparse.Namespace, checked: Validated) -> Inputs:
     check_output_writable(args.output, checked.storage_options)
     if checked.ray_target is not None:  # join now: a cluster without the GPUs asked for is refused before any write
         log.info(ray_runner.init_ray(checked.ray_target))
+        install_interrupt_handlers()  # ray.init installs its own
         ray_runner.check_cluster_device(checked.engine.device)
     return inputs
 
@@ -159,7 +173,7 @@ def open_run_output(args: argparse.Namespace, checked: Validated, inputs: Inputs
         remove_previous_results(args.output, checked.storage_options)
     manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
     manifest.adopt_unlisted_parts(lambda i: len(tasks[i].refs))
-    done_before = manifest.finished_shards()  # one listing, not a request per shard
+    done_before = manifest.verified_finished_shards()  # resume trusts only parts that verify
     pending = [t for t in tasks if t.shard_index not in done_before]
     for i in sorted(shards_with_logs(args.output, checked.storage_options) - done_before):
         if i < len(tasks):
@@ -167,7 +181,8 @@ def open_run_output(args: argparse.Namespace, checked: Validated, inputs: Inputs
     options = RunOptions(output=args.output, metadata=run_metadata(checked, inputs, chash, len(tasks)).to_json(),
                          storage_options=inputs.storage_options or None,
                          output_storage_options=checked.storage_options,
-                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, gt_spec=args.gt, gt_format=args.gt_format)
+                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_bytes=args.max_bytes,
+                         gt_spec=args.gt, gt_format=args.gt_format)
     print(f"annotator {__version__}: {listing_line(len(inputs.refs), len(tasks), pending)} from "
           f"{inputs.description}; output {redact_uri(args.output)}", file=sys.stderr)
     return OpenedOutput(manifest, tasks, pending, options)
@@ -179,6 +194,7 @@ def annotate_shards(args: argparse.Namespace, checked: Validated, opened: Opened
     if not opened.pending:
         return None
     log.info(ray_runner.init_ray(checked.ray_target))
+    install_interrupt_handlers()  # ray.init installs its own
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -213,7 +229,7 @@ def finish(args: argparse.Namespace, checked: Validated, inputs: Inputs, stats: 
     if stats:  # timings vary between runs: kept out of summary.json, which must be reproducible
         write_scheduling(args.output, checked.storage_options, stats)
     print(format_summary(summary), file=sys.stderr)
-    done, failed = summary["images"], summary["failed"]
+    done, failed = summary["expected_images"] or summary["images"], summary["failed"]  # over listed images
     look_at = layout.SUMMARY_NAME if args.no_report else layout.REPORT_NAME
     print(f"done: {done} images ({failed} failed) in {elapsed_s:.1f} s; "
           f"{summary['annotations']} annotations; see {redact_uri(args.output)}/{look_at}", file=sys.stderr)
@@ -252,6 +268,19 @@ def run_metadata(checked: Validated, inputs: Inputs, chash: str, num_shards: int
     )
 
 
+def check_precomputed_saliency(location: str, storage_options: dict) -> None:
+    """``--saliency precomputed:<dir>`` must name an existing folder (before any write)."""
+    try:
+        fs, path = layout.url_to_fs(location, storage_options)
+        ok = bool(location) and fs.isdir(path)
+    except Exception as e:  # noqa: BLE001 - unreachable store, bad URL
+        raise ConfigError(f"--saliency precomputed:{redact_uri(location)}: cannot be read "
+                          f"({type(e).__name__}: {e})") from None
+    if not ok:
+        raise ConfigError(f"--saliency precomputed:{redact_uri(location)}: expected a folder of saliency maps "
+                          "(.npy or .png per image stem), got no such folder")
+
+
 def check_local_cuda(device: str) -> None:
     """``--device cuda[:N]`` on a machine (the local Ray's) without that CUDA device."""
     import torch
@@ -267,6 +296,17 @@ def check_output_writable(output: str, storage_options: dict) -> None:
     """A probe file written and removed under ``output``; ConfigError naming the cause."""
     fs, root = layout.url_to_fs(output, storage_options)
     probe = layout.join_url(root, f".write-probe-{uuid.uuid4().hex}")
+    scheme = output.split("://", 1)[0].lower() if "://" in output else ""
+    if scheme in BUCKET_SCHEMES:  # a typo must not create a bucket
+        bucket = root.split("/", 1)[0]
+        try:
+            exists = fs.exists(bucket)
+        except Exception as e:  # noqa: BLE001 - denied, unreachable: the message says which
+            raise ConfigError(f"--output {redact_uri(output)}: cannot check bucket {bucket!r} "
+                              f"({type(e).__name__}: {e})") from None
+        if not exists:
+            raise ConfigError(f"--output {redact_uri(output)}: expected an existing bucket, got {bucket!r}, "
+                              "which does not exist (it is not created for you)")
     try:
         fs.makedirs(root, exist_ok=True)
         with fs.open(probe, "wb") as f:
@@ -289,14 +329,37 @@ def remove_previous_results(output: str, storage_options: dict) -> None:
 def write_scheduling(output: str, storage_options: dict, stats: SchedulingStats) -> None:
     """``OUTPUT/scheduling.json``: the scheduler's figures of the latest run (actors,
     retries, driver overhead as a fraction of shard time)."""
-    fs, root = layout.url_to_fs(output, storage_options)
-    with fs.open(layout.join_url(root, layout.SCHEDULING_NAME), "w") as f:
-        json.dump(stats.to_json(), f, indent=2, sort_keys=True)
+    data = json.dumps(stats.to_json(), indent=2, sort_keys=True).encode("utf-8")
+    atomic_write_bytes(layout.join_url(output, layout.SCHEDULING_NAME), data, storage_options, retries=3)
 
 
-def filter_image_list(refs: list[ImageRef], path: str) -> list[ImageRef]:
-    """The images named in ``--image-list`` (id, relative path, or stem per line)."""
-    wanted = {ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()}
+def exclude_output(refs: list[ImageRef], output: str) -> list[ImageRef]:
+    """The listing without the run's own output (previews, exports) when ``--output``
+    lies inside ``--source``: a run never reads what it writes. Image ids stay those of
+    the source's listing order, renumbered from 1."""
+    out_url = redact_uri(output).rstrip("/")
+    local = "://" not in out_url
+    out_dir = os.path.realpath(out_url) if local else ""
+
+    def inside(ref: ImageRef) -> bool:
+        if local and "://" not in ref.uri:  # realpath never raises (a symlink loop stays as it is)
+            return (os.path.realpath(os.path.dirname(ref.uri)) + os.sep).startswith(out_dir + os.sep)
+        return ref.uri.startswith(out_url + "/")
+
+    kept = [r for r in refs if not inside(r)]
+    if len(kept) == len(refs):
+        return refs
+    log.info("left out %d file(s) under the output %s, which is inside the source", len(refs) - len(kept), out_url)
+    return kept
+
+
+def filter_image_list(refs: list[ImageRef], path: str, source_root: str | None = None) -> list[ImageRef]:
+    """The images named in ``--image-list`` (id, relative path, or stem per line). An
+    entry that matches no listed file still gets its row: a ``missing`` error (so that a
+    VOC ``val.txt`` never shrinks the evaluation set unnoticed). No entry matching any
+    file is a ConfigError (the wrong list or the wrong source)."""
+    wanted = list(dict.fromkeys(ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()
+                                if ln.strip()))
     if not wanted:
         raise ConfigError(f"--image-list {path}: expected one id or path per line, got an empty file")
 
@@ -304,9 +367,26 @@ def filter_image_list(refs: list[ImageRef], path: str) -> list[ImageRef]:
         stem = r.file_name.rsplit(".", 1)[0]
         return {str(r.image_id), r.file_name, stem, stem.rsplit("/", 1)[-1]}
 
-    out = [r for r in refs if keys(r) & wanted]
+    wanted_set = set(wanted)
+    out, matched = [], set()
+    for r in refs:
+        hit = keys(r) & wanted_set
+        if hit:
+            out.append(r)
+            matched |= hit
     if not out:
         raise ConfigError(f"--image-list {path}: none of its {len(wanted)} entries matches an image of the source")
+    unmatched = [w for w in wanted if w not in matched]
+    if unmatched and source_root is None:  # a Hugging Face dataset: its rows are read by index
+        log.warning("--image-list %s: %d of its entries match no row of the dataset (e.g. %s)", path,
+                    len(unmatched), unmatched[0])
+    elif unmatched:
+        log.warning("--image-list %s: %d of its entries match no file of the source (e.g. %s); each gets a "
+                    "'missing' row", path, len(unmatched), unmatched[0])
+        next_id = max(r.image_id for r in refs) + 1
+        base = (source_root or "").rstrip("/")
+        for k, name in enumerate(unmatched):
+            out.append(ImageRef(image_id=next_id + k, file_name=name, uri=f"{base}/{name}" if base else name))
     return out
 
 

@@ -11,8 +11,15 @@ import sys
 from typing import Sequence
 
 from annotator.cli import parse_storage_options
+from annotator.errors import (
+    Interrupted,
+    describe_error,
+    install_interrupt_handlers,
+    is_expected_error,
+)
 from annotator.outputs import reduce as _reduce
-from annotator.outputs.reduce import ReduceError, format_summary, reduce_output
+from annotator.outputs.reduce import format_summary, reduce_output
+from annotator.storage.lock import OutputLock
 
 __doc__ = _reduce.__doc__
 
@@ -24,12 +31,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-report", action="store_true", help="skip report.html and previews")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_interrupt_handlers()
     try:
         opts = parse_storage_options(args.storage_options) or None
-        summary = reduce_output(args.output, opts, report=not args.no_report)
-    except (ReduceError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        with OutputLock(args.output, opts, what="annotator.reduce", create=False):  # one writer per output
+            summary = reduce_output(args.output, opts, report=not args.no_report)
+    except Interrupted as e:
+        print(f"error: interrupted by {e.signal_name}; nothing half-written is left", file=sys.stderr)
+        return 143 if e.signal_name == "SIGTERM" else 130
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+        print(f"error: {describe_error(e)}", file=sys.stderr)
+        return 2 if is_expected_error(e) else 3
     print(format_summary(summary), file=sys.stderr)
     print(json.dumps({k: summary[k] for k in ("images", "ok", "failed", "annotations")}))
     return 0

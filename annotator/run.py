@@ -17,7 +17,14 @@ from annotator.cli import (
     HelpFormatter,
     add_engine_arguments,
 )
-from annotator.config import DEFAULT_SHARD_SIZE, ConfigError
+from annotator.config import DEFAULT_SHARD_SIZE
+from annotator.errors import (
+    Interrupted,
+    describe_error,
+    install_interrupt_handlers,
+    is_expected_error,
+)
+from annotator.inputs.listing import DEFAULT_MAX_BYTES
 from annotator.job import SAMPLES_DIR, run_job
 
 log = logging.getLogger("annotator")
@@ -54,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--image-list", default=None, metavar="FILE",
                     help="only these images: one image_id, relative path or stem per line "
                          "(e.g. VOC's ImageSets/Segmentation/val.txt)")
+    io.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
+                    help="refuse image files larger than this before reading them (an 'unreadable' row); "
+                         "only regular files are read (default: 1 GiB)")
     io.add_argument("--max-pixels", type=int, default=None, metavar="N",
                     help="refuse images with more pixels than this before decoding them "
                          "(default: Pillow's limit, 178,956,970)")
@@ -80,22 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Exit codes (README, "Failure behaviour").
+EXIT_OK, EXIT_FAILURE_RATE, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """0 done; 1 done, failure rate above --max-failure-rate; 2 refused or failed (one
+    ``error:`` line); 3 internal error (a bug: one line, the traceback at DEBUG level);
+    130/143 interrupted by SIGINT/SIGTERM (finished shards kept: run it again to resume)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_interrupt_handlers()
     try:
         return run_job(args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        from annotator.distributed.ray_runner import RayConnectError, ShardFailedError
-        from annotator.models.weights import WeightsUnavailableError
-        from annotator.storage.manifest import OutputConflictError
-
-        known = (ConfigError, WeightsUnavailableError, OutputConflictError, ShardFailedError, RayConnectError,
-                 ValueError, FileNotFoundError)
-        if isinstance(e, known):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except Interrupted as e:
+        print(f"error: interrupted by {e.signal_name}; the finished shards are recorded, run the same command "
+              "again to resume", file=sys.stderr)
+        return EXIT_SIGTERM if e.signal_name == "SIGTERM" else EXIT_SIGINT
+    except Exception as e:  # noqa: BLE001 - every failure is one line, never a traceback
+        print(f"error: {describe_error(e)}", file=sys.stderr)
+        if not is_expected_error(e):
+            logging.getLogger("annotator").debug("internal error", exc_info=True)
+            return EXIT_INTERNAL
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Faults during a run: an actor killed mid-shard, the driver killed mid-run; determinism.
 
 How a shard is caught "in the middle", deterministically and without test hooks in the
-package: one source image is replaced by a FIFO (named pipe). The actor that reaches it
-blocks inside ``open()`` -- in ``ShardProcessor.process``, with the shard's other images
-read and nothing written -- and the kernel shows that thread waiting in
-``wait_for_partner``. The test finds that actor process among the descendants of the
+package: one image's ground-truth label PNG is replaced by a FIFO (named pipe; a FIFO
+as the image itself is refused unread, an ``unreadable`` row). The actor that scores
+that image blocks inside ``open()`` -- in ``ShardProcessor.process``, with the shard's
+images read and predicted and nothing written -- and the kernel shows that thread
+waiting in ``wait_for_partner``. The test finds that actor process among the descendants of the
 process that started its Ray (``/proc/PID/task/*/wchan``), puts the real image back
 (an atomic rename; the blocked ``open()`` keeps the FIFO), and SIGKILLs the actor or the
 driver. Retries then read the real file.
@@ -210,7 +211,7 @@ def test_actor_killed_mid_shard_is_retried(dataset, reference, tmp_path, caplog)
     """SIGKILL the actor while it is inside shard 1; the shard is retried on a live or
     restarted actor and the output holds every image exactly once, equal to the reference."""
     out = tmp_path / "out"
-    target = dataset.images / "img_0004.png"  # shard 1 = images 3, 4, 5
+    target = dataset.gt / "img_0004.png"  # its ground truth; shard 1 = images 3, 4, 5
     blocker = FifoBlocker(target, dataset.root)
     caplog.set_level(logging.INFO, logger="annotator")
     th, result = _run_in_thread(dataset.argv(out, "--num-actors", "2"))
@@ -220,7 +221,7 @@ def test_actor_killed_mid_shard_is_retried(dataset, reference, tmp_path, caplog)
         assert len(pids) == 1
         manifest = json.loads((out / "manifest.json").read_text())
         assert "1" not in manifest["finished"]  # the shard really is unfinished
-        blocker.release()  # the retry will read the real image
+        blocker.release()  # the retry will read the real label map
         _kill_and_reap(pids[0])
     finally:
         blocker.release(unblock=True)
@@ -249,7 +250,7 @@ def test_poison_image_costs_its_row_not_its_shard(dataset, reference, tmp_path, 
     out = tmp_path / "out"
     argv = dataset.argv(out, "--num-actors", "1", "--max-failure-rate", "0.1")
     poison = "img_0001.png"  # shard 0 = images 0, 1, 2
-    blocker = FifoBlocker(dataset.images / poison, dataset.root)
+    blocker = FifoBlocker(dataset.gt / poison, dataset.root)  # reached while the image is scored
     caplog.set_level(logging.INFO, logger="annotator")
     th, result = _run_in_thread(argv)
     killed: list[int] = []
@@ -375,7 +376,7 @@ def test_driver_killed_mid_run_then_rerun_finishes(dataset, reference, tmp_path)
     cmd = [sys.executable, "-m", "annotator.run", *dataset.argv(out, "--num-actors", "1")]
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = _clean_env(ray_tmp)
-    blocker = FifoBlocker(dataset.images / "img_0010.png", dataset.root)  # last shard: 9, 10, 11
+    blocker = FifoBlocker(dataset.gt / "img_0010.png", dataset.root)  # last shard: 9, 10, 11
     log1 = tmp_path / "run1.log"
     try:
         with open(log1, "wb") as log:
@@ -393,8 +394,10 @@ def test_driver_killed_mid_run_then_rerun_finishes(dataset, reference, tmp_path)
                 proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL
         assert 1 <= len(done) <= 3 and "part-00003.parquet" not in done
-        blocker.release(unblock=True)
+        # first stop what outlived the driver, so that no actor reads the FIFO's EOF and
+        # writes a part scored without that image; then restore the label map
         survivors = _cleanup_ray(ray_tmp)  # Ray's own fate-sharing usually leaves none; never leak any
+        blocker.release(unblock=True)
         print("processes of the killed run's Ray that outlived it:", survivors)
         assert not _processes_of(ray_tmp), "processes of the killed run's Ray survived"
         assert not (out / "annotations.parquet").exists()

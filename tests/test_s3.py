@@ -231,3 +231,22 @@ def test_s3_part_that_cannot_be_written_is_reported_then_rerun(ray_session, moto
     assert [r["image_id"] for r in rows] == list(range(1, N_IMAGES + 1))
     assert all(r["status"] == "ok" for r in rows)
     assert Manifest.load(out, options).finished.keys() == {"0", "1", "2"}
+
+
+def test_output_in_a_missing_bucket_is_refused_not_created(moto, s3_data, tmp_path, capsys):
+    """Issue #11, item 8: `--output s3://typo-bucket/x` is an error before any work; the
+    bucket is not created. A missing `precomputed:` folder is refused the same way."""
+    options, _ = moto
+    truth, vocab = s3_data
+    capsys.readouterr()
+    rc = main(_argv(options, vocab, "s3://annotator-typo-bucket/run"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "expected an existing bucket, got 'annotator-typo-bucket'" in err, err
+    assert not _fs(options).exists("annotator-typo-bucket")
+    out = tmp_path / "out"
+    argv = _argv(options, vocab, str(out))
+    argv[argv.index("--saliency") + 1] = f"precomputed:s3://{SRC}/no-such-maps"
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "expected a folder of saliency maps" in err, err
+    assert not out.exists()

@@ -3,6 +3,7 @@ filtering, row -> record. Pure: reading a run's files is :mod:`annotator.storage
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ def select_class_ids(class_names: list[str], classes: Iterable[str] | None) -> f
     exportable = {name: i for i, name in enumerate(class_names) if i >= 1}
     if classes is None:
         return frozenset(exportable.values())
-    wanted = [c for c in classes]
+    wanted = _rejoin(list(classes), exportable)
     unknown = [c for c in wanted if c not in exportable]
     if unknown:
         raise UnknownClassError(
@@ -140,11 +141,37 @@ def select_class_ids(class_names: list[str], classes: Iterable[str] | None) -> f
     return frozenset(exportable[c] for c in wanted)
 
 
+def _rejoin(pieces: list[str], exportable: dict[str, int]) -> list[str]:
+    """Names split at commas that belong to a class name with a comma (``salt, pepper``)
+    are joined again: the longest run of pieces that forms a class name wins."""
+    out, i = [], 0
+    while i < len(pieces):
+        for j in range(len(pieces), i, -1):
+            for sep in (", ", ","):
+                joined = sep.join(pieces[i:j])
+                if joined in exportable:
+                    out.append(joined)
+                    i = j
+                    break
+            else:
+                continue
+            break
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
+
+
 def parse_classes(text: str | None) -> tuple[str, ...] | None:
-    """``"cat,dog, traffic light"`` -> ``("cat", "dog", "traffic light")``; None/"" -> None."""
+    """``"cat,dog, traffic light"`` -> ``("cat", "dog", "traffic light")``; None/"" -> None.
+
+    A class whose name holds a comma is given in double quotes (``cat,"salt, pepper"``,
+    CSV rules) or as it is: :func:`select_class_ids` joins the pieces of a known name.
+    """
     if text is None or not text.strip():
         return None
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+    (row,) = list(csv.reader([text], skipinitialspace=True)) or [[]]
+    return tuple(name.strip() for name in row if name.strip())
 
 
 @dataclass

@@ -25,9 +25,11 @@ storage options that :func:`resolve_source` returns for the source.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,8 @@ import fsspec
 from annotator.inputs.decode import ImageDecodeError
 from annotator.storage.redact import redact_uri, scrub_secrets, split_credentials
 from annotator.storage.retry import is_transient_storage_error, retry
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -99,6 +103,9 @@ def resolve_source(uri: str, storage_options: dict | None = None) -> tuple[str, 
             options[k] = {**options[k], **v}
         else:
             options[k] = v
+    body = clean.split("://", 1)[1] if "://" in clean else clean
+    if body.rstrip("/"):
+        clean = clean[: len(clean) - (len(body) - len(body.rstrip("/")))]  # DIR/ and DIR are one source
     return clean, options
 
 
@@ -127,8 +134,10 @@ def list_images(source: str, storage_options: dict | None = None) -> list[ImageR
     clean, options = resolve_source(source, storage_options)
     shown = redact_uri(source)
     try:
-        fs, path = fsspec.core.url_to_fs(clean, **options)
-        if _MAGIC_RE.search(path):
+        fs, path = local_or_url_fs(clean, options)
+        if isinstance(fs, LocalFileSystem) and os.path.isdir(path):
+            root, entries = path, _walk_local(path)
+        elif _MAGIC_RE.search(path) and not fs.exists(path):  # a glob, unless a path of that name exists
             root, entries = _glob_root(path), fs.glob(path, detail=True)
         elif fs.isdir(path):
             root, entries = path, fs.find(path, withdirs=True, detail=True)
@@ -156,6 +165,33 @@ def list_images(source: str, storage_options: dict | None = None) -> list[ImageR
     ]
 
 
+def local_or_url_fs(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(file system, path) for ``uri``; a local path (no ``scheme://``) is taken literally:
+    ``::`` in it is part of a file name, not fsspec chaining."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if "://" not in uri and not uri.startswith(("file:", "memory:")):
+        return LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    return fsspec.core.url_to_fs(uri, **(options or {}))
+
+
+def _walk_local(root: str) -> dict[str, dict]:
+    """Every file under ``root``, following symlinked folders once each (a link back to a
+    folder already walked, a loop, is skipped with a warning)."""
+    entries: dict[str, dict] = {}
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            log.warning("%s: a symlink to a folder already listed (a loop?): skipped", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in filenames:
+            entries[os.path.join(dirpath, name)] = {"type": "file"}
+    return entries
+
+
 def _relative(path: str, root: str) -> str:
     if root in ("", "/"):
         return path.lstrip("/")
@@ -166,12 +202,19 @@ def _relative(path: str, root: str) -> str:
 
 # ---------------------------------------------------------------- reading
 
+#: ``--max-bytes`` by default: larger files are refused before they are read (1 GiB).
+DEFAULT_MAX_BYTES = 1 << 30
+
+
 def read_image_bytes(ref_or_uri: ImageRef | str, storage_options: dict | None = None, *,
-                     retries: int = 3, backoff_s: float = 0.5) -> bytes:
+                     retries: int = 3, backoff_s: float = 0.5, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The bytes of one listed image, via fsspec, retrying transient errors.
 
     Up to ``retries`` retries after the first attempt, waiting ``backoff_s * 2**k``
     seconds before retry k+1. Credentials may be in the URI or in ``storage_options``.
+    Only regular files (object-store objects) are read, and at most ``max_bytes`` of
+    them: a FIFO, a device (``/dev/zero`` behind a symlink), a socket or a larger file
+    is an ``unreadable`` error, found from its metadata before anything is read.
 
     Raises:
         ImageDecodeError("missing", ...): no such file, or a broken symlink.
@@ -186,15 +229,47 @@ def read_image_bytes(ref_or_uri: ImageRef | str, storage_options: dict | None = 
     shown = redact_uri(uri)
 
     def attempt() -> bytes:
-        with fsspec.open(clean, "rb", **options) as f:
-            return f.read()
+        fs, path = local_or_url_fs(clean, options)
+        _check_readable(fs, path, shown, max_bytes)
+        with fs.open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:  # its metadata said less (e.g. a growing file)
+            raise ImageDecodeError("unreadable", f"{shown}: more than --max-bytes {max_bytes} bytes")
+        return data
 
     try:
         return retry(attempt, retries, backoff_s, is_transient=is_transient_storage_error, what=f"reading {shown}")
     except ImportError:
         raise  # a missing fsspec backend (s3fs, gcsfs): a setup error, not a bad image
+    except ImageDecodeError:
+        raise
     except Exception as exc:  # every other failure becomes this image's error row
         raise _read_error(exc, uri, shown, retries) from None
+
+
+def _check_readable(fs: fsspec.AbstractFileSystem, path: str, shown: str, max_bytes: int) -> None:
+    """Refuse what is not a regular file of at most ``max_bytes`` (never opened, so a
+    FIFO cannot block the reader)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        st = os.stat(path)  # follows symlinks: a link to /dev/zero is a device
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise ImageDecodeError("unreadable", f"{shown}: {kind}, not a regular file")
+        size = st.st_size
+    else:
+        try:
+            info = fs.info(path)
+        except NotImplementedError:  # a file system without metadata: the read itself is bounded
+            return
+        if info.get("type") not in (None, "file"):
+            raise ImageDecodeError("unreadable", f"{shown}: a {info.get('type')}, not a file")
+        size = info.get("size") or 0
+    if size > max_bytes:
+        raise ImageDecodeError("unreadable", f"{shown}: {size} bytes, more than --max-bytes {max_bytes}")
 
 
 def _read_error(exc: Exception, uri: str, shown: str, retries: int) -> ImageDecodeError:

@@ -12,9 +12,12 @@ Writes, streaming over the parts (memory does not grow with the dataset):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import sys
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -48,8 +51,26 @@ class ReduceError(RuntimeError):
 
 
 def _write_json(fs, path: str, obj) -> None:
-    with fs.open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+    """Atomically (a temporary name, then a move): a reader never sees half a file."""
+    data = json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")
+    with _temporary(fs, path) as tmp:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+
+
+@contextlib.contextmanager
+def _temporary(fs, path: str):
+    """A unique temporary sibling of ``path``, moved onto it on success and removed on
+    failure (two reducers never share one; a failed one leaves nothing a later run reads)."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        yield tmp
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        raise
 
 
 @dataclass
@@ -77,12 +98,19 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     if not paths:
         raise ReduceError(f"{output}: no parts to reduce (expected {output}/parts/part-*.parquet)")
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
-    metas = [parts.read_part_metadata(p, storage_options) for p in paths]
+    manifest = _manifest(output, storage_options)
+    if manifest is not None:
+        verify_parts(paths, manifest, storage_options)
+    metas = [_footer(p, storage_options) for p in paths]
     meta = run_metadata(output, metas)
-    counts = merge_parts(fs, root, paths, meta, storage_options)
     expected = meta.get("num_images")
+    if manifest is not None and expected is not None:
+        check_complete(paths, manifest, expected)
+    counts = merge_parts(fs, root, paths, meta, storage_options)
     if expected is not None and len(counts.seen) != expected:
-        log.warning("%d of %d images have output (run the same command again to finish)", len(counts.seen), expected)
+        fs.rm(join_url(root, ANNOTATIONS_NAME))
+        raise ReduceError(f"{output}: {len(counts.seen)} of {expected} listed images have a row (a part holds "
+                          "fewer rows than its shard has images); run the same command again")
     coco_counts = write_coco(fs, root, output, meta, storage_options)
     summary = build_summary(counts, meta, coco_counts)
     scores = write_metrics(fs, root, metas, counts.class_names)
@@ -97,6 +125,48 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
         except Exception as e:  # the report is a review aid: never lose the run over it
             log.warning("report not written: %s: %s", type(e).__name__, e)
     return summary
+
+
+def _manifest(output: str, storage_options: dict | None):
+    from annotator.storage.manifest import Manifest
+
+    return Manifest.load(output, storage_options)
+
+
+def _footer(path: str, storage_options: dict | None) -> dict:
+    try:
+        return parts.read_part_metadata(path, storage_options)
+    except Exception as e:  # noqa: BLE001 - cut short, not Parquet, another file: name it
+        raise ReduceError(f"{path}: not a readable part ({type(e).__name__}: {e}); run the same command "
+                          "again to recompute it") from None
+
+
+def verify_parts(paths: list[str], manifest, storage_options: dict | None) -> None:
+    """Every part listed in the manifest has the sha256 recorded when it was written."""
+    by_path = {parts.url_to_fs(manifest.resolve(v["path"]), storage_options)[1]: v for v in manifest.finished.values()}
+    for path in paths:
+        fs, p = parts.url_to_fs(path, storage_options)
+        entry = by_path.get(p)
+        if entry is None:
+            continue  # written after the manifest's last save: its footer is checked below
+        with fs.open(p, "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+        if got != entry["sha256"]:
+            raise ReduceError(f"{path}: does not match what was written (sha256 {got[:12]}..., the manifest "
+                              f"recorded {entry['sha256'][:12]}...); run the same command again to recompute it")
+
+
+def check_complete(paths: list[str], manifest, num_images: int) -> None:
+    """Every shard of the listing has its part (else: the missing shards, by index and
+    images, and how to finish)."""
+    present = {parts.part_index(p) for p in paths}
+    missing = [i for i in range(manifest.num_shards) if i not in present]
+    if missing:
+        size = manifest.shard_size
+        spans = [f"shard {i} (images {i * size + 1}..{min(num_images, (i + 1) * size)})" for i in missing[:10]]
+        raise ReduceError(f"{manifest.output}: {len(missing)} of {manifest.num_shards} shards have no part: "
+                          + ", ".join(spans) + (" ..." if len(missing) > 10 else "")
+                          + "; run the same command again to finish the run")
 
 
 def run_metadata(output: str, metas: list[dict]) -> dict:
@@ -117,19 +187,18 @@ def merge_parts(fs, root: str, paths: list[str], meta: dict, storage_options: di
     and a move), counting as it goes; each image id must appear once."""
     counts = MergeCounts(meta["vocabulary"])
     schema = PART_ARROW_SCHEMA.with_metadata({parts.METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
-    merged_tmp = join_url(root, ANNOTATIONS_NAME + ".tmp")
-    with fs.open(merged_tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
-        for path in paths:
-            buf = []
-            for row in parts.iter_rows([path], storage_options):
-                _count_row(counts, row)
-                buf.append(row)
-                if len(buf) >= 256:
+    with _temporary(fs, join_url(root, ANNOTATIONS_NAME)) as merged_tmp:
+        with fs.open(merged_tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+            for path in paths:
+                buf = []
+                for row in parts.iter_rows([path], storage_options):
+                    _count_row(counts, row)
+                    buf.append(row)
+                    if len(buf) >= 256:
+                        writer.write_table(pa.Table.from_pylist(buf, schema=schema))
+                        buf = []
+                if buf:
                     writer.write_table(pa.Table.from_pylist(buf, schema=schema))
-                    buf = []
-            if buf:
-                writer.write_table(pa.Table.from_pylist(buf, schema=schema))
-    fs.mv(merged_tmp, join_url(root, ANNOTATIONS_NAME))
     return counts
 
 
@@ -148,11 +217,10 @@ def write_coco(fs, root: str, output: str, meta: dict, storage_options: dict | N
     """``coco.json`` from the merged file (streamed); returns the COCO writer's counts."""
     from annotator.export.coco import write_coco_json
 
-    tmp = join_url(root, COCO_NAME + ".tmp")
-    with fs.open(tmp, "w") as f:
-        coco_counts = write_coco_json(parts.iter_rows([join_url(output, ANNOTATIONS_NAME)], storage_options),
-                                      meta["vocabulary"], f, metadata=meta)
-    fs.mv(tmp, join_url(root, COCO_NAME))
+    with _temporary(fs, join_url(root, COCO_NAME)) as tmp:
+        with fs.open(tmp, "w") as f:
+            coco_counts = write_coco_json(parts.iter_rows([join_url(output, ANNOTATIONS_NAME)], storage_options),
+                                          meta["vocabulary"], f, metadata=meta)
     return coco_counts
 
 

@@ -71,7 +71,7 @@ class ShardProcessor:
         if data is not None:
             return data
         try:
-            return read_image_bytes(ref, self.options.storage_options)
+            return read_image_bytes(ref, self.options.storage_options, max_bytes=self.options.max_bytes)
         except ImageDecodeError as e:
             return e
         except Exception as e:  # anything else reading one file must not kill the shard

@@ -6,6 +6,7 @@ column gets each shard's cells as the shard starts (two shards may run at once).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,9 +58,11 @@ class ShardScorer:
         """Called from encoder threads; never raises for a bad ground truth."""
         try:
             gt = self.gt.labels_for(file_name, labels_hw.shape)
-        except GroundTruthError as e:
-            log.warning("%s: ground truth not used: %s", file_name, e)
-            return ImageScore(gt_error=str(e)[:records.ERROR_MAX_LENGTH])
+        except Exception as e:  # noqa: BLE001 - ground truth of any kind of badness stays per image
+            why = str(e) if isinstance(e, GroundTruthError) else f"{type(e).__name__}: {e}"
+            why = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>", "its label cell", why)  # name the row, not an object
+            log.warning("%s: ground truth not used: %s", file_name, why)
+            return ImageScore(gt_error=why[:records.ERROR_MAX_LENGTH])
         if gt is None:
             return ImageScore()
         return ImageScore(confusion=metrics.released_protocol_confusion(labels_hw, gt, self.num_classes))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from annotator.inputs.decode import DEFAULT_MAX_PIXELS
 from annotator.inputs.hf import HFSource
-from annotator.inputs.listing import ImageRef
+from annotator.inputs.listing import DEFAULT_MAX_BYTES, ImageRef
 
 __all__ = ["SHARDS_AT_ONCE", "RunOptions", "SchedulingStats", "ShardResult", "ShardTask", "make_shards"]
 
@@ -52,6 +52,7 @@ class RunOptions:
     storage_options: dict | None = None  # reading the source (and the ground truth)
     output_storage_options: dict | None = None  # writing parts; None: same as storage_options
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES  # larger files are refused unread
     read_threads: int = 8
     encode_threads: int = 4
     prefetch_batches: int = 1

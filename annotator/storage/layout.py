@@ -13,6 +13,7 @@
       scheduling.json               SCHEDULING_NAME    the latest run's scheduler figures
       report.html, previews/        REPORT_NAME, PREVIEWS_DIR   (review.report)
       exports/FORMAT/               EXPORTS_DIR        (export)
+      .annotator.lock               LOCK_NAME          the lease of the one writer (storage.lock)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ SCHEDULING_NAME = "scheduling.json"
 REPORT_NAME = "report.html"
 PREVIEWS_DIR = "previews"
 EXPORTS_DIR = "exports"
+LOCK_NAME = ".annotator.lock"
 #: What a finished run leaves beside parts/ and manifest.json (``--overwrite`` removes them).
 MERGED_RESULTS = (ANNOTATIONS_NAME, COCO_NAME, SUMMARY_NAME, METRICS_NAME, SCHEDULING_NAME, REPORT_NAME,
                   PREVIEWS_DIR)

@@ -19,6 +19,7 @@ belongs to this configuration and holds the shard's expected number of rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,15 @@ from annotator.storage.identity import (
     listing_fingerprint,
     setting_differences,
 )
-from annotator.storage.layout import MANIFEST_NAME, PARTS_DIR, join_url, url_to_fs
+from annotator.storage.layout import (
+    CRASHLOG_NAME_RE,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    PART_NAME_RE,
+    PARTS_DIR,
+    join_url,
+    url_to_fs,
+)
 from annotator.storage.parts import (
     atomic_write_bytes,
     list_parts,
@@ -74,17 +83,35 @@ def _now() -> str:
 
 
 def clear(output: str, storage_options: dict | None = None) -> None:
-    """Remove `{output}/parts/` and `{output}/manifest.json` (for --overwrite).
-
-    Other files in the folder (merged outputs, exports) are left alone.
-    """
+    """Remove a run's own files for --overwrite: ``manifest.json`` and, in ``parts/``,
+    only its part files, crash logs and their temporary leftovers (anything else a user
+    put there stays; ``parts/`` goes when it is empty). Merged results: see the job."""
     fs, root = url_to_fs(output, storage_options)
     parts_dir = posixpath.join(root, PARTS_DIR)
     manifest = posixpath.join(root, MANIFEST_NAME)
     if fs.exists(manifest):
         fs.rm(manifest)
-    if fs.exists(parts_dir):
-        fs.rm(parts_dir, recursive=True)
+    if not fs.exists(parts_dir):
+        return
+    for path in fs.ls(parts_dir, detail=False):
+        name = posixpath.basename(path.rstrip("/"))
+        base = name.split(".tmp-", 1)[0]
+        if PART_NAME_RE.match(base) or CRASHLOG_NAME_RE.match(base):
+            fs.rm(path)
+    with contextlib.suppress(OSError):
+        if not fs.ls(parts_dir, detail=False):
+            fs.rm(parts_dir, recursive=True)
+
+
+def foreign_entries(output: str, storage_options: dict | None = None) -> list[str]:
+    """Top-level names in ``output`` that a run folder without a manifest should not
+    hold (everything but the lock and a write probe); [] when it does not exist."""
+    fs, root = url_to_fs(output, storage_options)
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if n != LOCK_NAME and not n.startswith(".write-probe-"))
 
 
 @dataclass
@@ -334,6 +361,42 @@ class Manifest:
             if url_to_fs(self.resolve(v["path"]), self.storage_options)[1] in existing
         }
 
+    def verified_finished_shards(self, threads: int = 8) -> set[int]:
+        """:meth:`finished_shards` whose part still has the sha256 recorded when it was
+        written. A part that does not verify (a flipped byte, cut short, replaced by
+        another run's or another shard's part) is forgotten, with a warning naming the
+        file, so that its shard runs again and overwrites it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        listed = sorted(self.finished_shards())
+
+        def digest(index: int) -> tuple[int, str | None, str]:
+            path = self.resolve(self.finished[str(index)]["path"])
+            fs, p = url_to_fs(path, self.storage_options)
+            h = hashlib.sha256()
+            try:
+                with fs.open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as e:
+                return index, None, f"unreadable ({e})"
+            return index, h.hexdigest(), path
+
+        ok = set()
+        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="verify") as pool:
+            for index, got, where in pool.map(digest, listed):
+                expected = self.finished[str(index)]["sha256"]
+                if got == expected:
+                    ok.add(index)
+                    continue
+                path = self.resolve(self.finished[str(index)]["path"])
+                why = where if got is None else f"sha256 {got[:12]}..., the manifest recorded {expected[:12]}..."
+                log.warning("%s does not match what was written (%s): its shard %d runs again",
+                            path, why, index)
+                del self.finished[str(index)]
+                self._dirty = True
+        return ok
+
     def pending_shards(self) -> list[int]:
         """Shard indices still to run, in order."""
         done = self.finished_shards()
@@ -402,21 +465,35 @@ def open_output(
     existing manifest must be compatible (else OutputConflictError), and part files
     without a manifest are refused (their origin is unknown).
     """
-    if overwrite:
-        clear(output, storage_options)
-    else:
+    try:
         existing = Manifest.load(output, storage_options)
-        if existing is not None:
-            existing.check_compatible(
-                config_hash, listing_fingerprint, False, num_shards=num_shards, shard_size=shard_size,
-                settings=settings, num_images=num_images,
-            )
-            return existing
+    except ManifestError:
+        if not overwrite:
+            raise
+        existing = None
+        clear(output, storage_options)  # an unreadable manifest of ours: --overwrite replaces it
+    if existing is None:
         stray = list_parts(output, storage_options)
         if stray:
             raise OutputConflictError(
                 f"output {output} holds {len(stray)} part file(s) but no {MANIFEST_NAME}, so they cannot be "
-                "resumed safely. Pass --overwrite to replace them, or choose another output."
+                "resumed safely, and --overwrite replaces only a run's own output: move them away, or choose "
+                "another output."
             )
+        foreign = foreign_entries(output, storage_options)
+        if foreign:
+            raise OutputConflictError(
+                f"output {output} is not empty and holds no {MANIFEST_NAME}: it is not an annotator run folder "
+                f"(found {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); --overwrite replaces only "
+                "a run's own files: choose an empty or new output."
+            )
+    elif overwrite:
+        clear(output, storage_options)
+    else:
+        existing.check_compatible(
+            config_hash, listing_fingerprint, False, num_shards=num_shards, shard_size=shard_size,
+            settings=settings, num_images=num_images,
+        )
+        return existing
     return Manifest.create(output, config_hash, listing_fingerprint, num_shards, shard_size, storage_options,
                            settings=settings, num_images=num_images)

@@ -15,7 +15,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
-                     errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL}
+                     errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                     errno.EFBIG}
 _PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
                     FileExistsError)
 _TRANSIENT_RE = re.compile(
@@ -23,7 +24,8 @@ _TRANSIENT_RE = re.compile(
     r"connection ?(reset|aborted|refused|closed|error)|disconnect|broken pipe|internal ?error|"
     r"request ?limit|try again|reset by peer|incomplete ?read|endpoint ?connection"
 )
-_PERMANENT_RE = re.compile(r"(?i)\b(40[0134])\b|not ?found|no ?such ?(key|bucket|file)|access ?denied|forbidden")
+_PERMANENT_RE = re.compile(r"(?i)\b(40[0134])\b|not ?found|no ?such ?(key|bucket|file)|access ?denied|forbidden|"
+                           r"no space left|quota|read-only file ?system|file too large")
 
 
 def is_transient_storage_error(exc: BaseException) -> bool:
@@ -37,6 +39,8 @@ def is_transient_storage_error(exc: BaseException) -> bool:
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return True
     text = f"{type(exc).__name__}: {exc}"
+    if re.search(r"(?i)no space left|quota exceeded|read-only file ?system", text):  # full disk: waiting won't help
+        return False
     if _TRANSIENT_RE.search(text):
         return True
     if _PERMANENT_RE.search(text):

@@ -11,7 +11,12 @@ import torch
 
 from annotator.config import EngineConfig
 from annotator.models import registry
-from annotator.models.registry import CLIP_BACKENDS, OPEN_CLIP, SALIENCY_BACKENDS, ResolvedWeights
+from annotator.models.registry import (
+    CLIP_BACKENDS,
+    OPEN_CLIP,
+    SALIENCY_BACKENDS,
+    ResolvedWeights,
+)
 
 CPU = torch.device("cpu")
 CLIP_ENTRIES = [*CLIP_BACKENDS, "ViT-B-32"]  # the open_clip fallback, with one real architecture

@@ -119,12 +119,15 @@ def test_stale_metrics_are_removed(tmp_path):
     assert not (out / "metrics.json").exists()
 
 
-def test_missing_shard_is_reported_not_hidden(tmp_path, caplog):
+def test_missing_images_fail_the_reduce(tmp_path):
+    """Complete or failed (issue #11): a run with listed images that have no row is not
+    merged as if it were done; nothing merged is left behind for a reader to trust."""
     out = tmp_path / "run"
     _write(out, 0, [_ok(1), _ok(2), _ok(3)])
-    summary = reduce_output(str(out), report=False)
-    assert (summary["images"], summary["expected_images"]) == (3, 6)
-    assert "3 of 6 images have output" in caplog.text
+    with pytest.raises(ReduceError, match="3 of 6 listed images have a row"):
+        reduce_output(str(out), report=False)
+    assert not (out / "annotations.parquet").exists() and not (out / "summary.json").exists()
+    assert not list(out.glob("*.tmp*"))
 
 
 def test_duplicate_image_is_refused(tmp_path):

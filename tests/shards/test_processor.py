@@ -169,9 +169,9 @@ def test_careful_mode_names_each_image_before_reading_it_and_matches_normal_rows
     seen = []
     real_read = worker.read_image_bytes
 
-    def spy(ref, storage_options=None):
+    def spy(ref, storage_options=None, **kwargs):
         seen.append((ref.file_name, json.loads(log_path.read_text())["current"]))
-        return real_read(ref, storage_options)
+        return real_read(ref, storage_options, **kwargs)
 
     monkeypatch.setattr(worker, "read_image_bytes", spy)
     task.careful = True
