@@ -57,6 +57,9 @@ class EngineConfig:
     scale_weights: tuple[float, ...] | None = None
     crop_chunk: int = 1024
     seed: int = 0
+    #: fsspec options for the readers the engine itself opens (``precomputed:`` saliency
+    #: maps on object storage); never stored or shown (left out of to_json).
+    storage_options: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.templates = tuple(self.templates)
@@ -116,6 +119,7 @@ class EngineConfig:
     def to_json(self) -> dict:
         """JSON-ready dict; local paths kept, nothing secret is stored here."""
         d = asdict(self)
+        d.pop("storage_options", None)  # credentials: never in metadata or hashes
         d["templates"] = list(self.templates)
         d["patch_sizes_px"] = list(self.patch_sizes_px)
         d["scale_weights"] = list(self.normalized_scale_weights)

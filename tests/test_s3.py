@@ -39,10 +39,13 @@ SRC = "annotator-src"
 
 
 class FaultInjector:
-    """WSGI middleware: answers matching requests with 503, logs every request."""
+    """WSGI middleware: answers matching requests with 503 (or 403 AccessDenied, with
+    ``denied=True``), logs every request."""
 
     BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
             b"<Message>Service Unavailable (injected by the test)</Message><RequestId>t</RequestId></Error>")
+    DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+              b"<Message>Access Denied (injected by the test)</Message><RequestId>t</RequestId></Error>")
 
     def __init__(self, app) -> None:
         self.app = app
@@ -50,9 +53,9 @@ class FaultInjector:
         self.log: list[tuple[float, str, str, bool]] = []  # (time, method, path, faulted)
         self.lock = threading.Lock()
 
-    def fail(self, method: str, path_regex: str, times: int | None) -> None:
+    def fail(self, method: str, path_regex: str, times: int | None, denied: bool = False) -> None:
         with self.lock:
-            self.rules.append([method, re.compile(path_regex), times])
+            self.rules.append([method, re.compile(path_regex), times, denied])
 
     def clear(self) -> None:
         with self.lock:
@@ -66,13 +69,13 @@ class FaultInjector:
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         copy = "HTTP_X_AMZ_COPY_SOURCE" in environ  # the copy step of a move: never faulted
-        fault = False
+        fault = denied = False
         with self.lock:
             for rule in self.rules:
                 if rule[0] == method and not copy and rule[1].search(path) and (rule[2] is None or rule[2] > 0):
                     if rule[2] is not None:
                         rule[2] -= 1
-                    fault = True
+                    fault, denied = True, rule[3]
                     break
             self.log.append((time.monotonic(), method, path, fault))
         if not fault:
@@ -82,9 +85,9 @@ class FaultInjector:
             stream.read()
         else:
             stream.read(int(environ.get("CONTENT_LENGTH") or 0))
-        start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
-                                                   ("Content-Length", str(len(self.BODY)))])
-        return [self.BODY]
+        body, status = (self.DENIED, "403 Forbidden") if denied else (self.BODY, "503 Service Unavailable")
+        start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+        return [body]
 
 
 def _free_port() -> int:
@@ -250,3 +253,49 @@ def test_output_in_a_missing_bucket_is_refused_not_created(moto, s3_data, tmp_pa
     err = capsys.readouterr().err
     assert rc == 2 and "expected a folder of saliency maps" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("denied", ["manifest.json", "annotations.parquet"])
+def test_a_denied_write_is_one_line_not_retried(denied, ray_session, moto, s3_data, capsys):
+    """Issue #11, item 3: S3 answering 403 to the manifest's or the merged file's upload:
+    exit 2, one `error:` line, no traceback; a permanent error is not retried."""
+    options, injector = moto
+    truth, vocab = s3_data
+    bucket = f"annotator-denied-{denied.split('.')[0]}"
+    _fs(options).mkdir(bucket)
+    output = f"s3://{bucket}/run"
+    injector.fail("PUT", rf"^/{bucket}/run/{re.escape(denied)}", None, denied=True)
+    try:
+        capsys.readouterr()
+        rc = main(_argv(options, vocab, output))
+        err = capsys.readouterr().err
+    finally:
+        injector.clear()
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and ("AccessDenied" in lines[0] or "Access Denied" in lines[0]), err
+    assert "Traceback" not in err
+    puts = injector.requests("PUT", rf"^/{bucket}/run/{re.escape(denied)}")
+    assert [faulted for _, faulted in puts] == [True], puts  # denied once, not retried
+
+
+def test_precomputed_saliency_on_s3_gets_the_storage_options(ray_session, moto, s3_data, tmp_path, capsys):
+    """Issue #11, item 8: the actors read `precomputed:s3://...` maps through the run's
+    --storage-options (the moto endpoint), not AWS."""
+    options, _ = moto
+    truth, vocab = s3_data
+    fs = _fs(options)
+    for name, lab in truth.items():
+        buf = io.BytesIO()
+        np.save(buf, (lab > 0).astype(np.float32))
+        fs.pipe(f"{SRC}/maps/{name.rsplit('.', 1)[0]}.npy", buf.getvalue())
+    out = tmp_path / "out"
+    argv = _argv(options, vocab, str(out))
+    argv[argv.index("--saliency") + 1] = f"precomputed:s3://{SRC}/maps"
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    rows = pq.read_table(out / "annotations.parquet").to_pylist()
+    assert len(rows) == len(truth) and all(r["status"] == "ok" for r in rows)
+    assert "endpoint_url" not in (out / "manifest.json").read_text()

@@ -116,7 +116,7 @@ def _found_tiny_random(config: EngineConfig, weights: ResolvedWeights, device: t
 def _precomputed(config: EngineConfig, weights: ResolvedWeights, device: torch.device, autocast_dtype: Any):
     from annotator.models.precomputed import PrecomputedSaliency
 
-    return PrecomputedSaliency(config.saliency.split(":", 1)[1], device)
+    return PrecomputedSaliency(config.saliency.split(":", 1)[1], device, storage_options=config.storage_options)
 
 
 def _toy_saliency(config: EngineConfig, weights: ResolvedWeights, device: torch.device, autocast_dtype: Any):
