@@ -380,3 +380,34 @@ def test_a_full_disk_while_merging_is_one_line_and_leaves_nothing(command, ds, r
     assert "Traceback" not in err
     assert not list(out.rglob("*.tmp*")), list(out.rglob("*"))
     assert sorted(p.name for p in (out / "parts").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_and_two_concurrent_reducers(ds, reference, tmp_path):
+    """Real processes at once on one output: exactly one run writes it, the other is
+    refused naming the holder; two reducers never share a temporary file, and whatever
+    the interleaving the merged result is the reference's."""
+    ray_tmp = tempfile.mkdtemp(prefix="annhc-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")
+    out = tmp_path / "out"
+    try:
+        runs = [_subprocess_run(_argv(ds, out), env) for _ in range(2)]
+        results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for rc, err in results if rc == 2)
+    assert "is in use by another annotator.run" in refused and "Traceback" not in refused
+    assert _rows(out / "annotations.parquet") == _rows(reference / "annotations.parquet")
+
+    reducers = [subprocess.Popen([sys.executable, "-m", "annotator.reduce", str(out)], cwd=REPO, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(r.wait(timeout=300), r.stderr.read()) for r in reducers]
+    assert 0 in {rc for rc, _ in outcomes}, outcomes
+    for rc, err in outcomes:
+        assert rc == 0 or (rc == 2 and "is in use by another annotator.reduce" in err), (rc, err)
+        assert "Traceback" not in err
+    assert not list(out.rglob("*.tmp*"))
+    assert _rows(out / "annotations.parquet") == _rows(reference / "annotations.parquet")
