@@ -42,6 +42,7 @@ from annotator.storage.crashlog import shards_with_logs
 from annotator.storage.identity import config_hash, listing_fingerprint
 from annotator.storage.lock import OutputLock
 from annotator.storage.manifest import Manifest, open_output
+from annotator.storage.ownership import remove_previous_results
 from annotator.storage.parts import atomic_write_bytes
 from annotator.storage.redact import redact_uri, split_credentials
 
@@ -316,16 +317,6 @@ def check_output_writable(output: str, storage_options: dict) -> None:
         fs.rm(probe)
     except Exception as e:
         raise ConfigError(f"--output {redact_uri(output)}: not writable ({type(e).__name__}: {e})") from None
-
-
-def remove_previous_results(output: str, storage_options: dict) -> None:
-    """--overwrite: remove the replaced run's merged results, so that none of them (e.g. a
-    report.html under --no-report, metrics.json without --gt) outlives it."""
-    fs, root = layout.url_to_fs(output, storage_options)
-    for name in layout.MERGED_RESULTS:
-        path = layout.join_url(root, name)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
 
 
 def write_scheduling(output: str, storage_options: dict, stats: SchedulingStats) -> None:

@@ -389,6 +389,8 @@ def _print_report(r: dict) -> None:
         print(f"driver memory scale: {json.dumps(r['driver_memory_scale'])}")
 
 
+# Long on purpose: the benchmark's passes run side by side in one process, in this order, so that
+# their figures are comparable; each pass is its own function, this one only sequences them.
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.images < 1:

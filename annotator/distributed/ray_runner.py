@@ -272,6 +272,8 @@ def run_shards(
                 ray.kill(s.handle)
 
 
+# One event loop over Ray's waits (results, restart probes, timeouts); every decision is
+# SchedulePolicy's, this only translates Ray's events for it.
 def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_done: Callable[[ShardResult], None],
               in_flight_per_actor: int) -> SchedulingStats:
     """The driver's loop over ``slots`` (actors already created): Ray's waits and

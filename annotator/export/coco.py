@@ -104,6 +104,8 @@ def _info(metadata: Mapping[str, Any] | None) -> dict:
     return info
 
 
+# Long on purpose: one streaming pass that writes images[] and annotations[] as it reads rows
+# (memory flat in the number of images); splitting it would mean a second pass or buffering.
 def write_coco_json(
     rows_iter: Iterable[Any],
     class_names: list[str],

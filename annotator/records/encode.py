@@ -56,6 +56,7 @@ def decode_mask(segmentation: dict) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+# Kept whole: the per-class loop runs once per image on the encoder threads' hot path.
 def annotations_from_labels(
     labels_hw: np.ndarray,
     confidence_hw: np.ndarray,

@@ -229,6 +229,7 @@ def _read_metrics(output: str, storage_options: Mapping[str, Any] | None) -> dic
     return doc if isinstance(doc, dict) else None
 
 
+# Long on purpose: the report page, section by section, in reading order.
 def _render_html(
     metadata: Mapping[str, Any],
     class_names: Sequence[str],

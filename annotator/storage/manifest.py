@@ -19,11 +19,9 @@ belongs to this configuration and holds the shard's expected number of rows.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,14 +34,11 @@ from annotator.storage.identity import (
     setting_differences,
 )
 from annotator.storage.layout import (
-    CRASHLOG_NAME_RE,
-    LOCK_NAME,
     MANIFEST_NAME,
-    PART_NAME_RE,
-    PARTS_DIR,
     join_url,
     url_to_fs,
 )
+from annotator.storage.ownership import clear, foreign_entries
 from annotator.storage.parts import (
     atomic_write_bytes,
     list_parts,
@@ -80,38 +75,6 @@ class ManifestError(ValueError):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def clear(output: str, storage_options: dict | None = None) -> None:
-    """Remove a run's own files for --overwrite: ``manifest.json`` and, in ``parts/``,
-    only its part files, crash logs and their temporary leftovers (anything else a user
-    put there stays; ``parts/`` goes when it is empty). Merged results: see the job."""
-    fs, root = url_to_fs(output, storage_options)
-    parts_dir = posixpath.join(root, PARTS_DIR)
-    manifest = posixpath.join(root, MANIFEST_NAME)
-    if fs.exists(manifest):
-        fs.rm(manifest)
-    if not fs.exists(parts_dir):
-        return
-    for path in fs.ls(parts_dir, detail=False):
-        name = posixpath.basename(path.rstrip("/"))
-        base = name.split(".tmp-", 1)[0]
-        if PART_NAME_RE.match(base) or CRASHLOG_NAME_RE.match(base):
-            fs.rm(path)
-    with contextlib.suppress(OSError):
-        if not fs.ls(parts_dir, detail=False):
-            fs.rm(parts_dir, recursive=True)
-
-
-def foreign_entries(output: str, storage_options: dict | None = None) -> list[str]:
-    """Top-level names in ``output`` that a run folder without a manifest should not
-    hold (everything but the lock and a write probe); [] when it does not exist."""
-    fs, root = url_to_fs(output, storage_options)
-    try:
-        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(n for n in names if n != LOCK_NAME and not n.startswith(".write-probe-"))
 
 
 @dataclass
