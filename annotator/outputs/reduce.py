@@ -13,7 +13,6 @@ Writes, streaming over the parts (memory does not grow with the dataset):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import sys
@@ -148,12 +147,10 @@ def verify_parts(paths: list[str], manifest, storage_options: dict | None) -> No
     """Every part listed in the manifest has the sha256 recorded when it was written."""
     by_path = {parts.url_to_fs(manifest.resolve(v["path"]), storage_options)[1]: v for v in manifest.finished.values()}
     for path in paths:
-        fs, p = parts.url_to_fs(path, storage_options)
-        entry = by_path.get(p)
+        entry = by_path.get(parts.url_to_fs(path, storage_options)[1])
         if entry is None:
             continue  # written after the manifest's last save: its footer is checked below
-        with fs.open(p, "rb") as f:
-            got = hashlib.sha256(f.read()).hexdigest()
+        got = parts.part_sha256(path, storage_options)
         if got != entry["sha256"]:
             raise ReduceError(f"{path}: does not match what was written (sha256 {got[:12]}..., the manifest "
                               f"recorded {entry['sha256'][:12]}...); run the same command again to recompute it")

@@ -44,6 +44,7 @@ from annotator.storage.parts import (
     list_parts,
     part_file_metadata,
     part_index,
+    part_sha256,
 )
 
 __all__ = [
@@ -241,9 +242,7 @@ class Manifest:
         """
         self._check_index(shard_index)
         if sha256 is None:
-            fs, p = url_to_fs(path, self.storage_options)
-            with fs.open(p, "rb") as f:
-                sha256 = hashlib.sha256(f.read()).hexdigest()
+            sha256 = part_sha256(path, self.storage_options)
         self._add_entry(shard_index, {"path": self._relative(path), "rows": rows, "sha256": sha256})
         # A save costs time proportional to the shard count: at most ~5% of the driver's time.
         interval = max(self.flush_interval_s, 20 * self._save_s) if self.flush_interval_s > 0 else 0.0
@@ -335,15 +334,10 @@ class Manifest:
 
         def digest(index: int) -> tuple[int, str | None, str]:
             path = self.resolve(self.finished[str(index)]["path"])
-            fs, p = url_to_fs(path, self.storage_options)
-            h = hashlib.sha256()
             try:
-                with fs.open(p, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
+                return index, part_sha256(path, self.storage_options), path
             except OSError as e:
                 return index, None, f"unreadable ({e})"
-            return index, h.hexdigest(), path
 
         ok = set()
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="verify") as pool:

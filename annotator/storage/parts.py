@@ -117,6 +117,17 @@ def atomic_write_bytes(path: str, data: bytes, storage_options: dict | None, ret
     retry(attempt, retries=retries, what=f"writing {path}")
 
 
+def part_sha256(path: str, storage_options: dict | None = None, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a part file's bytes, streamed (what the manifest records and resume
+    and the reducer check)."""
+    fs, p = url_to_fs(path, storage_options)
+    h = hashlib.sha256()
+    with fs.open(p, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_part(
     records: Sequence[ImageRecord],
     path: str,
