@@ -73,9 +73,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weights-dir", default=None, metavar="DIR",
                    help="where weights are cached and looked up offline "
                         "(default: $ANNOTATOR_WEIGHTS_DIR or ~/.cache/annotator)")
-    g.add_argument("--saliency-max-side", type=int, default=448, metavar="PX",
+    g.add_argument("--saliency-max-side", type=int, default=None, metavar="PX",
                    help="FOUND runs on the original image, shrunk so that its SHORT side is at "
-                        "most this many pixels (and its long side at most 4x that). Default: %(default)s")
+                        "most this many pixels (and its long side at most 4x that); 0 = no cap. "
+                        "Default: 448 under --protocol full, 0 (full size, as released) under official")
     g.add_argument("--protocol", choices=PROTOCOLS, default="full",
                    help="full (default): class maps and saliency brought to the original "
                         "resolution before softmax/argmax; official: everything at 256x256, "

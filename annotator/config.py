@@ -14,6 +14,8 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_TEMPLATES = ("a photo of a {}",)
 PROTOCOLS = ("full", "official")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: FOUND's input cap per protocol (0 = none): the released evaluation ran it at full size.
+DEFAULT_SALIENCY_MAX_SIDE = {"full": 448, "official": 0}
 #: Images per shard by default: ~0.18 s of device time at 360 images/s, several seconds
 #: on a CPU. The driver's work per shard (~1 ms: result, manifest, next submission) stays
 #: under 1% of that; the actor overlaps shard boundaries by running two shards at once.
@@ -46,7 +48,10 @@ class EngineConfig:
     dino_weights: str | None = None
     found_weights: str | None = None
     weights_dir: str = field(default_factory=default_weights_dir)
-    saliency_max_side: int = 448
+    #: FOUND's input cap (short side <= this, long side <= 4x this); 0 = no cap (the
+    #: image at full size). None = the protocol's default: 448 under ``full``, no cap
+    #: under ``official`` (the released evaluation ran FOUND on the full image).
+    saliency_max_side: int | None = None
     protocol: str = "full"
     device: str = "auto"
     batch_size: int = 32
@@ -66,6 +71,8 @@ class EngineConfig:
         self.patch_sizes_px = tuple(int(p) for p in self.patch_sizes_px)
         if self.scale_weights is not None:
             self.scale_weights = tuple(float(w) for w in self.scale_weights)
+        if self.saliency_max_side is None:  # resolved here, so manifests store what ran
+            self.saliency_max_side = DEFAULT_SALIENCY_MAX_SIDE.get(self.protocol, 448)
         self.validate()
 
     def validate(self) -> None:
@@ -85,8 +92,10 @@ class EngineConfig:
             raise ConfigError(f"--batch-size: expected >= 1, got {self.batch_size}")
         if self.crop_chunk < 1:
             raise ConfigError(f"crop_chunk: expected >= 1, got {self.crop_chunk}")
-        if self.saliency_max_side < 8:
-            raise ConfigError(f"--saliency-max-side: expected >= 8 pixels, got {self.saliency_max_side}")
+        if self.saliency_max_side != 0 and self.saliency_max_side < 8:
+            raise ConfigError(
+                f"--saliency-max-side: expected 0 (no cap) or >= 8 pixels, got {self.saliency_max_side}"
+            )
         if self.input_size < 1:
             raise ConfigError(f"--input-size: expected >= 1, got {self.input_size}")
         if not self.patch_sizes_px:

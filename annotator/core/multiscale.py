@@ -7,6 +7,11 @@ Stages, as in the released CLIP-DIY code:
 2. ``cut_crops``: every patch of every scale cut on the device and resized to the
    encoder's input size with antialiased bicubic (PIL's kernel), rounded like a PIL
    uint8 image, scaled to 0..1 and normalised with the encoder's mean/std.
+
+Steps 1 and 2 have two arithmetics. ``exact=True`` (the official protocol) reproduces
+OpenCV's and PIL's integer rounding bit for bit (:mod:`annotator.core.exact_resize`);
+``exact=False`` (the ``full`` protocol) computes in float32 and rounds half to even,
+which differs by 1 on a few percent of channel values and is faster on the CPU.
 3. the encoder embeds the crops; ``patch_scores`` = raw cosine with every class.
 4. ``scale_maps``: each scale's scores laid out on its grid; ``dense_scores`` upsamples
    each grid bilinearly (``align_corners=False``) and takes the weighted mean.
@@ -24,17 +29,22 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from annotator.core.exact_resize import opencv_linear_resize, pil_bicubic_resize_exact
 from annotator.core.geometry import ScaleGrid
 
 
-def resize_input(image_3hw: torch.Tensor, size: int) -> torch.Tensor:
+def resize_input(image_3hw: torch.Tensor, size: int, exact: bool = False) -> torch.Tensor:
     """Resize one uint8 image to ``size`` x ``size`` (OpenCV INTER_LINEAR semantics).
 
     Args:
         image_3hw: (3, H, W) uint8, RGB.
+        exact: OpenCV's own fixed-point arithmetic (equal to ``cv2.resize``) instead of
+            float bilinear rounded half to even.
     Returns:
         (3, size, size) float32 holding integers in 0..255 (like a uint8 image).
     """
+    if exact:
+        return opencv_linear_resize(image_3hw, (size, size)).float()
     x = image_3hw.unsqueeze(0).float()
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     return x.round_().clamp_(0, 255)[0]
@@ -64,6 +74,7 @@ def cut_crops(
     out_size: int,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
+    exact: bool = False,
 ) -> torch.Tensor:
     """All patches of all scales, resized and normalised for the encoder.
 
@@ -71,6 +82,8 @@ def cut_crops(
         images_b3ss: (B, 3, L, L) float32, integer values 0..255 (from ``resize_input``).
         grids: the scales (see :func:`annotator.core.geometry.scale_grids`).
         out_size: the encoder's square input size.
+        exact: PIL's integer bicubic (equal to ``Image.resize(BICUBIC)``), then the
+            released preprocessing's order: ``x / 255``, then ``(x - mean) / std``.
     Returns:
         (B * N, 3, out_size, out_size) float32, normalised; ordered image-major, then
         scale, then patch row-major (N = patches per image).
@@ -83,9 +96,13 @@ def cut_crops(
         u = u[:, :, : g.n_rows, : g.n_cols]
         u = u.permute(0, 2, 3, 1, 4, 5).reshape(b * g.num_patches, 3, g.patch_px, g.patch_px)
         if g.patch_px != out_size:
-            u = pil_bicubic_resize(u, out_size)
+            u = pil_bicubic_resize_exact(u, out_size).float() if exact else pil_bicubic_resize(u, out_size)
         per_scale.append(u.reshape(b, g.num_patches, 3, out_size, out_size))
     crops = torch.cat(per_scale, dim=1).reshape(-1, 3, out_size, out_size)
+    if exact:
+        m = torch.tensor(mean, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1)
+        return (crops * (1.0 / 255.0) - m) / s
     m = torch.tensor(mean, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255.0
     return (crops - m) / s

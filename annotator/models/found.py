@@ -113,7 +113,7 @@ class FoundSaliency:
 
     Call with a list of (3, H, W) uint8 RGB images on the model's device; returns one
     (h, w) float32 map in [0, 1] per image at the resolution FOUND ran at (the image
-    size, or smaller when capped by ``max_side``).
+    size, or smaller when capped by ``max_side``; 0 = no cap, as released).
     """
 
     def __init__(
@@ -144,8 +144,10 @@ class FoundSaliency:
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
     def working_size(self, size_hw: tuple[int, int]) -> tuple[int, int]:
-        """The size FOUND runs at: short side <= max_side, long side <= 4 * max_side."""
+        """The size FOUND runs at: short side <= max_side, long side <= 4 * max_side (0: as is)."""
         h, w = size_hw
+        if not self.max_side:
+            return (h, w)
         f = min(1.0, self.max_side / min(h, w), 4 * self.max_side / max(h, w))
         return (max(1, round(h * f)), max(1, round(w * f)))
 

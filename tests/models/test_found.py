@@ -73,3 +73,43 @@ def test_saliency_shapes_buckets_and_cap(mode):
         assert all(set(torch.unique(m).tolist()) <= {0.0, 1.0} for m in maps)
     # batching in buckets gives the same map as one image alone
     torch.testing.assert_close(maps[0], sal(imgs[:1])[0], atol=1e-5, rtol=1e-5)
+
+
+SHARED_FOUND = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "weights" / "found_decoder_weights.pt"
+
+
+@pytest.mark.skipif(not SHARED_FOUND.is_file(), reason="../shared/weights/found_decoder_weights.pt not present")
+def test_released_decoder_file_sha256_and_saliency_at_full_size(tmp_path, monkeypatch):
+    """FOUND's released decoder (2,689 bytes): placed by hand it passes the sha256 check and
+    loads; one flipped byte fails the check by name; with a random DINO ViT-S/8 the
+    official protocol runs it on the whole image (no cap) and gives a soft map."""
+    import shutil
+
+    from annotator.config import EngineConfig
+    from annotator.models import build_saliency, resolve_weights
+    from annotator.models import weights as W
+
+    monkeypatch.setenv("ANNOTATOR_OFFLINE", "1")
+    assert SHARED_FOUND.stat().st_size == 2689 and W.sha256_file(SHARED_FOUND) == W.FOUND_DECODER.sha256
+    shutil.copy(SHARED_FOUND, tmp_path / W.FOUND_DECODER.file_name)
+    torch.save(found.build_dino_vits8(None, seed=1).state_dict(), tmp_path / W.DINO_VITS8.file_name)
+    cfg = EngineConfig(model="toy", saliency="found", protocol="official", weights_dir=str(tmp_path), device="cpu")
+    assert cfg.saliency_max_side == 0
+    weights = resolve_weights(cfg)
+    sal = build_saliency(cfg, weights, torch.device("cpu"), None)
+    released = torch.load(SHARED_FOUND, map_location="cpu", weights_only=True)["decoder"]
+    assert torch.equal(sal.decoder.weight, released["weight"].float())
+    assert torch.equal(sal.decoder.bias, released["bias"].float())
+    img = torch.randint(0, 256, (3, 461, 613), dtype=torch.uint8)
+    (m,) = sal([img])
+    assert m.shape == (461, 613) and 0.0 <= float(m.min()) and float(m.max()) <= 1.0
+    assert len(torch.unique(m)) > 100  # soft, not binarised
+    capped = build_saliency(EngineConfig(model="toy", saliency="found", weights_dir=str(tmp_path), device="cpu"),
+                            weights, torch.device("cpu"), None)
+    assert capped([img])[0].shape == (448, 596)  # the full protocol keeps its 448 cap
+
+    data = bytearray((tmp_path / W.FOUND_DECODER.file_name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / W.FOUND_DECODER.file_name).write_bytes(bytes(data))
+    with pytest.raises(Exception, match="sha256"):
+        resolve_weights(cfg)
