@@ -34,6 +34,7 @@ from annotator.models import (
     build_saliency,
     resolve_weights,
 )
+from annotator.models.registry import clip_backend
 
 
 @dataclass
@@ -75,13 +76,49 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for the encoders (None = fp32)."""
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX), where
+    bf16 autocast about doubles the encoders' speed; elsewhere bf16 is emulated and slower."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)  # torch's own detection (private, so guarded)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # noqa: BLE001 - a probe that fails means "unknown": try the next
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device, protocol: str = "full",
+                      test_model: bool = False) -> torch.dtype | None:
+    """Autocast dtype for the encoders (None = fp32).
+
+    ``auto``: bf16 on CUDA; on a CPU, bf16 where the CPU has it natively
+    (:func:`cpu_bf16_supported`) and fp32 elsewhere, and always fp32 under
+    ``--protocol official`` on a CPU (parity with the released fp32 code) and for the
+    test models (``test_model``: their outputs must not depend on the machine). ``bf16``
+    is honoured on any CPU; ``fp16`` needs CUDA.
+    """
     if device.type == "cpu":
-        if precision in ("fp16", "bf16"):
-            raise ConfigError(f"--precision {precision}: reduced precision needs a CUDA device; the CPU runs fp32")
+        if precision == "fp16":
+            raise ConfigError("--precision fp16: expected a CUDA device for fp16, got the CPU "
+                              "(use bf16 or fp32 there)")
+        if precision == "bf16":
+            return torch.bfloat16
+        if precision == "auto" and protocol != "official" and not test_model and cpu_bf16_supported():
+            return torch.bfloat16
         return None
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``bf16``, ``fp16`` or ``fp32``: what the encoders ran at (for metadata and benchmarks)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def to_chw_uint8(image, device: torch.device) -> torch.Tensor:
@@ -113,7 +150,10 @@ class Engine:
     ):
         self.config = config
         self.device = resolve_device(config.device)
-        self.autocast_dtype = resolve_precision(config.precision, self.device)
+        self.autocast_dtype = resolve_precision(config.precision, self.device, config.protocol,
+                                                test_model=clip_backend(config.model).test_only)
+        #: what the encoders run at: ``bf16``, ``fp16`` or ``fp32``
+        self.precision = precision_name(self.autocast_dtype)
         weights = weights if weights is not None else resolve_weights(config)
         self.clip = build_clip(config, weights, self.device)
         self.saliency = build_saliency(config, weights, self.device, self.autocast_dtype)
@@ -121,6 +161,9 @@ class Engine:
         self.patches_per_image = total_patches(self.grids)
         self.scale_weights = config.normalized_scale_weights
         self.logit_scale = float(self.clip.logit_scale)
+        #: The released code's uint8 resizes bit for bit (OpenCV, PIL) under the official
+        #: protocol; float arithmetic (faster on a CPU) under ``full``.
+        self.exact_resize = config.protocol == "official"
         self.profile = profile
         #: Per-class pixel counts and confidence sums computed on the device (a GPU) rather
         #: than by the CPU encoders, which hold the GIL for them.
@@ -169,7 +212,8 @@ class Engine:
         for i in range(0, b, per_chunk):
             with self._stage("crops"):
                 crops = multiscale.cut_crops(
-                    small_b3ss[i : i + per_chunk], self.grids, self.clip.input_size, self.clip.mean, self.clip.std
+                    small_b3ss[i : i + per_chunk], self.grids, self.clip.input_size, self.clip.mean, self.clip.std,
+                    exact=self.exact_resize,
                 )
                 if self.autocast_dtype is not None:
                     crops = crops.to(self.autocast_dtype)
@@ -224,7 +268,7 @@ class Engine:
         # Stage: upload and resize to the square input
         with self._stage("upload"):
             tensors = [to_chw_uint8(im, self.device) for im in images]
-            small = torch.stack([multiscale.resize_input(t, self.config.input_size) for t in tensors])
+            small = torch.stack([multiscale.resize_input(t, self.config.input_size, self.exact_resize) for t in tensors])
         # Stage: crops -> CLIP -> per-scale grids
         maps_b = multiscale.scale_maps(self.patch_scores(small), self.grids)
         # Stage: saliency on the original images

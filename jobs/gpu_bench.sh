@@ -92,6 +92,7 @@ PY
 # 3. Unit tests of the benchmark's own modules, on this machine (CPU paths + torchvision).
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/inputs/test_loader.py tests/bench/test_released_loop.py tests/shards/test_processor.py \
   "tests/test_engine.py::test_cuda_matches_cpu_on_tiny_model" "tests/test_engine.py::test_device_class_stats_give_the_same_records" \
+  "tests/test_engine.py::test_exact_resizes_on_cuda_equal_the_cpu" \
   2>&1 | tail -5 | tee "$OUT/tests.log"
 
 # 4. If time is left: the product default (masks at full resolution), fewer images.

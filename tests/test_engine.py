@@ -99,8 +99,47 @@ def test_device_and_precision_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             Engine(EngineConfig(model="toy", saliency="toy", device="cuda"), Vocabulary.from_names(VOCAB))
-    with pytest.raises(ConfigError, match="reduced precision needs a CUDA device"):
+    with pytest.raises(ConfigError, match="expected a CUDA device for fp16, got the CPU"):
         Engine(EngineConfig(model="toy", saliency="toy", device="cpu", precision="fp16"), Vocabulary.from_names(VOCAB))
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_cpu_precision_auto_follows_the_cpu(monkeypatch, supported):
+    """auto = bf16 on a CPU with native bf16 (AVX-512 BF16/AMX), fp32 elsewhere; fp32 under
+    the official protocol and for the test models; bf16 asked for is honoured."""
+    import annotator.engine as E
+
+    monkeypatch.setattr(E, "cpu_bf16_supported", lambda: supported)
+    cpu = torch.device("cpu")
+    assert E.resolve_precision("auto", cpu, "full") == (torch.bfloat16 if supported else None)
+    assert E.resolve_precision("auto", cpu, "official") is None
+    assert E.resolve_precision("auto", cpu, "full", test_model=True) is None
+    assert E.resolve_precision("bf16", cpu, "official") == torch.bfloat16
+    assert E.resolve_precision("fp32", cpu, "full") is None
+    assert E.resolve_precision("auto", torch.device("cuda"), "full") == torch.bfloat16  # unchanged on CUDA
+    engine = Engine(EngineConfig(model="toy", saliency="toy", device="cpu"), Vocabulary.from_names(VOCAB))
+    assert engine.precision == "fp32"
+
+
+def test_cpu_bf16_detection_answers():
+    """The probe returns a bool on any machine (torch's own probe, then /proc/cpuinfo)."""
+    from annotator.engine import cpu_bf16_supported
+
+    assert cpu_bf16_supported() in (True, False)
+
+
+def test_bf16_on_the_cpu_runs_and_mostly_agrees_with_fp32():
+    """Both encoders under CPU bf16 autocast: tiny random CLIP + FOUND structure."""
+    data = [make_image(seed)[0] for seed in range(3)]
+    out = {}
+    for precision in ("fp32", "bf16"):
+        cfg = EngineConfig(model="tiny-random", saliency="found-tiny-random", pretrained="random", device="cpu",
+                           precision=precision)
+        engine = Engine(cfg, Vocabulary.from_names(["cat", "dog", "car"]), weights=ResolvedWeights())
+        assert engine.precision == precision
+        out[precision] = engine.predict(data)
+    agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["fp32"], out["bf16"])])
+    assert agree > 0.5, agree
 
 
 @pytest.mark.gpu
@@ -114,6 +153,22 @@ def test_cuda_matches_cpu_on_tiny_model():
         out[dev] = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights()).predict(data)
     agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["cpu"], out["cuda"])])
     assert agree > 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_exact_resizes_on_cuda_equal_the_cpu():
+    """The official protocol's integer resizes give the same values on the GPU (the CPU's
+    are tested against cv2 and PIL in tests/core/test_exact_resize.py)."""
+    from annotator.core.exact_resize import opencv_linear_resize, pil_bicubic_resize_exact
+
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((375, 500), (480, 640), (512, 512)):
+        img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        assert torch.equal(opencv_linear_resize(img.cuda(), (256, 256)).cpu(), opencv_linear_resize(img, (256, 256)))
+    for p in (64, 128, 256):
+        batch = torch.randint(0, 256, (8, 3, p, p), dtype=torch.uint8, generator=g)
+        assert torch.equal(pil_bicubic_resize_exact(batch.cuda(), 224).cpu(), pil_bicubic_resize_exact(batch, 224))
 
 
 def test_device_class_stats_give_the_same_records():

@@ -202,6 +202,18 @@ def test_two_actors_give_the_same_output_as_one(dataset, reference, tmp_path):
     assert_same_output(out, reference)
     rows, _ = read_output(out)
     assert all(r["status"] == "ok" and r["annotations"] for r in rows)  # the comparison is not vacuous
+    # threads fit the actors: 1 actor x 2 threads, 2 actors x 1 thread on the session's 2 CPUs
+    # (never 2 x 2, which would oversubscribe the cores); as each actor's torch reports it
+    one = json.loads((reference / "scheduling.json").read_text())
+    two = json.loads((out / "scheduling.json").read_text())
+    assert (one["actors"], one["threads_per_actor"]) == (1, 2), one
+    assert (two["actors"], two["threads_per_actor"]) == (2, 1), two
+
+
+def test_threads_for_cpus():
+    from annotator.distributed.ray_runner import threads_for_cpus
+
+    assert [threads_for_cpus(c, 4) for c in (1.0, 2.0, 3.9999999999, 0.5, None, 0)] == [1, 2, 4, 1, 4, 4]
 
 
 # ----------------------------------------------------------------------------- actor killed
@@ -231,7 +243,9 @@ def test_actor_killed_mid_shard_is_retried(dataset, reference, tmp_path, caplog)
     text = caplog.text
     # alone on its actor, the shard used up an attempt; beside shard 0 (actors run two
     # shards at once), both were requeued to run alone, without using one up
-    assert ("shard 1 failed (attempt 1 of 3" in text
+    from annotator.distributed.policy import MAX_SHARD_ATTEMPTS
+
+    assert (f"shard 1 failed (attempt 1 of {MAX_SHARD_ATTEMPTS}" in text
             or "shard 1 requeued to run alone (its actor died while it ran beside another shard" in text), text
     assert "giving up" not in text
     manifest = json.loads((out / "manifest.json").read_text())

@@ -53,7 +53,7 @@ from annotator.bench.probes import (
     device_name,
     ray_unavailable_reason,
     run_driver_memory_scale,
-    run_manifest_scale,
+    run_manifest_scale, run_precision_compare, run_resize_arithmetic,
 )
 from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_from_args
 from annotator.config import DEFAULT_SHARD_SIZE, EngineConfig
@@ -334,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the driver's peak RSS listing + scheduling N tiny images via Ray")
     b.add_argument("--manifest-scale", type=_int_list, default=None, metavar="N,N,...",
                    help="also measure the driver's cost of recording one finished shard in a manifest of N shards")
+    b.add_argument("--resize-arithmetic", action="store_true",
+                   help="also time the 256 resize and the crop resizes in float (full protocol) and in "
+                   "OpenCV's/PIL's exact integer arithmetic (official), side by side on the same images")
+    b.add_argument("--compare-precision", type=int, default=0, metavar="N",
+                   help="also run the engine at fp32 and at bf16 autocast on the first N images, side "
+                   "by side: images/s and label agreement (0: skip)")
     add_engine_arguments(p)
     return p
 
@@ -387,6 +393,18 @@ def _print_report(r: dict) -> None:
                   f"cost per shard), mark_finished amortised {run_['mark_finished_ms_amortised']:.3f} ms")
     if r.get("driver_memory_scale") is not None:
         print(f"driver memory scale: {json.dumps(r['driver_memory_scale'])}")
+    if r.get("precision_compare") is not None:
+        pc = r["precision_compare"]
+        print(f"precision: fp32 {pc['fp32']['images_per_s']:.3f} images/s, bf16 {pc['bf16']['images_per_s']:.3f} "
+              f"images/s ({pc['bf16_speedup']:.2f}x); labels agree on {100 * pc['label_agreement']:.2f}% of "
+              f"pixels ({pc['images']} images)")
+    if r.get("resize_arithmetic") is not None:
+        ra = r["resize_arithmetic"]
+        for k in ("float", "exact"):
+            print(f"resize arithmetic {k:<5}: 256 resize {ra[k]['resize256_ms']:.2f} ms/image, "
+                  f"crops {ra[k]['crops_ms']:.2f} ms/image")
+        print(f"exact / float: 256 resize {ra['exact_over_float']['resize256_ms']:.2f}x, "
+              f"crops {ra['exact_over_float']['crops_ms']:.2f}x ({ra['images']} images)")
 
 
 # Long on purpose: the benchmark's passes run side by side in one process, in this order, so that
@@ -433,6 +451,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         engine = Engine(cfg, vocab, profile=True)
         load_s = time.perf_counter() - t0
+        resize_arithmetic = None
+        if args.resize_arithmetic:
+            from annotator.inputs.decode import decode_image
+            from annotator.inputs.listing import read_image_bytes
+
+            sample = [decode_image(read_image_bytes(r)) for r in refs[:32]]
+            resize_arithmetic = run_resize_arithmetic(engine, sample)
         overlap = None
         if args.stub_device_ms_per_image is not None:
             engine = StubDevice(engine, args.stub_device_ms_per_image)
@@ -461,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "precision": engine.precision if hasattr(engine, "precision") else "stub",
             "config": cfg.to_json(),
             "vocabulary_size": len(vocab),
             "source": args.source or "synthetic VOC-sized JPEGs",
@@ -471,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "engine_overhead_fraction": engine_res["engine_overhead_fraction"],
             "engine": engine_res,
             "stub_device": overlap,
+            "resize_arithmetic": resize_arithmetic,
             "naive": naive_res,
             "naive_images_per_s": naive_res.get("images_per_s"),
             "naive_images_per_s_with_saliency": naive_res.get("images_per_s_with_saliency"),
@@ -494,6 +521,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         result["manifest_scale"] = (run_manifest_scale(args.manifest_scale, workdir)
                                     if args.manifest_scale else None)
+        result["precision_compare"] = None
+        if args.compare_precision > 0:
+            from annotator.inputs.decode import decode_image
+            from annotator.inputs.listing import read_image_bytes
+
+            sample = [decode_image(read_image_bytes(r)) for r in refs[: args.compare_precision]]
+            result["precision_compare"] = run_precision_compare(cfg, vocab, sample)
         _print_report(result)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@
   in a fresh process (:func:`_driver_probe`);
 - :func:`run_manifest_scale` (``--manifest-scale``): the driver's cost of recording one
   finished shard in a manifest of N shards;
+- :func:`run_resize_arithmetic` (``--resize-arithmetic``): the 256 resize and the crop
+  resizes timed side by side in float (the ``full`` protocol) and in OpenCV's/PIL's
+  exact integer arithmetic (``official``), on the same images and device;
+- :func:`run_precision_compare` (``--compare-precision``): the engine at fp32 and at
+  bf16 autocast on the same images, side by side: images/s and label agreement;
 - :func:`ray_unavailable_reason`: whether the Ray pipeline can run at all.
 
 Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
@@ -31,7 +36,7 @@ import numpy as np
 from annotator.bench.data import make_synthetic_jpegs
 
 __all__ = ["PROBE_ENGINE_ARGV", "GpuUtilSampler", "cpu_name", "device_name", "run_driver_memory_scale",
-           "run_manifest_scale"]
+           "run_manifest_scale", "run_precision_compare", "run_resize_arithmetic"]
 
 
 # --------------------------------------------------------------------------- environment
@@ -228,3 +233,91 @@ def _pythonpath() -> str:
     here = str(Path(__file__).resolve().parent.parent)
     old = os.environ.get("PYTHONPATH", "")
     return here + (os.pathsep + old if old else "")
+
+
+# --------------------------------------------------------------------------- resize arithmetic
+def run_resize_arithmetic(engine, images: list, repeats: int = 3) -> dict:
+    """Seconds per image of the two uint8 resizes, float vs exact, measured alternately.
+
+    Args:
+        engine: a loaded :class:`annotator.engine.Engine` (its device, grids, encoder size).
+        images: (H, W, 3) uint8 arrays, e.g. the benchmark's decoded synthetic JPEGs.
+    Returns:
+        ``{"float": {"resize256_ms", "crops_ms"}, "exact": {...}, "exact_over_float": {...}}``
+        (milliseconds per image, the best of ``repeats`` alternated rounds).
+    """
+    import torch
+
+    from annotator.core import multiscale
+    from annotator.engine import to_chw_uint8
+
+    dev = engine.device
+    tensors = [to_chw_uint8(im, dev) for im in images]
+    per_chunk = max(1, engine.config.crop_chunk // engine.patches_per_image)
+    clip = engine.clip
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def one_round(exact: bool) -> tuple[float, float]:
+        sync()
+        t0 = time.perf_counter()
+        small = torch.stack([multiscale.resize_input(t, engine.config.input_size, exact) for t in tensors])
+        sync()
+        t1 = time.perf_counter()
+        for i in range(0, len(small), per_chunk):
+            multiscale.cut_crops(small[i : i + per_chunk], engine.grids, clip.input_size, clip.mean, clip.std,
+                                 exact=exact)
+        sync()
+        return t1 - t0, time.perf_counter() - t1
+
+    best: dict[str, list[float]] = {"float": [float("inf")] * 2, "exact": [float("inf")] * 2}
+    with torch.inference_mode():
+        one_round(False), one_round(True)  # warm-up: coefficient tables, allocator
+        for _ in range(repeats):
+            for name, exact in (("float", False), ("exact", True)):
+                r, c = one_round(exact)
+                best[name] = [min(best[name][0], r), min(best[name][1], c)]
+    n = len(tensors)
+    out = {k: {"resize256_ms": 1000 * v[0] / n, "crops_ms": 1000 * v[1] / n} for k, v in best.items()}
+    out["exact_over_float"] = {k: out["exact"][k] / out["float"][k] for k in ("resize256_ms", "crops_ms")}
+    out["images"] = n
+    return out
+
+
+# --------------------------------------------------------------------------- precision
+def run_precision_compare(config, vocabulary, images: list, rounds: int = 2) -> dict:
+    """The engine at fp32 and at bf16 autocast on the same images, alternately.
+
+    Args:
+        config: the benchmark's :class:`~annotator.config.EngineConfig` (its precision is
+            replaced by ``fp32`` and ``bf16``; the models are the same seeded weights).
+        images: (H, W, 3) uint8 arrays.
+    Returns:
+        ``{"fp32": {"images_per_s"}, "bf16": {...}, "bf16_speedup", "label_agreement",
+        "images"}``: the best of ``rounds`` timed passes each (one untimed image first),
+        and the fraction of pixels whose label is the same at both precisions.
+    """
+    import dataclasses
+
+    from annotator.engine import Engine
+
+    engines = {p: Engine(dataclasses.replace(config, precision=p), vocabulary) for p in ("fp32", "bf16")}
+    for e in engines.values():
+        e.predict(images[:1])  # warm-up
+    best = {p: float("inf") for p in engines}
+    labels = {}
+    for _ in range(rounds):
+        for p, e in engines.items():
+            t0 = time.perf_counter()
+            preds = e.predict(images)
+            best[p] = min(best[p], time.perf_counter() - t0)
+            labels[p] = [pr.labels_hw for pr in preds]
+    same = sum(int((a == b).sum()) for a, b in zip(labels["fp32"], labels["bf16"]))
+    total = sum(a.size for a in labels["fp32"])
+    out = {p: {"images_per_s": len(images) / best[p], "seconds": best[p]} for p in engines}
+    out["bf16_speedup"] = best["fp32"] / best["bf16"]
+    out["label_agreement"] = same / total
+    out["images"] = len(images)
+    return out

@@ -63,14 +63,21 @@ class _ShardActor:
     """Holds one engine; ``process`` runs one shard and returns a ShardResult dict."""
 
     def __init__(self, engine_config: EngineConfig, vocabulary: Vocabulary, options: RunOptions, threads: int | None):
+        import ray
         import torch
 
         from annotator.engine import Engine
         from annotator.shards.processor import ShardProcessor
 
-        if threads:
-            torch.set_num_threads(threads)
+        if threads:  # a CPU actor: as many torch threads as Ray gave it CPUs, not the whole machine
+            assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            torch.set_num_threads(threads_for_cpus(assigned, threads))
         self.processor = ShardProcessor(Engine(engine_config, vocabulary), options)
+
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
 
     def process(self, task: ShardTask) -> ShardResult:
         return self.processor.process(task)
@@ -200,6 +207,15 @@ def check_cluster_device(device: str) -> None:
                               f"(resources: {sorted(ray.cluster_resources())})")
 
 
+def threads_for_cpus(assigned_cpus: float | None, planned: int) -> int:
+    """torch intra-op threads for a CPU actor: the CPUs Ray assigned it, rounded down, at
+    least 1 (``planned`` when Ray reports none). Two actors of 1 CPU on 2 cores get 1
+    thread each, not 2 each (which would oversubscribe the cores)."""
+    if assigned_cpus is None or assigned_cpus <= 0:
+        return max(1, int(planned))
+    return max(1, int(assigned_cpus + 1e-9))
+
+
 def plan_actors(engine_config: EngineConfig, num_actors: int | None) -> tuple[int, dict, str]:
     """How many actors, with which resources, on which device ('cuda' or 'cpu').
 
@@ -265,7 +281,12 @@ def run_shards(
                        **resources)(_ShardActor)
     slots = [ActorSlot(Actor.remote(cfg, vocabulary, options, threads)) for _ in range(n)]
     try:
-        return _schedule(tasks, slots, device, on_done, in_flight_per_actor or SHARDS_AT_ONCE)
+        stats = _schedule(tasks, slots, device, on_done, in_flight_per_actor or SHARDS_AT_ONCE)
+        if threads:  # as the actors report it (what torch really runs with)
+            with contextlib.suppress(Exception):  # an actor lost at the very end: keep the plan's figure
+                stats.threads_per_actor = threads_for_cpus(resources["num_cpus"], threads)
+                stats.threads_per_actor = max(ray.get([s.handle.threads.remote() for s in slots], timeout=30))
+        return stats
     finally:
         for s in slots:  # free the CPUs/GPUs now (also when a shard or on_done raised)
             with contextlib.suppress(Exception):  # best effort: the actor may be gone already

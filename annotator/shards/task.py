@@ -75,6 +75,8 @@ class SchedulingStats:
 
     actors: int = 0
     device: str = ""
+    #: torch intra-op threads per CPU actor (its Ray CPUs); 0 on a GPU
+    threads_per_actor: int = 0
     retries: int = 0
     restarts: int = 0
     shards_done: int = 0
