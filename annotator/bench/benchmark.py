@@ -188,9 +188,9 @@ def run_engine_pass(engine, refs, workdir: Path, args, shards_at_once: int | Non
     return out
 
 
-def run_naive_pass(engine, refs, n: int) -> dict:
-    """The released loop on the first ``n`` images (decoded beforehand, untimed)."""
-    from annotator.bench.released_loop import naive_predict
+def decode_first(refs, n: int) -> tuple[list, list[str]]:
+    """The first ``n`` decodable images of ``refs`` as (H, W, 3) uint8 arrays, and their
+    file names (undecodable ones skipped), for the passes that time the engine alone."""
     from annotator.inputs.decode import ImageDecodeError, decode_image
     from annotator.inputs.listing import read_image_bytes
 
@@ -203,6 +203,14 @@ def run_naive_pass(engine, refs, n: int) -> dict:
             names.append(ref.file_name)
         except ImageDecodeError:
             continue
+    return images, names
+
+
+def run_naive_pass(engine, refs, n: int) -> dict:
+    """The released loop on the first ``n`` images (decoded beforehand, untimed)."""
+    from annotator.bench.released_loop import naive_predict
+
+    images, names = decode_first(refs, n)
     if not images:
         return {"images": 0, "skipped": "no decodable image"}
     naive_predict(engine, images[:2], names[:2])  # warm-up
@@ -453,11 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_s = time.perf_counter() - t0
         resize_arithmetic = None
         if args.resize_arithmetic:
-            from annotator.inputs.decode import decode_image
-            from annotator.inputs.listing import read_image_bytes
-
-            sample = [decode_image(read_image_bytes(r)) for r in refs[:32]]
-            resize_arithmetic = run_resize_arithmetic(engine, sample)
+            resize_arithmetic = run_resize_arithmetic(engine, decode_first(refs, 32)[0])
         overlap = None
         if args.stub_device_ms_per_image is not None:
             engine = StubDevice(engine, args.stub_device_ms_per_image)
@@ -523,11 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     if args.manifest_scale else None)
         result["precision_compare"] = None
         if args.compare_precision > 0:
-            from annotator.inputs.decode import decode_image
-            from annotator.inputs.listing import read_image_bytes
-
-            sample = [decode_image(read_image_bytes(r)) for r in refs[: args.compare_precision]]
-            result["precision_compare"] = run_precision_compare(cfg, vocab, sample)
+            result["precision_compare"] = run_precision_compare(cfg, vocab, decode_first(refs, args.compare_precision)[0])
         _print_report(result)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
