@@ -30,11 +30,11 @@ import os
 import posixpath
 import re
 import stat
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 
+from annotator.inputs.catalog import ImageRef
 from annotator.inputs.decode import ImageDecodeError
 from annotator.storage.redact import redact_uri, scrub_secrets, split_credentials
 from annotator.storage.retry import is_transient_storage_error, retry
@@ -60,30 +60,6 @@ _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP":
 
 class SourceError(ValueError):
     """A source that cannot be listed: missing, empty, or of an unexpected shape."""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """One listed image.
-
-    image_id: 1-based position in the sorted listing (stable for a given source).
-    file_name: path relative to the source root, '/'-separated; "{index:08d}.{ext}" for
-        a Hugging Face row.
-    uri: what :func:`read_image_bytes` opens (credentials removed): a local absolute path,
-        an fsspec URL, or "hf://{name}/{split}/{index}" (read via HFSource.read_rows).
-    index: row index for a Hugging Face dataset, else None.
-    """
-
-    image_id: int
-    file_name: str
-    uri: str
-    index: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.image_id, int) or self.image_id < 1:
-            raise ValueError(f"ImageRef.image_id: expected an int >= 1, received {self.image_id!r}")
-        if not self.file_name:
-            raise ValueError("ImageRef.file_name: expected a non-empty relative path, received ''")
 
 
 def has_image_extension(path: str) -> bool:
