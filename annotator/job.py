@@ -24,9 +24,10 @@ from annotator.cli import engine_config_from_args, parse_storage_options
 from annotator.config import ConfigError, EngineConfig
 from annotator.distributed import ray_runner
 from annotator.errors import install_interrupt_handlers
+from annotator.inputs.catalog import ImageRef, ImageRefs, ImageRefsBuilder
 from annotator.inputs.decode import DEFAULT_MAX_PIXELS
 from annotator.inputs.hf import HFSource, list_hf_dataset
-from annotator.inputs.listing import ImageRef, list_images, resolve_source
+from annotator.inputs.listing import list_images, resolve_source
 from annotator.inputs.vocab import Vocabulary, load_vocabulary
 from annotator.models import ResolvedWeights, describe_weights, resolve_weights
 from annotator.records.metadata import RunMetadata
@@ -71,7 +72,7 @@ class Validated:
 class Inputs:
     """The listing (stage 2): names only, never pixels."""
 
-    refs: list[ImageRef]
+    refs: ImageRefs  # columns, not objects: a million names in tens of MiB
     description: str  # the source as shown and recorded (credentials removed)
     storage_options: dict  # for reading the source and the ground truth
     hf: HFSource | None = None
@@ -168,7 +169,7 @@ def open_run_output(args: argparse.Namespace, checked: Validated, inputs: Inputs
     chash = config_hash(identity)
     tasks = make_shards(inputs.refs, args.shard_size, inputs.hf)
     manifest = open_output(
-        args.output, config_hash=chash, listing_fingerprint=listing_fingerprint(r.file_name for r in inputs.refs),
+        args.output, config_hash=chash, listing_fingerprint=listing_fingerprint(inputs.refs.file_names()),
         num_shards=len(tasks), shard_size=args.shard_size, overwrite=args.overwrite,
         storage_options=checked.storage_options, settings=identity, num_images=len(inputs.refs),
     )
@@ -191,9 +192,12 @@ def open_run_output(args: argparse.Namespace, checked: Validated, inputs: Inputs
     return OpenedOutput(manifest, tasks, pending, options)
 
 
-def annotate_shards(args: argparse.Namespace, checked: Validated, opened: OpenedOutput) -> SchedulingStats | None:
+def annotate_shards(args: argparse.Namespace, checked: Validated, opened: OpenedOutput, *,
+                    make_processor=None) -> SchedulingStats | None:
     """Stage 4: the pending shards on Ray actors; each finished one is recorded at once.
-    Returns the scheduler's figures (None when nothing was left to do)."""
+    Returns the scheduler's figures (None when nothing was left to do).
+    ``make_processor``: a stand-in for the engine's shard processor (the benchmark's
+    scale simulation; see :func:`annotator.distributed.ray_runner.run_shards`)."""
     if not opened.pending:
         return None
     log.info(ray_runner.init_ray(checked.ray_target))
@@ -211,7 +215,7 @@ def annotate_shards(args: argparse.Namespace, checked: Validated, opened: Opened
 
     try:
         stats = ray_runner.run_shards(opened.pending, checked.engine, checked.vocabulary, opened.options,
-                                      num_actors=args.num_actors, on_done=on_done)
+                                      num_actors=args.num_actors, on_done=on_done, make_processor=make_processor)
     finally:
         opened.manifest.flush()  # also when shards failed or the run was interrupted
         if bar is not None:
@@ -326,27 +330,39 @@ def write_scheduling(output: str, storage_options: dict, stats: SchedulingStats)
     atomic_write_bytes(layout.join_url(output, layout.SCHEDULING_NAME), data, storage_options, retries=3)
 
 
-def exclude_output(refs: list[ImageRef], output: str) -> list[ImageRef]:
+def exclude_output(refs: ImageRefs, output: str) -> ImageRefs:
     """The listing without the run's own output (previews, exports) when ``--output``
-    lies inside ``--source``: a run never reads what it writes. Image ids stay those of
-    the source's listing order, renumbered from 1."""
+    lies inside ``--source``: a run never reads what it writes. The other images keep
+    their ids (those of the source's listing order). Streams: one ref at a time, each
+    folder resolved once."""
     out_url = redact_uri(output).rstrip("/")
     local = "://" not in out_url
     out_dir = os.path.realpath(out_url) if local else ""
+    resolved: dict[str, bool] = {}  # folder -> inside the output
 
     def inside(ref: ImageRef) -> bool:
         if local and "://" not in ref.uri:  # realpath never raises (a symlink loop stays as it is)
-            return (os.path.realpath(os.path.dirname(ref.uri)) + os.sep).startswith(out_dir + os.sep)
+            folder = os.path.dirname(ref.uri)
+            if folder not in resolved:
+                if len(resolved) > 65536:
+                    resolved.clear()
+                resolved[folder] = (os.path.realpath(folder) + os.sep).startswith(out_dir + os.sep)
+            return resolved[folder]
         return ref.uri.startswith(out_url + "/")
 
-    kept = [r for r in refs if not inside(r)]
-    if len(kept) == len(refs):
+    kept, left_out = ImageRefsBuilder(), 0
+    for ref in refs:
+        if inside(ref):
+            left_out += 1
+        else:
+            kept.add(ref.file_name, ref.uri, image_id=ref.image_id, index=ref.index)
+    if not left_out:
         return refs
-    log.info("left out %d file(s) under the output %s, which is inside the source", len(refs) - len(kept), out_url)
-    return kept
+    log.info("left out %d file(s) under the output %s, which is inside the source", left_out, out_url)
+    return kept.build()
 
 
-def filter_image_list(refs: list[ImageRef], path: str, source_root: str | None = None) -> list[ImageRef]:
+def filter_image_list(refs: ImageRefs, path: str, source_root: str | None = None) -> ImageRefs:
     """The images named in ``--image-list`` (id, relative path, or stem per line). An
     entry that matches no listed file still gets its row: a ``missing`` error (so that a
     VOC ``val.txt`` never shrinks the evaluation set unnoticed). No entry matching any
@@ -361,13 +377,14 @@ def filter_image_list(refs: list[ImageRef], path: str, source_root: str | None =
         return {str(r.image_id), r.file_name, stem, stem.rsplit("/", 1)[-1]}
 
     wanted_set = set(wanted)
-    out, matched = [], set()
+    out, matched, max_id = ImageRefsBuilder(), set(), 0
     for r in refs:
+        max_id = max(max_id, r.image_id)
         hit = keys(r) & wanted_set
         if hit:
-            out.append(r)
+            out.add(r.file_name, r.uri, image_id=r.image_id, index=r.index)
             matched |= hit
-    if not out:
+    if not len(out):
         raise ConfigError(f"--image-list {path}: none of its {len(wanted)} entries matches an image of the source")
     unmatched = [w for w in wanted if w not in matched]
     if unmatched and source_root is None:  # a Hugging Face dataset: its rows are read by index
@@ -376,11 +393,10 @@ def filter_image_list(refs: list[ImageRef], path: str, source_root: str | None =
     elif unmatched:
         log.warning("--image-list %s: %d of its entries match no file of the source (e.g. %s); each gets a "
                     "'missing' row", path, len(unmatched), unmatched[0])
-        next_id = max(r.image_id for r in refs) + 1
         base = (source_root or "").rstrip("/")
         for k, name in enumerate(unmatched):
-            out.append(ImageRef(image_id=next_id + k, file_name=name, uri=f"{base}/{name}" if base else name))
-    return out
+            out.add(name, f"{base}/{name}" if base else name, image_id=max_id + 1 + k)
+    return out.build()
 
 
 def _plural(n: int, word: str) -> str:

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from annotator.inputs.catalog import ImageRefs, ImageRefsBuilder
 from annotator.inputs.decode import ImageDecodeError, sniff_format
 from annotator.inputs.listing import (
     _FORMAT_EXT,
-    ImageRef,
     SourceError,
     has_image_extension,
     read_image_bytes,
@@ -65,18 +65,18 @@ class HFSource:
             self._dataset = _open_hf(self.name_or_path, self.split, self.kind)[0]
         return self._dataset
 
-    def refs(self) -> list[ImageRef]:
+    def refs(self) -> ImageRefs:
         """One ImageRef per row: file_name "{index:08d}.{ext}" with ext from the image's
         leading bytes, else its path's extension, else "png". A streamed dataset is
-        iterated once (downloading the image column) and num_rows is recorded."""
-        refs = [
-            ImageRef(image_id=i + 1, file_name=f"{i:08d}.{_cell_ext(cell)}", uri=self.uri(i), index=i)
-            for i, cell in enumerate(self._iter_cells(self.image_column, 0, self.num_rows, head_only=True))
-        ]
-        if not refs:
+        iterated once (downloading the image column) and num_rows is recorded. Held as
+        columns (:class:`~annotator.inputs.catalog.ImageRefs`)."""
+        builder = ImageRefsBuilder()
+        for i, cell in enumerate(self._iter_cells(self.image_column, 0, self.num_rows, head_only=True)):
+            builder.add(f"{i:08d}.{_cell_ext(cell)}", self.uri(i), image_id=i + 1, index=i)
+        if not len(builder):
             raise SourceError(f"dataset {self.name_or_path!r} split {self.split!r} has no rows")
-        self.num_rows = len(refs)
-        return refs
+        self.num_rows = len(builder)
+        return builder.build()
 
     def read_rows(self, start: int, stop: int) -> list[bytes | ImageDecodeError]:
         """Encoded image bytes of rows [start, stop) (clipped to the length), in order; a

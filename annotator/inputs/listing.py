@@ -30,11 +30,12 @@ import os
 import posixpath
 import re
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 
-from annotator.inputs.catalog import ImageRef
+from annotator.inputs.catalog import ImageRef, ImageRefs, ImageRefsBuilder
 from annotator.inputs.decode import ImageDecodeError
 from annotator.storage.redact import redact_uri, scrub_secrets, split_credentials
 from annotator.storage.retry import is_transient_storage_error, retry
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageRef",
+    "ImageRefs",
     "SourceError",
     "has_image_extension",
     "list_images",
@@ -99,46 +101,56 @@ def _glob_root(path: str) -> str:
     return posixpath.dirname(path)
 
 
-def list_images(source: str, storage_options: dict | None = None) -> list[ImageRef]:
+def list_images(source: str, storage_options: dict | None = None) -> ImageRefs:
     """List the images of a directory, glob, single file or fsspec URL (see module doc).
 
-    Returns refs sorted by ``file_name``; ``image_id`` = 1-based position. Raises
-    SourceError when the source does not exist or holds no file with an image extension.
+    Returns refs sorted by ``file_name`` (byte order of the UTF-8 names), ``image_id`` =
+    1-based position, held as columns (:class:`~annotator.inputs.catalog.ImageRefs`): the
+    walk streams into them, so a million files never sit in memory as Python objects.
+    Raises SourceError when the source does not exist or holds no file with an image
+    extension.
     """
     from fsspec.implementations.local import LocalFileSystem
 
     clean, options = resolve_source(source, storage_options)
     shown = redact_uri(source)
+    builder = ImageRefsBuilder()
+    others: list[str] = []  # the first few other files (sorted), for the error message
+    num_others = 0
     try:
         fs, path = local_or_url_fs(clean, options)
-        if isinstance(fs, LocalFileSystem) and os.path.isdir(path):
-            root, entries = path, _walk_local(path)
+        local = isinstance(fs, LocalFileSystem)
+        if local and os.path.isdir(path):
+            root, paths = path, _walk_local(path)
         elif _MAGIC_RE.search(path) and not fs.exists(path):  # a glob, unless a path of that name exists
-            root, entries = _glob_root(path), fs.glob(path, detail=True)
+            root = _glob_root(path)
+            paths = (p for p, info in fs.glob(path, detail=True).items() if info.get("type") != "directory")
         elif fs.isdir(path):
-            root, entries = path, fs.find(path, withdirs=True, detail=True)
+            root, paths = path, iter(fs.find(path, withdirs=False))
         elif fs.exists(path):
-            root, entries = posixpath.dirname(path), {path: fs.info(path)}
+            root, paths = posixpath.dirname(path), iter([path])
         else:
             raise SourceError(f"source {shown!r} does not exist (expected a directory, glob, file or URL)")
+        root = root.rstrip("/")
+        for p in paths:
+            if p.rstrip("/") == root:
+                continue
+            rel = _relative(p, root)
+            if has_image_extension(p):
+                builder.add(rel, redact_uri(p if local else fs.unstrip_protocol(p)))
+            else:
+                num_others += 1
+                if len(others) < 3 or rel < others[-1]:
+                    others = sorted([*others, rel])[:3]
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise SourceError(f"source {shown!r} cannot be listed: {scrub_secrets(str(exc), source)}") from None
-
-    root = root.rstrip("/")
-    files = [p for p, info in entries.items() if info.get("type") != "directory" and p.rstrip("/") != root]
-    images = sorted((_relative(p, root), p) for p in files if has_image_extension(p))
-    if not images:
-        others = sorted(_relative(p, root) for p in files)[:3]
-        found = f"found {len(files)} other file(s), e.g. {others}" if files else "found no files"
+    if not len(builder):
+        found = f"found {num_others} other file(s), e.g. {others}" if num_others else "found no files"
         raise SourceError(
             f"no images in source {shown!r}: expected files ending in {', '.join(IMAGE_EXTENSIONS)} "
             f"(case-insensitive); {found}"
         )
-    local = isinstance(fs, LocalFileSystem)
-    return [
-        ImageRef(image_id=i, file_name=rel, uri=redact_uri(p if local else fs.unstrip_protocol(p)))
-        for i, (rel, p) in enumerate(images, start=1)
-    ]
+    return builder.build(sort_by_name=True)
 
 
 def local_or_url_fs(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -151,10 +163,9 @@ def local_or_url_fs(uri: str, options: dict | None = None) -> tuple[fsspec.Abstr
     return fsspec.core.url_to_fs(uri, **(options or {}))
 
 
-def _walk_local(root: str) -> dict[str, dict]:
-    """Every file under ``root``, following symlinked folders once each (a link back to a
-    folder already walked, a loop, is skipped with a warning)."""
-    entries: dict[str, dict] = {}
+def _walk_local(root: str) -> Iterator[str]:
+    """Every file under ``root``, one path at a time, following symlinked folders once
+    each (a link back to a folder already walked, a loop, is skipped with a warning)."""
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
@@ -164,8 +175,7 @@ def _walk_local(root: str) -> dict[str, dict]:
             continue
         seen.add((st.st_dev, st.st_ino))
         for name in filenames:
-            entries[os.path.join(dirpath, name)] = {"type": "file"}
-    return entries
+            yield os.path.join(dirpath, name)
 
 
 def _relative(path: str, root: str) -> str:

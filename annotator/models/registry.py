@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from annotator.config import EngineConfig
 from annotator.models import weights as W
+
+if TYPE_CHECKING:  # torch is imported by the builders only: the driver lists and schedules without it
+    import torch
 
 
 @dataclass
@@ -87,6 +88,8 @@ def _open_clip(config: EngineConfig, weights: ResolvedWeights, device: torch.dev
 
 
 def _random_decoder(config: EngineConfig, channels: int) -> torch.nn.Conv2d:
+    import torch
+
     torch.manual_seed(config.seed + 1)
     return torch.nn.Conv2d(channels, 1, kernel_size=1)
 

@@ -14,8 +14,10 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where tensors are loaded: resolving weights needs no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ def download_verified(url: str, dest: Path, sha256: str | None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".part-")
     os.close(fd)
     try:
+        import torch
+
         torch.hub.download_url_to_file(url, tmp, progress=False)
         if sha256 is not None:
             got = sha256_file(tmp)
@@ -130,6 +134,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(p, device="cpu")
+    import torch
+
     obj = torch.load(p, map_location="cpu", weights_only=True)
     return obj
 

@@ -20,10 +20,13 @@ SHARDS_AT_ONCE = 2
 
 @dataclass
 class ShardTask:
-    """One shard: its index and the images in it (``hf`` set for Hugging Face rows)."""
+    """One shard: its index and the images in it (``hf`` set for Hugging Face rows).
+
+    On the driver ``refs`` is a view of the listing's columns (an
+    :class:`~annotator.inputs.catalog.ImageRefs` slice); it reaches a worker as a list."""
 
     shard_index: int
-    refs: list[ImageRef]
+    refs: Sequence[ImageRef]
     hf: HFSource | None = None
     #: One image at a time, each named in a crash log first (see :mod:`annotator.storage.crashlog`):
     #: the driver sets it for a shard whose actor died.
@@ -61,16 +64,17 @@ class RunOptions:
 
 
 def make_shards(refs: Sequence[ImageRef], shard_size: int, hf: HFSource | None = None) -> list[ShardTask]:
-    """Cut the listing into consecutive shards of ``shard_size`` images."""
+    """Cut the listing into consecutive shards of ``shard_size`` images (slices of
+    ``refs``: views, when it is an :class:`~annotator.inputs.catalog.ImageRefs`)."""
     if shard_size < 1:
         raise ValueError(f"--shard-size: expected >= 1, got {shard_size}")
-    return [ShardTask(i // shard_size, list(refs[i : i + shard_size]), hf) for i in range(0, len(refs), shard_size)]
+    return [ShardTask(i // shard_size, refs[i : i + shard_size], hf) for i in range(0, len(refs), shard_size)]
 
 
 @dataclass
 class SchedulingStats:
     """The scheduler's figures of one run (``OUTPUT/scheduling.json``): seconds of wall
-    time, counted on the driver (``driver_overhead_s``: handling results and
+    time, counted on the driver (``driver_overhead_s``: handling results, events and
     submissions) and summed over the shards as the actors timed them (``shard_seconds``)."""
 
     actors: int = 0
