@@ -73,11 +73,71 @@ def _temporary(fs, path: str):
 
 
 @dataclass
+class IdSet:
+    """Image ids seen, one bit each (ids are listing positions, so dense from 1): a
+    million ids cost 125 KB, not the ~70 MB of a ``set`` of ints."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._count = 0
+
+    def add(self, image_id: int) -> bool:
+        """Record ``image_id``; False when it was recorded already."""
+        byte, bit = divmod(int(image_id), 8)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits))))
+        if self._bits[byte] >> bit & 1:
+            return False
+        self._bits[byte] |= 1 << bit
+        self._count += 1
+        return True
+
+    def __len__(self) -> int:
+        return self._count
+
+
+@dataclass
+class Footers:
+    """What the reducer keeps of the parts' footers, read one at a time: the first
+    footer, the configuration hashes, the summed confusion matrix and the first ground
+    truth errors (by file name) with their count. Memory does not grow with the parts."""
+
+    first: dict | None = None
+    hashes: set = field(default_factory=set)
+    #: a part was scored against ground truth (its footer has a ``confusion`` key)
+    scored: bool = False
+    confusion: np.ndarray | None = None
+    gt_error_count: int = 0
+    gt_errors_first: list = field(default_factory=list)
+
+    def add(self, meta: dict) -> None:
+        if self.first is None:
+            self.first = meta
+        self.hashes.add(meta.get("config_hash"))
+        self.scored |= "confusion" in meta
+        if meta.get("confusion") is not None:
+            cm = np.asarray(meta["confusion"], dtype=np.int64)
+            self.confusion = cm if self.confusion is None else self.confusion + cm
+        errors = meta.get("gt_errors") or []
+        if errors:
+            self.gt_error_count += len(errors)
+            merged = sorted([*self.gt_errors_first, *errors], key=lambda e: e["file_name"])
+            self.gt_errors_first = merged[:GT_ERRORS_LISTED]
+
+
+def read_footers(paths: list[str], storage_options: dict | None) -> Footers:
+    footers = Footers()
+    for p in paths:
+        footers.add(_footer(p, storage_options))
+    return footers
+
+
+@dataclass
 class MergeCounts:
     """What the merge saw: image ids, statuses, failure reasons, per-class totals."""
 
     class_names: list[str]
-    seen: set[int] = field(default_factory=set)
+    seen: IdSet = field(default_factory=IdSet)
     status: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
     tally: ClassTally = field(init=False)
@@ -103,8 +163,8 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     manifest = _manifest(output, storage_options)
     if manifest is not None and verify:
         verify_parts(paths, manifest, storage_options)
-    metas = [_footer(p, storage_options) for p in paths]
-    meta = run_metadata(output, metas)
+    footers = read_footers(paths, storage_options)
+    meta = run_metadata(output, footers)
     expected = meta.get("num_images")
     if manifest is not None and expected is not None:
         check_complete(paths, manifest, expected)
@@ -115,7 +175,7 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
                           "fewer rows than its shard has images); run the same command again")
     coco_counts = write_coco(fs, root, output, meta, storage_options)
     summary = build_summary(counts, meta, coco_counts)
-    scores = write_metrics(fs, root, metas, counts.class_names)
+    scores = write_metrics(fs, root, footers, counts.class_names)
     if scores is not None:
         summary["miou"] = scores["miou"]
     _write_json(fs, join_url(root, SUMMARY_NAME), summary)
@@ -169,43 +229,58 @@ def check_complete(paths: list[str], manifest, num_images: int) -> None:
                           + "; run the same command again to finish the run")
 
 
-def run_metadata(output: str, metas: list[dict]) -> dict:
+def run_metadata(output: str, footers: Footers) -> dict:
     """The run's metadata from the parts' footers (all of one configuration), without
     the per-shard keys."""
-    hashes = {m.get("config_hash") for m in metas}
-    if len(hashes) > 1:
-        raise ReduceError(f"{output}: parts come from different configurations {sorted(map(str, hashes))}")
-    meta = dict(metas[0])
+    if len(footers.hashes) > 1:
+        raise ReduceError(f"{output}: parts come from different configurations {sorted(map(str, footers.hashes))}")
+    meta = dict(footers.first or {})
     for key in SHARD_KEYS:
         meta.pop(key, None)
     RunMetadata.from_json(meta)  # validated: a vocabulary with background first
     return meta
 
 
+#: Rows per row group of ``annotations.parquet``: large groups keep the writer's
+#: per-group metadata (which it holds until the file is closed) small at 10^6 rows.
+MERGED_ROW_GROUP_ROWS = 8192
+#: The columns the merge counts from (the rest is copied as Arrow data, never as rows).
+_COUNTED_COLUMNS = ["image_id", "file_name", "status", "error", "annotations"]
+
+
 def merge_parts(fs, root: str, paths: list[str], meta: dict, storage_options: dict | None) -> MergeCounts:
-    """Stream every part's rows into ``annotations.parquet`` (written by a temporary name
-    and a move), counting as it goes; each image id must appear once."""
+    """Stream every part into ``annotations.parquet`` (written by a temporary name and a
+    move) as Arrow data, in row groups of ``MERGED_ROW_GROUP_ROWS``, counting as it goes;
+    each image id must appear once. Memory holds one row group, not the run."""
     counts = MergeCounts(meta["vocabulary"])
     schema = PART_ARROW_SCHEMA.with_metadata({parts.METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
     with _temporary(fs, join_url(root, ANNOTATIONS_NAME)) as merged_tmp:
         with fs.open(merged_tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+            pending, rows = [], 0
             for path in paths:
-                buf = []
-                for row in parts.iter_rows([path], storage_options):
-                    _count_row(counts, row)
-                    buf.append(row)
-                    if len(buf) >= 256:
-                        writer.write_table(pa.Table.from_pylist(buf, schema=schema))
-                        buf = []
-                if buf:
-                    writer.write_table(pa.Table.from_pylist(buf, schema=schema))
+                for batch in parts.iter_batches([path], storage_options):
+                    for row in batch.select(_COUNTED_COLUMNS).to_pylist():
+                        _count_row(counts, row)
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    if rows >= MERGED_ROW_GROUP_ROWS:
+                        writer.write_table(_as_table(pending, schema), row_group_size=rows)
+                        pending, rows = [], 0
+            if pending:
+                writer.write_table(_as_table(pending, schema), row_group_size=rows)
     return counts
 
 
+def _as_table(batches: list, schema: pa.Schema) -> pa.Table:
+    """One table of ``schema`` (the merged file's metadata) from parts' batches (each
+    with its own part's footer)."""
+    tables = [pa.Table.from_batches([b]).select(schema.names).replace_schema_metadata(None) for b in batches]
+    return pa.concat_tables(tables).cast(schema)
+
+
 def _count_row(counts: MergeCounts, row: dict) -> None:
-    if row["image_id"] in counts.seen:
+    if not counts.seen.add(row["image_id"]):
         raise ReduceError(f"image_id {row['image_id']} ({row['file_name']}) appears in more than one part")
-    counts.seen.add(row["image_id"])
     counts.status[row["status"]] += 1
     if row["status"] == "error":
         counts.reasons[error_reason(row["error"])] += 1
@@ -251,26 +326,23 @@ def build_summary(counts: MergeCounts, meta: dict, coco_counts: dict) -> dict:
     return summary
 
 
-def write_metrics(fs, root: str, metas: list[dict], class_names: list[str]) -> dict | None:
+def write_metrics(fs, root: str, footers: Footers, class_names: list[str]) -> dict | None:
     """``metrics.json`` from the confusion matrices the actors computed (None without
     ground truth; a metrics.json left by an earlier run is then removed)."""
     metrics_path = join_url(root, METRICS_NAME)
-    if not any("confusion" in m for m in metas):
+    if not footers.scored:
         if fs.exists(metrics_path):  # left by an earlier run (e.g. one replaced with --overwrite)
             fs.rm(metrics_path)
         return None
     k = len(class_names)
-    cm = np.zeros((k, k), dtype=np.int64)
-    for m in metas:
-        if m.get("confusion") is not None:
-            cm += np.asarray(m["confusion"], dtype=np.int64)
+    cm = footers.confusion if footers.confusion is not None else np.zeros((k, k), dtype=np.int64)
     scores = metrics.scores_from_confusion(cm, class_names)
     scores["confusion_matrix"] = cm.tolist()
-    gt_errors = sorted((e for m in metas for e in m.get("gt_errors") or []), key=lambda e: e["file_name"])
-    scores["ground_truth_errors"] = {"count": len(gt_errors), "first": gt_errors[:GT_ERRORS_LISTED]}
-    if gt_errors:
+    first = footers.gt_errors_first
+    scores["ground_truth_errors"] = {"count": footers.gt_error_count, "first": first}
+    if first:
         log.warning("%d image(s) left out of the scores, their ground truth could not be used; "
-                    "e.g. %s: %s (see metrics.json)", len(gt_errors), gt_errors[0]["file_name"], gt_errors[0]["error"])
+                    "e.g. %s: %s (see metrics.json)", footers.gt_error_count, first[0]["file_name"], first[0]["error"])
     _write_json(fs, metrics_path, scores)
     print(metrics.format_table(scores), file=sys.stderr)
     return scores

@@ -206,6 +206,19 @@ def iter_rows(
                 yield from batch.to_pylist()
 
 
+def iter_batches(
+    paths: Sequence[str],
+    storage_options: dict | None = None,
+    batch_size: int = 1024,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the parts' rows as Arrow record batches of at most ``batch_size`` rows (all
+    of PART_ARROW_SCHEMA's columns), in order: what the merge copies without making rows."""
+    for path in paths:
+        fs, p = url_to_fs(path, storage_options)
+        with fs.open(p, "rb") as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)
+
+
 def iter_records(
     paths: Sequence[str],
     storage_options: dict | None = None,

@@ -200,3 +200,43 @@ def test_format_summary_table():
     assert lines[0].split() == ["class", "masks", "pixels", "mean", "score"]
     assert lines[2].split() == ["cat", "3", "1200", "0.812"] and lines[3].split() == ["dog", "0", "0", "-"]
     assert "images: 5 (4 annotated, 1 failed)" in text and "failed, truncated: 1" in text
+
+
+def test_merge_copies_parts_as_arrow_in_large_row_groups(tmp_path, monkeypatch):
+    """The merged file holds the parts' rows unchanged, in row groups of
+    MERGED_ROW_GROUP_ROWS (not one per 256 rows: the writer keeps every group's metadata)."""
+    from annotator.outputs import reduce as reduce_module
+
+    monkeypatch.setattr(reduce_module, "MERGED_ROW_GROUP_ROWS", 4)
+    out = tmp_path / "run"
+    recs = [_ok(i) if i % 5 else _err(i) for i in range(1, 31)]
+    for shard in range(10):
+        _write(out, shard, recs[3 * shard : 3 * shard + 3], num_images=30)
+    summary = reduce_output(str(out), report=False)
+    assert summary["images"] == 30 and summary["failed"] == 6
+    merged = pq.ParquetFile(out / "annotations.parquet")
+    assert merged.metadata.num_rows == 30 and merged.metadata.num_row_groups == 5  # 6+6+6+6+6 rows
+    assert [r for r in parts.iter_rows([str(out / "annotations.parquet")])] == [r.to_row() for r in recs]
+    assert json.loads(merged.schema_arrow.metadata[parts.METADATA_KEY])["num_images"] == 30
+
+
+def test_id_set_is_a_bitmap_that_finds_repeats():
+    from annotator.outputs.reduce import IdSet
+
+    ids = IdSet()
+    assert ids.add(1) and ids.add(1_000_000) and ids.add(8) and not ids.add(1_000_000)
+    assert len(ids) == 3 and len(ids._bits) < 300_000
+
+
+def test_ground_truth_errors_of_many_parts_keep_the_first_by_name(tmp_path):
+    from annotator.outputs.reduce import GT_ERRORS_LISTED, Footers
+
+    footers = Footers()
+    k = len(CLASSES)
+    for shard in range(30):
+        footers.add(_meta(90, shard_index=shard, confusion=np.eye(k, dtype=int).tolist(),
+                          gt_errors=[{"file_name": f"img_{90 - 3 * shard - j:03d}.png", "error": "bad"}
+                                     for j in range(3)]))
+    assert footers.scored and footers.gt_error_count == 90
+    assert [e["file_name"] for e in footers.gt_errors_first] == [f"img_{i:03d}.png" for i in range(1, 1 + GT_ERRORS_LISTED)]
+    assert (footers.confusion == 30 * np.eye(k)).all()
