@@ -12,13 +12,16 @@ One run measures, on the same device with the same loaded models:
 3. **Ray pipeline** (``python -m annotator.run``) on the same images, when Ray is
    importable and ``--skip-ray`` is not given (wall clock, so Ray start-up, engine
    loading and the reduce step are included);
-4. optionally (``--driver-memory-scale 1000,10000``) the driver's peak RSS while listing
-   and scheduling N tiny images through the Ray pipeline.
+4. optionally (``--ray-actors 1,2``) the Ray pass once per actor count, side by side,
+   each with its torch threads per actor (``threads_per_actor``);
+5. optionally (``--scale 10000,100000,1000000``) the scale simulation of
+   :mod:`annotator.bench.scale`: the driver's and the reducer's peak memory and the
+   driver's overhead per shard at N listed images, with a stand-in engine.
 
 Without ``--source`` it writes ``--images`` synthetic JPEGs of PASCAL VOC sizes (mostly
 500x375, some 375x500 and 500x333; smooth colour fields, shapes and grain) to a
 temporary folder on local disk (:mod:`annotator.bench.data`). Device names, GPU
-utilisation sampling and the driver-memory probe live in :mod:`annotator.bench.probes`.
+utilisation sampling and the side probes live in :mod:`annotator.bench.probes`.
 Examples::
 
     # CPU, test models (no weights, no downloads)
@@ -47,14 +50,17 @@ from pathlib import Path
 from typing import Sequence
 
 from annotator.bench.data import make_synthetic_jpegs
+from annotator.bench.levers import run_lever_compare
 from annotator.bench.probes import (
     GpuUtilSampler,
     cpu_name,
     device_name,
     ray_unavailable_reason,
-    run_driver_memory_scale,
-    run_manifest_scale, run_precision_compare, run_resize_arithmetic,
+    run_manifest_scale,
+    run_precision_compare,
+    run_resize_arithmetic,
 )
+from annotator.bench.scale import DEFAULT_MS_PER_IMAGE, run_scale_simulation
 from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_from_args
 from annotator.config import DEFAULT_SHARD_SIZE, EngineConfig
 from annotator.shards.task import SHARDS_AT_ONCE
@@ -252,8 +258,9 @@ def _engine_argv(cfg: EngineConfig) -> list[str]:
 
 
 
-def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args) -> dict:
-    """``annotator.run.main`` on the same images (wall clock, start-up and reduce included)."""
+def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args, num_actors: int | None = None) -> dict:
+    """``annotator.run.main`` on the same images (wall clock, start-up and reduce included),
+    with ``--num-actors num_actors`` when given."""
     why = ray_unavailable_reason()
     if why:
         return {"skipped": why}
@@ -265,6 +272,8 @@ def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args)
     argv = ["--source", source, "--image-list", str(image_list), "--output", str(workdir / "ray-output"),
             "--vocab", str(vocab_path), "--shard-size", str(args.shard_size), "--no-report", "--quiet",
             "--overwrite", *_engine_argv(cfg)]
+    if num_actors is not None:
+        argv += ["--num-actors", str(num_actors)]
     t0 = time.perf_counter()
     try:
         rc = run.main(argv)
@@ -278,7 +287,8 @@ def run_ray_pass(cfg: EngineConfig, refs, vocab_path: Path, workdir: Path, args)
     wall = time.perf_counter() - t0
     stats_path = workdir / "ray-output" / "scheduling.json"
     scheduling = json.loads(stats_path.read_text()) if stats_path.exists() else None
-    return {"exit_code": rc, "images": len(refs), "seconds": wall,
+    return {"exit_code": rc, "images": len(refs), "seconds": wall, "num_actors": (scheduling or {}).get("actors"),
+            "threads_per_actor": (scheduling or {}).get("threads_per_actor"),
             "images_per_s": len(refs) / wall if wall > 0 else None,
             "scheduling": scheduling, "shard_size": args.shard_size,
             "scheduling_overhead_fraction": (scheduling or {}).get("overhead_fraction"),
@@ -338,13 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (torch.set_num_threads) for the whole run; default: torch's")
     b.add_argument("--workdir", default=None, metavar="DIR",
                    help="where synthetic images and outputs go (default: a temp folder, removed at the end)")
-    b.add_argument("--driver-memory-scale", type=_int_list, default=None, metavar="N,N,...",
-                   help="also measure the driver's peak RSS listing + scheduling N tiny images via Ray")
+    b.add_argument("--ray-actors", type=_int_list, default=None, metavar="N,N,...",
+                   help="run the Ray pass once per actor count (--num-actors N), side by side")
+    b.add_argument("--scale", type=_int_list, default=None, metavar="N,N,...",
+                   help="also run the scale simulation at N listed images (empty files, a stand-in engine, the "
+                   "real listing, scheduler and reducer): peak memory and overhead per shard")
+    b.add_argument("--scale-ms-per-image", type=float, default=DEFAULT_MS_PER_IMAGE, metavar="MS",
+                   help="the stand-in engine's simulated device time per image")
+    b.add_argument("--scale-actors", type=int, default=4, metavar="N", help="actors of the scale simulation")
     b.add_argument("--manifest-scale", type=_int_list, default=None, metavar="N,N,...",
                    help="also measure the driver's cost of recording one finished shard in a manifest of N shards")
     b.add_argument("--resize-arithmetic", action="store_true",
                    help="also time the 256 resize and the crop resizes in float (full protocol) and in "
                    "OpenCV's/PIL's exact integer arithmetic (official), side by side on the same images")
+    b.add_argument("--compare-levers", type=int, default=0, metavar="N",
+                   help="also time the engine levers of annotator.bench.levers (crop chunks x4, channels-last, "
+                   "DINO without fused attention, torch.compile) against the baseline on the first N images, "
+                   "side by side (0: skip)")
     b.add_argument("--compare-precision", type=int, default=0, metavar="N",
                    help="also run the engine at fp32 and at bf16 autocast on the first N images, side "
                    "by side: images/s and label agreement (0: skip)")
@@ -399,8 +419,27 @@ def _print_report(r: dict) -> None:
         for run_ in r["manifest_scale"]["runs"]:
             print(f"manifest of {run_['shards_listed']} shards: one save {run_['one_save_ms']:.1f} ms (the old "
                   f"cost per shard), mark_finished amortised {run_['mark_finished_ms_amortised']:.3f} ms")
-    if r.get("driver_memory_scale") is not None:
-        print(f"driver memory scale: {json.dumps(r['driver_memory_scale'])}")
+    for run_ in r.get("ray_actors") or []:
+        print(f"Ray pass, {run_.get('num_actors')} actor(s) x {run_.get('threads_per_actor')} thread(s): "
+              f"{run_.get('images_per_s') or 0:.3f} images/s (exit {run_.get('exit_code')})")
+    if r.get("scale") is not None:
+        for run_ in r["scale"].get("runs", []):
+            d, red = run_.get("driver", {}), run_.get("reduce", {})
+            if "error" in d:
+                print(f"scale {run_['images_listed']}: error {d['error'][-300:]}")
+                continue
+            sch = d["scheduling"]
+            print(f"scale {run_['images_listed']:>9} images: driver peak {d['peak_rss_mib']:.0f} MiB (after listing "
+                  f"{d['peak_rss_mib_after_listing']:.0f}), listing {d['listing_s']:.1f} s, "
+                  f"{sch.get('driver_ms_per_shard', 0):.2f} ms/shard = "
+                  f"{100 * (sch.get('overhead_fraction') or 0):.3f}% of shard time; reduce peak "
+                  f"{red.get('peak_rss_mib', 0):.0f} MiB in {red.get('seconds', 0):.1f} s")
+    if r.get("lever_compare") is not None:
+        lc = r["lever_compare"]
+        for name, v in lc["levers"].items():
+            print(f"lever {name:<22} {v['images_per_s']:.3f} images/s ({v['speedup']:.2f}x baseline, labels agree on "
+                  f"{100 * v['label_agreement']:.2f}%, warm-up {v['warmup_s']:.1f} s; {lc['precision']}, "
+                  f"{lc['images']} images)")
     if r.get("precision_compare") is not None:
         pc = r["precision_compare"]
         print(f"precision: fp32 {pc['fp32']['images_per_s']:.3f} images/s, bf16 {pc['bf16']['images_per_s']:.3f} "
@@ -519,12 +558,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["ray"] = {"skipped": "--skip-ray"}
         else:
             result["ray"] = run_ray_pass(cfg, refs, vocab_path, workdir, args)
-        result["driver_memory_scale"] = (
-            run_driver_memory_scale(args.driver_memory_scale, workdir, vocab_path, 64)
-            if args.driver_memory_scale else None
-        )
+        result["ray_actors"] = None
+        if args.ray_actors and "skipped" not in result["ray"]:
+            result["ray_actors"] = [run_ray_pass(cfg, refs, vocab_path, workdir, args, num_actors=n)
+                                    for n in args.ray_actors]
+        result["threads_per_actor"] = (result["ray"].get("threads_per_actor") if isinstance(result["ray"], dict)
+                                       else None)
+        result["scale"] = (run_scale_simulation(args.scale, workdir, vocab_path, shard_size=args.shard_size,
+                                                actors=args.scale_actors, ms_per_image=args.scale_ms_per_image)
+                           if args.scale else None)
         result["manifest_scale"] = (run_manifest_scale(args.manifest_scale, workdir)
                                     if args.manifest_scale else None)
+        result["lever_compare"] = None
+        if args.compare_levers > 0:
+            result["lever_compare"] = run_lever_compare(cfg, vocab, decode_first(refs, args.compare_levers)[0])
         result["precision_compare"] = None
         if args.compare_precision > 0:
             result["precision_compare"] = run_precision_compare(cfg, vocab, decode_first(refs, args.compare_precision)[0])

@@ -19,13 +19,10 @@ Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,10 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from annotator.bench.data import make_synthetic_jpegs
-
-__all__ = ["PROBE_ENGINE_ARGV", "GpuUtilSampler", "cpu_name", "device_name", "run_driver_memory_scale",
-           "run_manifest_scale", "run_precision_compare", "run_resize_arithmetic"]
+__all__ = ["GpuUtilSampler", "cpu_name", "device_name", "run_manifest_scale", "run_precision_compare", "run_resize_arithmetic"]
 
 
 # --------------------------------------------------------------------------- environment
@@ -117,85 +111,6 @@ def ray_unavailable_reason() -> str | None:
     if importlib.util.find_spec("annotator.run") is None or importlib.util.find_spec("annotator.distributed.ray_runner") is None:
         return "annotator.run / annotator.distributed.ray_runner not present"
     return None
-
-
-# --------------------------------------------------------------------------- driver memory scale
-#: Engine options of the driver-memory probe: the tiny test model, as cheap per image as possible.
-PROBE_ENGINE_ARGV = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "none",
-                     "--patch-sizes", "256", "--protocol", "official", "--device", "cpu", "--batch-size", "64"]
-
-
-def _driver_probe(source: str, output: str, vocab_path: str, shard_size: int) -> dict:
-    """In a fresh process: list ``source`` and schedule it through the Ray pipeline the way
-    ``annotator.run`` does (manifest included, no reduce); returns the peak RSS."""
-    from annotator.cli import engine_config_from_args
-    from annotator.distributed import ray_runner as pipeline
-    from annotator.inputs.listing import list_images
-    from annotator.inputs.vocab import load_vocabulary
-    from annotator.job import MANIFEST_FLUSH_INTERVAL_S
-    from annotator.run import build_parser as run_parser
-    from annotator.shards.task import RunOptions, make_shards
-    from annotator.storage.identity import config_hash, listing_fingerprint
-    from annotator.storage.manifest import open_output
-
-    def rss_mb() -> float:
-        """Peak resident set size of this process so far, MiB: VmHWM (ru_maxrss keeps the
-        parent's peak across fork + exec on Linux, so it is only the fallback)."""
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-        except (OSError, ValueError, IndexError):
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-    imported = rss_mb()
-    args = run_parser().parse_args(["--source", source, "--output", output, "--vocab", vocab_path, *PROBE_ENGINE_ARGV])
-    cfg = engine_config_from_args(args)
-    vocab = load_vocabulary(vocab_path)
-    pipeline.init_ray(None)
-    before = rss_mb()
-    t0 = time.perf_counter()
-    refs = list_images(source)
-    tasks = make_shards(refs, shard_size)
-    manifest = open_output(output, config_hash=config_hash({"bench": "driver-probe"}), listing_fingerprint=listing_fingerprint(
-        r.file_name for r in refs), num_shards=len(tasks), shard_size=shard_size, overwrite=True)
-    listed = rss_mb()
-    manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
-    opts = RunOptions(output=output, metadata={"vocabulary": vocab.names, "bench": True})
-    pipeline.run_shards(tasks, cfg, vocab, opts, num_actors=None,
-                        on_done=lambda r: manifest.mark_finished(r.shard_index, r.path, r.rows, r.sha256))
-    manifest.flush()
-    wall = time.perf_counter() - t0
-    pipeline.shutdown_ray()
-    return {"images": len(refs), "shards": len(tasks), "seconds": wall, "peak_rss_mb_after_imports": imported,
-            "peak_rss_mb_after_ray_init": before, "peak_rss_mb_after_listing": listed, "peak_rss_mb": rss_mb(),
-            "peak_rss_mb_listing_and_scheduling": rss_mb() - before}
-
-
-def run_driver_memory_scale(counts: Sequence[int], workdir: Path, vocab_path: Path, shard_size: int) -> dict:
-    """Peak driver RSS for each N in ``counts`` (tiny 32x32 JPEGs, one fresh process each)."""
-    why = ray_unavailable_reason()
-    if why:
-        return {"skipped": why}
-    out = {"engine": " ".join(PROBE_ENGINE_ARGV), "runs": []}
-    for n in counts:
-        src = workdir / f"scale-{n}"
-        make_synthetic_jpegs(src, n, sizes_hw=((32, 32),), quality=80)
-        code = ("import json, sys; from annotator.bench.probes import _driver_probe; "
-                "print('DRIVER-PROBE ' + json.dumps(_driver_probe(*sys.argv[1:4], int(sys.argv[4]))))")
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(src), str(workdir / f"scale-{n}-output"), str(vocab_path), str(shard_size)],
-            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("DRIVER-PROBE ")), None)
-        if proc.returncode != 0 or line is None:
-            out["runs"].append({"images": n, "error": (proc.stderr or proc.stdout)[-1500:]})
-        else:
-            out["runs"].append(json.loads(line[len("DRIVER-PROBE "):]))
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(workdir / f"scale-{n}-output", ignore_errors=True)
-    return out
 
 
 # --------------------------------------------------------------------------- manifest scale

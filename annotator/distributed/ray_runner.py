@@ -60,18 +60,25 @@ class ShardFailedError(RuntimeError):
 
 
 class _ShardActor:
-    """Holds one engine; ``process`` runs one shard and returns a ShardResult dict."""
+    """Holds one engine; ``process`` runs one shard and returns a ShardResult dict.
 
-    def __init__(self, engine_config: EngineConfig, vocabulary: Vocabulary, options: RunOptions, threads: int | None):
+    ``make_processor(engine_config, vocabulary, options)``, when given, builds the object
+    whose ``process(task)`` runs the shards instead (the scale simulation's stand-in)."""
+
+    def __init__(self, engine_config: EngineConfig, vocabulary: Vocabulary, options: RunOptions, threads: int | None,
+                 make_processor: Callable | None = None):
         import ray
         import torch
-
-        from annotator.engine import Engine
-        from annotator.shards.processor import ShardProcessor
 
         if threads:  # a CPU actor: as many torch threads as Ray gave it CPUs, not the whole machine
             assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
             torch.set_num_threads(threads_for_cpus(assigned, threads))
+        if make_processor is not None:
+            self.processor = make_processor(engine_config, vocabulary, options)
+            return
+        from annotator.engine import Engine
+        from annotator.shards.processor import ShardProcessor
+
         self.processor = ShardProcessor(Engine(engine_config, vocabulary), options)
 
     def threads(self) -> int:
@@ -258,8 +265,10 @@ def run_shards(
     num_actors: int | None,
     on_done: Callable[[ShardResult], None],
     in_flight_per_actor: int | None = None,
+    make_processor: Callable | None = None,
 ) -> SchedulingStats:
     """Process ``tasks`` on Ray actors; ``on_done(result)`` is called per finished shard.
+    ``make_processor``: see :class:`_ShardActor` (None: the real engine).
 
     Returns scheduling statistics (``actors``, ``device``, ``retries``, ``restarts``,
     ``driver_overhead_s``, ``shard_seconds``, ``shards_done``). Raises :class:`ShardFailedError` listing
@@ -279,7 +288,7 @@ def run_shards(
     # and written (ShardProcessor serialises the device work; see worker.py).
     Actor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=SHARDS_AT_ONCE,
                        **resources)(_ShardActor)
-    slots = [ActorSlot(Actor.remote(cfg, vocabulary, options, threads)) for _ in range(n)]
+    slots = [ActorSlot(Actor.remote(cfg, vocabulary, options, threads, make_processor)) for _ in range(n)]
     try:
         stats = _schedule(tasks, slots, device, on_done, in_flight_per_actor or SHARDS_AT_ONCE)
         if threads:  # as the actors report it (what torch really runs with)
@@ -335,7 +344,7 @@ def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_do
         fill(s)
     while inflight or (policy.queue and probes):
         ready, _ = ray.wait(list(inflight) + list(probes), num_returns=1, timeout=1.0 if probes else None)
-        now = time.perf_counter()
+        now = t_event = time.perf_counter()  # from here to the loop's end: the driver's own time
         for s in [s for s in probes.values() if now - s.probe_since_s > ACTOR_RESTART_TIMEOUT_S]:
             retire(s, f"not back {ACTOR_RESTART_TIMEOUT_S:.0f} s after it died")
         ref = ready[0] if ready else None
@@ -349,7 +358,6 @@ def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_do
                 retire(s, f"could not be restarted ({_short(e)})")
         elif ref is not None and ref in inflight:
             s, task = inflight.pop(ref)
-            t0 = time.perf_counter()
             try:
                 result = ray.get(ref)
             except RayActorError as e:
@@ -367,10 +375,10 @@ def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_do
                 on_done(result)
                 stats.shard_seconds += result.seconds
                 stats.shards_done += 1
-                stats.driver_overhead_s += time.perf_counter() - t0
         policy.no_actor_left(slots)
         for s in slots:
-            fill(s)
+            fill(s)  # serialising and submitting the next shards
+        stats.driver_overhead_s += time.perf_counter() - t_event
     policy.close()
     stats.retries = policy.retries
     message = policy.failure_message()
