@@ -7,6 +7,8 @@ Registry (``EXPORTERS``), name -> ``export(output, to, options) -> ExportResult`
 - ``labelstudio``: Label Studio task JSON with brush-label predictions, plus the
   matching ``labeling_config.xml``.
 - ``masks``: one 8-bit VOC-palette PNG label map per image (+ ``labels.txt``).
+- ``yolo``: an Ultralytics YOLO segmentation dataset (``data.yaml``, ``images/``,
+  ``labels/*.txt`` with one normalised polygon per instance).
 
 Every exporter streams the rows (``parts.iter_rows``) and writes its output piece by
 piece: memory does not grow with the number of images. ``output`` is the run's OUTPUT
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from annotator.export import coco as _coco
 from annotator.export import labelstudio as _labelstudio
 from annotator.export import masks as _masks
+from annotator.export import yolo as _yolo
 from annotator.export.common import (
     DEFAULT_LS_IMAGE_URL_PREFIX,
     AnnotationFilter,
@@ -63,6 +66,7 @@ EXPORTERS: dict[str, ExportFn] = {
     "coco": _coco.export,
     "labelstudio": _labelstudio.export,
     "masks": _masks.export,
+    "yolo": _yolo.export,
 }
 
 

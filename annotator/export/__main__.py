@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Export a run's annotations (OUTPUT/annotations.parquet, else OUTPUT/parts/*.parquet) "
             "for a labeling tool. Formats: coco (CVAT 'COCO 1.0', FiftyOne, datumaro: COCO "
-            "instances JSON with RLE masks), labelstudio (Label Studio tasks with brush "
-            "predictions + labeling config), masks (VOC-palette PNG label maps)."
+            "instances JSON with RLE masks or polygons), labelstudio (Label Studio tasks with brush "
+            "predictions + labeling config), masks (VOC-palette PNG label maps), yolo (Ultralytics "
+            "YOLO segmentation dataset)."
         ),
     )
     parser.add_argument("output", help="the run's OUTPUT folder (local path or fsspec URL)")
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="drop masks with fewer pixels than this (default 0)")
     filters.add_argument("--min-score", type=float, default=0.0, metavar="SCORE",
                          help="drop masks whose mean confidence is below this, in [0, 1] (default 0)")
+    filters.add_argument("--instances", nargs="?", const="", default=None, metavar="CLASSES",
+                         help="one object per 8-connected component of a class mask (its own bbox, area and "
+                              "score; --min-area/--min-score apply per object), for every class or for the "
+                              "comma-separated CLASSES only ('things'; the others stay one mask per image). "
+                              "coco, labelstudio; yolo always splits")
+    filters.add_argument("--polygon-tolerance", type=float, default=1.0, metavar="PIXELS",
+                         help="polygon simplification in pixels (coco --polygons, yolo; default 1.0, 0 = exact); "
+                              "the export reports the polygons' IoU with the masks")
 
     coco = parser.add_argument_group("coco")
     coco.add_argument("--iscrowd", type=int, choices=(0, 1), default=0,
@@ -55,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "to COCO evaluation, but some readers such as supervision only decode RLE then)")
     coco.add_argument("--images-root", default="", metavar="PREFIX",
                       help="folder or URL prefix joined before every images[].file_name (default: none)")
+    coco.add_argument("--polygons", action="store_true",
+                      help="segmentation as polygons (holes joined by keyhole cuts) instead of RLE")
     coco.add_argument("--zip", action="store_true",
                       help="also write TO/coco.zip holding annotations/instances_default.json (CVAT upload)")
 
@@ -74,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     masks = parser.add_argument_group("masks")
     masks.add_argument("--confidence", action="store_true",
                        help="also write <stem>_conf.png, 8-bit grayscale = round(255 * confidence)")
+
+    yolo = parser.add_argument_group("yolo")
+    yolo.add_argument("--yolo-images", choices=("link", "copy", "none"), default="link",
+                      help="images/: symlinks to local source images (copies from object storage), copies, or "
+                           "none (default link)")
+    yolo.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                      help="put a seeded, per-image-stable fraction F of the images in val (default 0: val = train)")
+    yolo.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the train/val split")
 
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help="fsspec storage options as a JSON object, for reading OUTPUT and writing TO")
@@ -97,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_url_prefix=args.image_url_prefix,
             model_version=args.model_version,
             confidence=args.confidence,
+            instances=args.instances is not None,
+            instance_classes=parse_classes(args.instances) if args.instances else None,
+            polygons=args.polygons,
+            polygon_tolerance=args.polygon_tolerance,
+            yolo_images=args.yolo_images,
+            val_fraction=args.val_fraction,
+            split_seed=args.split_seed,
             storage_options=storage_options,
         )
         result = export(args.output, args.format, args.to, options)

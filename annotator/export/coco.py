@@ -43,6 +43,8 @@ from annotator.export.common import (
     as_record,
     select_class_ids,
 )
+from annotator.export.shapes import InstanceSplitter, PolygonStats, mask_polygons
+from annotator.records.encode import decode_mask
 from annotator.storage import parts
 from annotator.storage.layout import join_url
 from annotator.storage.redact import redact_text
@@ -117,6 +119,10 @@ def write_coco_json(
     classes: Iterable[str] | None = None,
     images_root: str = "",
     metadata: Mapping[str, Any] | None = None,
+    instances: bool = False,
+    instance_classes: Iterable[str] | None = None,
+    polygons: bool = False,
+    polygon_tolerance: float = 1.0,
 ) -> dict[str, int]:
     """Stream rows into a COCO instances JSON document written to ``fp``.
 
@@ -130,11 +136,18 @@ def write_coco_json(
         classes: export only these class names (None = every class but background).
         images_root: prefix joined before each ``file_name`` ("" = none), e.g. a folder or URL.
         metadata: run metadata; its model/version fields go to ``info``.
+        instances, instance_classes: one annotation per 8-connected instance (of these
+            classes; None = all) instead of one union mask per class and image.
+        polygons, polygon_tolerance: ``segmentation`` as polygons (holes joined by
+            keyhole cuts), simplified by this many pixels; a mask that simplifies to no
+            polygon keeps its RLE. The IoU of the polygons with the masks is counted.
 
     Returns:
         counts: ``images``, ``annotations``, ``skipped_error_rows``, ``filtered_class``,
         ``filtered_area``, ``filtered_score``, ``empty_images`` (ok images left with no
-        annotation).
+        annotation); with ``instances``: ``instances``; with ``polygons``:
+        ``polygon_masks``, ``polygon_iou_mean``, ``polygon_iou_min``,
+        ``polygon_masks_without_polygon``.
 
     Raises:
         UnknownClassError: a name in ``classes`` is not in the vocabulary.
@@ -143,7 +156,9 @@ def write_coco_json(
     # Validates the options the same way the CLI does.
     options = ExportOptions(
         iscrowd=iscrowd, min_area=min_area, min_score=min_score,
-        classes=tuple(classes) if classes is not None else None,
+        classes=tuple(classes) if classes is not None else None, instances=instances,
+        instance_classes=tuple(instance_classes) if instance_classes is not None else None,
+        polygons=polygons, polygon_tolerance=polygon_tolerance,
     )
     if not class_names or class_names[0] != "background":
         raise ExportError(
@@ -154,6 +169,8 @@ def write_coco_json(
         min_area=options.min_area,
         min_score=options.min_score,
     )
+    split = InstanceSplitter.from_options(class_names, options, keep.class_ids)
+    shapes = PolygonStats() if polygons else None
     out, detach = _text_writer(fp)
     counts = {"images": 0, "annotations": 0, "skipped_error_rows": 0, "empty_images": 0}
     try:
@@ -179,7 +196,7 @@ def write_coco_json(
                 }
                 out.write(("\n" if counts["images"] == 0 else ",\n") + json.dumps(image))
                 counts["images"] += 1
-                kept = keep.apply(record.annotations)
+                kept = keep.apply(split(record))
                 if not kept:
                     counts["empty_images"] += 1
                 for a in kept:
@@ -188,7 +205,7 @@ def write_coco_json(
                         "id": counts["annotations"],
                         "image_id": record.image_id,
                         "category_id": a.category_id,
-                        "segmentation": {"size": list(a.segmentation["size"]), "counts": a.segmentation["counts"]},
+                        "segmentation": _segmentation(a, shapes, polygon_tolerance),
                         "area": int(a.area),
                         "bbox": [_number(v) for v in a.bbox_xywh],
                         "iscrowd": options.iscrowd,
@@ -202,7 +219,21 @@ def write_coco_json(
     finally:
         detach()
     counts.update(keep.counts())
+    counts.update(split.counts())
+    if shapes is not None:
+        counts.update(shapes.counts())
     return counts
+
+
+def _segmentation(a, shapes: PolygonStats | None, tolerance_px: float):
+    """The annotation's RLE, or its polygons (``shapes`` counts their IoU)."""
+    rle = {"size": list(a.segmentation["size"]), "counts": a.segmentation["counts"]}
+    if shapes is None:
+        return rle
+    mask = decode_mask(a.segmentation)
+    polys = mask_polygons(mask, tolerance_px)
+    shapes.add(polys, mask)
+    return [[_number(round(v, 2)) for v in p] for p in polys] if polys else rle
 
 
 def _text_writer(fp: IO) -> tuple[IO[str], Any]:
@@ -251,6 +282,10 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             classes=options.classes,
             images_root=options.images_root,
             metadata=metadata,
+            instances=options.instances,
+            instance_classes=options.instance_classes,
+            polygons=options.polygons,
+            polygon_tolerance=options.polygon_tolerance,
         )
     written = [json_path]
     labels_path = join_url(to, CVAT_LABELS_NAME)

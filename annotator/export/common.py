@@ -56,6 +56,17 @@ class ExportOptions:
         image_url_prefix: Label Studio: prefix of ``data.image`` before the file name.
         model_version: Label Studio: ``predictions[].model_version`` (None = from metadata).
         confidence: masks: also write ``{stem}_conf.png`` (8-bit, 255 * confidence).
+        instances: split class masks into 8-connected instances (each with its own bbox,
+            area and score); ``min_area``/``min_score`` then apply per instance.
+        instance_classes: with ``instances``, only these classes ("things"; None = every
+            exported class); the others stay one union mask per image ("stuff").
+        polygons: COCO: ``segmentation`` as polygons instead of RLE.
+        polygon_tolerance: pixels of simplification for polygons (COCO, YOLO); 0 = none.
+        yolo_images: YOLO: ``link`` (symlinks to local source images, copies otherwise),
+            ``copy`` or ``none`` (labels and data.yaml only).
+        val_fraction: YOLO: the seeded fraction of images put in ``val``, in [0, 1).
+        split_seed: YOLO: the seed of that split.
+        image_storage_options: fsspec options to read the source images (None: ``storage_options``).
         storage_options: fsspec options to read ``output`` and write ``to``.
     """
 
@@ -70,6 +81,14 @@ class ExportOptions:
     image_url_prefix: str = DEFAULT_LS_IMAGE_URL_PREFIX
     model_version: str | None = None
     confidence: bool = False
+    instances: bool = False
+    instance_classes: tuple[str, ...] | None = None
+    polygons: bool = False
+    polygon_tolerance: float = 1.0
+    yolo_images: str = "link"
+    val_fraction: float = 0.0
+    split_seed: int = 0
+    image_storage_options: Mapping[str, Any] | None = None
     storage_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -83,6 +102,14 @@ class ExportOptions:
             raise ExportError("classes must be a sequence of class names, got a single string")
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
+        if isinstance(self.instance_classes, str):
+            raise ExportError("instance_classes must be a sequence of class names, got a single string")
+        if self.instance_classes is not None:
+            object.__setattr__(self, "instance_classes", tuple(self.instance_classes))
+            if not self.instances:
+                raise ExportError("instance_classes needs instances=True (--instances CLASSES)")
+        if not (isinstance(self.polygon_tolerance, (int, float)) and self.polygon_tolerance >= 0):
+            raise ExportError(f"polygon_tolerance must be a number of pixels >= 0, got {self.polygon_tolerance!r}")
         for name in ("ls_from_name", "ls_to_name"):
             if not getattr(self, name):
                 raise ExportError(f"{name} must be a non-empty string")

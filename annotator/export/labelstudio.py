@@ -46,6 +46,7 @@ from annotator.export.common import (
     ExportResult,
     as_record,
 )
+from annotator.export.shapes import InstanceSplitter
 from annotator.review.palette import class_colors, hex_color
 from annotator.storage import parts
 from annotator.storage.layout import join_url
@@ -162,15 +163,19 @@ def task_for_record(
     to_name: str,
     image_url_prefix: str,
     model_version: str,
+    split: InstanceSplitter | None = None,
 ) -> dict:
-    """One Label Studio task for an ok :class:`annotator.records.types.ImageRecord`."""
+    """One Label Studio task for an ok :class:`annotator.records.types.ImageRecord`
+    (``split``: its instances, one brush result each)."""
     from annotator.records import decode_mask
 
     results = []
-    for a in keep.apply(record.annotations):
+    per_class: dict[int, int] = {}
+    for a in keep.apply(split(record) if split is not None else record.annotations):
+        k = per_class[a.category_id] = per_class.get(a.category_id, 0) + 1
         results.append(
             {
-                "id": f"r{record.image_id}c{a.category_id}",
+                "id": f"r{record.image_id}c{a.category_id}" + (f"i{k}" if k > 1 else ""),
                 "type": "brushlabels",
                 "from_name": from_name,
                 "to_name": to_name,
@@ -207,6 +212,7 @@ def write_tasks_json(
     """
     _brush()  # fail before writing anything when the SDK is missing
     keep = AnnotationFilter.from_options(class_names, options)
+    split = InstanceSplitter.from_options(class_names, options, keep.class_ids)
     counts = {"tasks": 0, "annotations": 0, "skipped_error_rows": 0}
     fp.write("[")
     for row in rows_iter:
@@ -221,12 +227,14 @@ def write_tasks_json(
             to_name=options.ls_to_name,
             image_url_prefix=options.image_url_prefix,
             model_version=model_version,
+            split=split,
         )
         fp.write(("\n" if counts["tasks"] == 0 else ",\n") + json.dumps(task, separators=(",", ":")))
         counts["tasks"] += 1
         counts["annotations"] += len(task["predictions"][0]["result"])
     fp.write("\n]\n")
     counts.update(keep.counts())
+    counts.update(split.counts())
     return counts
 
 

@@ -219,3 +219,49 @@ def test_cvat_labels_file(synthetic_output, tmp_path):
         {"name": "cat", "color": "#800000", "type": "any", "attributes": []},
         {"name": "traffic light", "color": "#000080", "type": "any", "attributes": []},
     ]
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0])
+def test_instances_as_polygons_of_a_real_run_read_by_pycocotools(tmp_path, tolerance):
+    """--instances --polygons on a toy-model run: pycocotools' annToMask of each object,
+    unioned per image and class, gives the run's class masks back (exactly at tolerance
+    0); one annotation per 8-connected component; the summary's IoU says how close."""
+    import cv2
+
+    from annotator.records.encode import decode_mask
+    from tests.export.conftest import build_toy_run_output
+
+    output, _, _ = build_toy_run_output(tmp_path)
+    _, result = _export(output, tmp_path, instances=True, polygons=True, polygon_tolerance=tolerance)
+    coco = COCO(result.paths[0])
+    runs = {r.image_id: r for r in parts.iter_records(parts.list_parts(output)) if r.status == "ok"}
+    components = 0
+    for image_id, rec in runs.items():
+        for a in rec.annotations:
+            mask = decode_mask(a.segmentation)
+            n, _, _, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+            components += n - 1
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], catIds=[a.category_id]))
+            assert len(anns) == n - 1 and all(isinstance(x["segmentation"], list) for x in anns)
+            union = np.zeros_like(mask, dtype=bool)
+            for x in anns:
+                union |= coco.annToMask(x).astype(bool)
+            iou = (union & mask).sum() / (union | mask).sum()
+            assert iou == 1.0 if tolerance == 0 else iou > 0.9
+            assert sum(x["area"] for x in anns) == a.area  # areas are the instances' pixel counts
+    assert result.counts["annotations"] == result.counts["instances"] == components
+    assert result.counts["polygon_masks"] == components
+    assert result.counts["polygon_iou_min"] <= result.counts["polygon_iou_mean"] <= 1.0
+    if tolerance == 0:
+        assert result.counts["polygon_iou_min"] == 1.0
+
+
+def test_instances_apply_min_area_per_object_and_only_to_thing_classes(synthetic_output, tmp_path):
+    output, _, _ = synthetic_output
+    doc, result = _export(output, tmp_path, instances=True, instance_classes=("cat",), min_area=2)
+    cats = [a for a in doc["annotations"] if a["category_id"] == 1]
+    assert all(a["area"] >= 2 for a in cats)
+    assert result.counts["instances"] == 3  # a/cat.jpg, missing.jpg, e.png's one-pixel cat (then filtered)
+    assert result.counts["filtered_area"] >= 1
+    with pytest.raises(ExportError, match="instances"):
+        ExportOptions(instance_classes=("cat",))

@@ -31,14 +31,14 @@ def test_every_exporter_runs(name, synthetic_output, tmp_path):
 def test_unknown_format_lists_the_formats(synthetic_output):
     output, _, _ = synthetic_output
     with pytest.raises(UnknownFormatError, match="coco, labelstudio, masks"):
-        export(output, "yolo")
+        export(output, "nonesuch")
 
 
 def test_cli_unknown_format(synthetic_output, capsys):
     output, _, _ = synthetic_output
-    assert main([output, "--format", "yolo"]) == 2
+    assert main([output, "--format", "nonesuch"]) == 2
     err = capsys.readouterr().err
-    assert "unknown export format 'yolo'" in err and "coco, labelstudio, masks" in err
+    assert "unknown export format 'nonesuch'" in err and "coco, labelstudio, masks" in err
 
 
 def test_cli_coco_with_options(synthetic_output, tmp_path, capsys):
@@ -120,3 +120,20 @@ def test_exports_and_report_on_an_fsspec_url(synthetic_output, tmp_path):
         assert fs.ls(f"{url}/previews")
     finally:
         fs.rm(url, recursive=True)
+
+
+def test_cli_instances_polygons_and_labelstudio_objects(synthetic_output, tmp_path, capsys):
+    pytest.importorskip("label_studio_sdk")
+    output, _, _ = synthetic_output
+    to = tmp_path / "coco"
+    assert main([output, "--format", "coco", "--to", str(to), "--instances", "--polygons",
+                 "--polygon-tolerance", "0"]) == 0
+    doc = json.loads((to / "annotations" / "instances_default.json").read_text())
+    assert all(isinstance(a["segmentation"], list) for a in doc["annotations"])
+    printed = capsys.readouterr().out
+    assert "instances=" in printed and "polygon_iou_mean=1.0" in printed
+    ls = tmp_path / "ls"
+    assert main([output, "--format", "labelstudio", "--to", str(ls), "--instances", "cat"]) == 0
+    tasks = json.loads((ls / "tasks.json").read_text())
+    ids = [r["id"] for t in tasks for r in t["predictions"][0]["result"]]
+    assert len(ids) == len(set(ids))

@@ -1,0 +1,105 @@
+"""The YOLO segmentation export, read back by Ultralytics' own dataset checker and loader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from annotator.export import ExportOptions, export
+from annotator.export.__main__ import main
+from annotator.export.masks import safe_relative_path
+from annotator.export.yolo import split_of
+from annotator.storage import parts
+from tests.export.conftest import build_synthetic_output, build_toy_run_output
+
+
+def _lines(path: Path) -> list[list[float]]:
+    return [[float(v) for v in ln.split()] for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _objects(output: str, min_area: int = 0) -> dict[str, int]:
+    """Instances per ok image, counted from the run's masks by connected components."""
+    import cv2
+
+    from annotator.records.encode import decode_mask
+
+    out = {}
+    for rec in parts.iter_records(parts.list_parts(output)):
+        if rec.status == "ok":
+            n = 0
+            for a in rec.annotations:
+                k, _, stats, _ = cv2.connectedComponentsWithStats(decode_mask(a.segmentation).astype(np.uint8),
+                                                                  connectivity=8)
+                n += int((stats[1:, cv2.CC_STAT_AREA] >= min_area).sum())
+            out[rec.file_name] = n
+    return out
+
+
+@pytest.mark.clients
+def test_ultralytics_reads_the_export_of_a_real_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-config"))
+    pytest.importorskip("ultralytics")
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    output, expected, class_names = build_toy_run_output(tmp_path)
+    to = tmp_path / "yolo"
+    result = export(output, "yolo", str(to), ExportOptions(polygon_tolerance=0.5, val_fraction=0.34, split_seed=3))
+    assert result.counts["polygon_iou_mean"] > 0.95
+    data = check_det_dataset(str(to / "data.yaml"), autodownload=False)
+    assert [data["names"][k] for k in range(len(class_names) - 1)] == class_names[1:]
+    want = _objects(output)
+    seen = {}
+    for subset in ("train", "val"):
+        ds = YOLODataset(img_path=data[subset], data=data, task="segment", augment=False, imgsz=160, rect=False)
+        for lb in ds.labels:
+            stem = Path(lb["im_file"]).relative_to(to / "images" / subset).with_suffix("").as_posix()
+            ours = _lines(to / "labels" / subset / f"{stem}.txt")
+            assert len(lb["segments"]) == len(ours) == len(lb["cls"])
+            for seg, line in zip(lb["segments"], ours):
+                assert np.allclose(seg.ravel(), line[1:], atol=1e-6)
+            assert [int(c) for c in lb["cls"].ravel()] == [int(line[0]) for line in ours]
+            seen[stem] = len(ours)
+    assert {os.path.splitext(k)[0]: v for k, v in want.items()} == seen
+    assert result.counts["annotations"] == sum(want.values())
+    assert result.counts["train"] + result.counts["val"] == len(expected)
+
+
+def test_layout_split_links_and_filters(tmp_path, capsys):
+    output, expected, class_names = build_synthetic_output(tmp_path)
+    to = tmp_path / "yolo"
+    rc = main([output, "--format", "yolo", "--to", str(to), "--classes", "cat,traffic light", "--min-area", "2",
+               "--val-fraction", "0.5", "--split-seed", "1"])
+    assert rc == 0
+    doc = yaml.safe_load((to / "data.yaml").read_text())
+    assert doc["names"] == {0: "cat", 1: "traffic light"} and doc["train"] == "images/train"
+    labels = sorted(p.relative_to(to / "labels").as_posix() for p in (to / "labels").rglob("*.txt"))
+    assert len(labels) == len(expected)
+    classes = {int(line[0]) for p in (to / "labels").rglob("*.txt") for line in _lines(p)}
+    assert classes <= {0, 1}
+    linked = [p for p in (to / "images").rglob("*") if p.is_symlink()]
+    assert linked and all(p.resolve().exists() for p in linked)
+    assert not any(p.name == "missing.jpg" for p in (to / "images").rglob("*"))  # its source is absent: counted
+    assert "images_missing=1" in capsys.readouterr().out
+    for file_name in expected:  # the label of each ok image sits in its seeded subset
+        assert (to / "labels" / split_of(file_name, 0.5, 1) / Path(safe_relative_path(file_name, ".txt"))).exists()
+    e_label = next((to / "labels").rglob("e.txt"))
+    assert _lines(e_label) == []  # e.png's cat is one pixel (< --min-area 2), its dog not exported
+
+
+def test_split_is_seeded_and_stable():
+    names = [f"img_{i:04d}.jpg" for i in range(2000)]
+    val = [n for n in names if split_of(n, 0.2, 7) == "val"]
+    assert 300 < len(val) < 500 and val == [n for n in names if split_of(n, 0.2, 7) == "val"]
+    assert val != [n for n in names if split_of(n, 0.2, 8) == "val"]
+    assert all(split_of(n, 0.0, 7) == "train" for n in names)
+
+
+def test_bad_options_are_refused(tmp_path):
+    output, _, _ = build_synthetic_output(tmp_path)
+    assert main([output, "--format", "yolo", "--val-fraction", "1.5"]) == 2
+    assert main([output, "--format", "yolo", "--polygon-tolerance", "-1"]) == 2
