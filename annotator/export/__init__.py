@@ -4,11 +4,15 @@ Registry (``EXPORTERS``), name -> ``export(output, to, options) -> ExportResult`
 
 - ``coco``: COCO instances JSON with compressed-RLE masks (CVAT "COCO 1.0", FiftyOne,
   datumaro, pycocotools), ``{to}/annotations/instances_default.json`` (+ ``coco.zip``).
+- ``cvat-masks``: CVAT "Segmentation mask 1.1" (``labelmap.txt``, colour PNGs in
+  ``SegmentationClass/``, per-object PNGs in ``SegmentationObject/`` with ``--instances``).
 - ``labelstudio``: Label Studio task JSON with brush-label predictions, plus the
   matching ``labeling_config.xml``.
 - ``masks``: one 8-bit VOC-palette PNG label map per image (+ ``labels.txt``).
 - ``yolo``: an Ultralytics YOLO segmentation dataset (``data.yaml``, ``images/``,
   ``labels/*.txt`` with one normalised polygon per instance).
+- ``yolo-semantic``: an Ultralytics semantic segmentation dataset (``data.yaml`` with
+  ``masks_dir``, ``images/``, ``masks/*.png`` label maps, 255 = ignore).
 
 Every exporter streams the rows (``parts.iter_rows``) and writes its output piece by
 piece: memory does not grow with the number of images. ``output`` is the run's OUTPUT
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from annotator.export import coco as _coco
+from annotator.export import cvat_masks as _cvat_masks
 from annotator.export import labelstudio as _labelstudio
 from annotator.export import masks as _masks
 from annotator.export import yolo as _yolo
@@ -64,9 +69,11 @@ ExportFn = Callable[[str, str, ExportOptions], ExportResult]
 
 EXPORTERS: dict[str, ExportFn] = {
     "coco": _coco.export,
+    "cvat-masks": _cvat_masks.export,
     "labelstudio": _labelstudio.export,
     "masks": _masks.export,
     "yolo": _yolo.export,
+    "yolo-semantic": _yolo.export_semantic,
 }
 
 

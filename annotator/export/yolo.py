@@ -1,5 +1,6 @@
-"""Ultralytics YOLO segmentation dataset (``--format yolo``): what ``yolo segment train
-data=TO/data.yaml`` reads.
+"""Ultralytics datasets: YOLO segmentation (``--format yolo``, what ``yolo segment train
+data=TO/data.yaml`` reads) and semantic segmentation (``--format yolo-semantic``, what
+``yolo semantic train data=TO/data.yaml`` reads: see :func:`export_semantic`).
 
 Layout written by :func:`export`::
 
@@ -29,6 +30,7 @@ import posixpath
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from annotator.export.common import (
     AnnotationFilter,
@@ -43,7 +45,7 @@ from annotator.storage import parts
 from annotator.storage.layout import join_url
 from annotator.storage.results import read_metadata, resolve_inputs
 
-__all__ = ["DATA_YAML", "IMAGE_MODES", "export", "split_of"]
+__all__ = ["DATA_YAML", "IMAGE_MODES", "export", "export_semantic", "split_of"]
 
 DATA_YAML = "data.yaml"
 IMAGE_MODES = ("link", "copy", "none")
@@ -64,12 +66,73 @@ def _yaml_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+class _Layout:
+    """``images/{subset}/...`` beside ``{kind}/{subset}/...`` under ``to``: one stem per
+    image (sanitised, unique), the seeded subset, the images linked or copied."""
+
+    def __init__(self, to: str, options: ExportOptions):
+        if options.yolo_images not in IMAGE_MODES:
+            raise ExportError(f"yolo_images: expected one of {IMAGE_MODES}, got {options.yolo_images!r}")
+        if not 0.0 <= options.val_fraction < 1.0:
+            raise ExportError(f"val_fraction: expected a fraction in [0, 1), got {options.val_fraction!r}")
+        self.options = options
+        self.so = dict(options.storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(to, **self.so)
+        self.fs.makedirs(self.root, exist_ok=True)
+        so = options.image_storage_options
+        self.image_so = dict(so if so is not None else self.so)
+        self.allocator = _PathAllocator()
+        self.made: set[str] = set()
+        self.counts = {"images": 0, "annotations": 0, "skipped_error_rows": 0, "empty_images": 0, "renamed": 0,
+                       "train": 0, "val": 0, "images_linked": 0, "images_copied": 0, "images_missing": 0}
+
+    def _makedirs(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if parent not in self.made:
+            _check_inside(self.fs, self.root, parent)
+            self.fs.makedirs(parent, exist_ok=True)
+            if len(self.made) < 10_000:
+                self.made.add(parent)
+
+    def add(self, record, kind: str, suffix: str, data: bytes) -> None:
+        """Write ``data`` as ``{kind}/{subset}/{stem}{suffix}`` and place the image beside."""
+        subset = split_of(record.file_name, self.options.val_fraction, self.options.split_seed)
+        wanted = safe_relative_path(record.file_name, "")
+        stem = self.allocator.take(f"{subset}/{wanted}", record.image_id)
+        self.counts["renamed"] += stem != f"{subset}/{wanted}"
+        target = posixpath.join(self.root, kind, stem + suffix)
+        self._makedirs(target)
+        with self.fs.open(target, "wb") as f:
+            f.write(data)
+        self.counts[subset] += 1
+        self.counts["images"] += 1
+        if self.options.yolo_images != "none":
+            ext = posixpath.splitext(record.file_name)[1] or ".jpg"
+            image_path = posixpath.join(self.root, "images", stem + ext)
+            self._makedirs(image_path)
+            self.counts[_place_image(record.uri, image_path, self.fs, self.image_so, self.options.yolo_images)] += 1
+
+    def write_yaml(self, to: str, names: list[str], extra: list[str] = ()) -> str:
+        data_yaml = join_url(to, DATA_YAML)
+        root_shown = os.path.abspath(self.root) if "://" not in to else to
+        val_dir = "images/val" if self.counts["val"] else "images/train"
+        doc = [f"path: {_yaml_str(root_shown)}", "train: images/train", f"val: {val_dir}", *extra, "names:"]
+        doc += [f"  {k}: {_yaml_str(name)}" for k, name in enumerate(names)]
+        with fsspec.open(data_yaml, "w", encoding="utf-8", **self.so) as fp:
+            fp.write("\n".join(doc) + "\n")
+        return data_yaml
+
+    def result(self, fmt: str, data_yaml: str, to: str, *more: dict) -> ExportResult:
+        counts = dict(self.counts)
+        for m in more:
+            counts.update(m)
+        written = 1 + counts["images"] + counts["images_linked"] + counts["images_copied"]
+        return ExportResult(format=fmt, paths=[data_yaml, to], counts=counts, files_written=written)
+
+
 def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     """Write the YOLO segmentation dataset of a run folder under ``to``."""
-    if options.yolo_images not in IMAGE_MODES:
-        raise ExportError(f"yolo_images: expected one of {IMAGE_MODES}, got {options.yolo_images!r}")
-    if not 0.0 <= options.val_fraction < 1.0:
-        raise ExportError(f"val_fraction: expected a fraction in [0, 1), got {options.val_fraction!r}")
+    layout = _Layout(to, options)
     paths = resolve_inputs(output, options.storage_options)
     metadata = read_metadata(paths, options.storage_options)
     class_names = list(metadata["vocabulary"])
@@ -78,32 +141,10 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     index_of = {cid: k for k, cid in enumerate(exported)}
     split = InstanceSplitter(keep.class_ids)  # every component is one object
     shapes = PolygonStats()
-    so = dict(options.storage_options or {})
-    fs, root = fsspec.core.url_to_fs(to, **so)
-    fs.makedirs(root, exist_ok=True)
-    image_so = dict(options.image_storage_options if options.image_storage_options is not None else so)
-    allocator = _PathAllocator()
-    made: set[str] = set()
-    counts = {"images": 0, "annotations": 0, "skipped_error_rows": 0, "empty_images": 0, "renamed": 0,
-              "train": 0, "val": 0, "images_linked": 0, "images_copied": 0, "images_missing": 0}
-
-    def makedirs(path: str) -> None:
-        parent = posixpath.dirname(path)
-        if parent not in made:
-            _check_inside(fs, root, parent)
-            fs.makedirs(parent, exist_ok=True)
-            if len(made) < 10_000:
-                made.add(parent)
-
-    for record in parts.iter_records(paths, so or None):
+    for record in parts.iter_records(paths, layout.so or None):
         if record.status != "ok":
-            counts["skipped_error_rows"] += 1
+            layout.counts["skipped_error_rows"] += 1
             continue
-        subset = split_of(record.file_name, options.val_fraction, options.split_seed)
-        ext = posixpath.splitext(record.file_name)[1] or ".jpg"
-        wanted = safe_relative_path(record.file_name, ".txt")
-        rel_label = allocator.take(f"{subset}/{wanted}", record.image_id)
-        counts["renamed"] += rel_label != f"{subset}/{wanted}"
         lines = []
         for a in keep.apply(split(record)):
             mask = decode_mask(a.segmentation)
@@ -115,31 +156,57 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             coords = polys[0]
             xy = [min(1.0, max(0.0, v / (record.width if i % 2 == 0 else record.height))) for i, v in enumerate(coords)]
             lines.append(f"{index_of[a.category_id]} " + " ".join(f"{v:.6f}" for v in xy))
-        label_path = posixpath.join(root, "labels", rel_label)
-        makedirs(label_path)
-        with fs.open(label_path, "wb") as f:
-            f.write(("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
-        counts["annotations"] += len(lines)
-        counts["empty_images"] += not lines
-        counts[subset] += 1
-        counts["images"] += 1
-        if options.yolo_images != "none":
-            image_path = posixpath.join(root, "images", posixpath.splitext(rel_label)[0] + ext)
-            makedirs(image_path)
-            counts[_place_image(record.uri, image_path, fs, image_so, options.yolo_images)] += 1
+        layout.add(record, "labels", ".txt", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+        layout.counts["annotations"] += len(lines)
+        layout.counts["empty_images"] += not lines
+    data_yaml = layout.write_yaml(to, [class_names[cid] for cid in exported])
+    return layout.result("yolo", data_yaml, to, keep.counts(), shapes.counts())
 
-    data_yaml = join_url(to, DATA_YAML)
-    root_shown = os.path.abspath(root) if "://" not in to else to
-    val_dir = "images/val" if counts["val"] else "images/train"
-    doc = [f"path: {_yaml_str(root_shown)}", "train: images/train", f"val: {val_dir}", "names:"]
-    doc += [f"  {k}: {_yaml_str(class_names[cid])}" for k, cid in enumerate(exported)]
-    with fsspec.open(data_yaml, "w", encoding="utf-8", **so) as fp:
-        fp.write("\n".join(doc) + "\n")
-    counts.update(keep.counts())
-    counts.update(shapes.counts())
-    return ExportResult(format="yolo", paths=[data_yaml, to],
-                        counts=counts, files_written=1 + counts["images"] + counts["images_linked"]
-                        + counts["images_copied"])
+
+def export_semantic(output: str, to: str, options: ExportOptions) -> ExportResult:
+    """Write the Ultralytics semantic segmentation dataset of a run folder under ``to``:
+    ``masks/{subset}/<stem>.png`` label maps (8-bit, pixel = class index, background 0,
+    255 = ignore where ``--classes``/``--min-area``/``--min-score`` removed a mask) and
+    ``data.yaml`` with ``masks_dir: masks``."""
+    from annotator.records import labels_from_annotations
+
+    layout = _Layout(to, options)
+    paths = resolve_inputs(output, options.storage_options)
+    metadata = read_metadata(paths, options.storage_options)
+    class_names = list(metadata["vocabulary"])
+    keep = AnnotationFilter.from_options(class_names, options)
+    exported = [0, *sorted(keep.class_ids)]  # background is class 0 of a semantic dataset
+    if len(exported) > 255:
+        raise ExportError(f"the semantic export holds at most 255 classes (255 = ignore), got {len(exported)}; "
+                          "select fewer with --classes")
+    lut = np.full(len(class_names), 255, np.uint8)  # a class left out: ignore
+    for k, cid in enumerate(exported):
+        lut[cid] = k
+    for record in parts.iter_records(paths, layout.so or None):
+        if record.status != "ok":
+            layout.counts["skipped_error_rows"] += 1
+            continue
+        kept = keep.apply(record.annotations)
+        dropped = [a for a in record.annotations if a not in kept]
+        labels = lut[labels_from_annotations(kept, (record.height, record.width))]
+        if dropped:
+            labels[labels_from_annotations(dropped, (record.height, record.width)) > 0] = 255
+        layout.add(record, "masks", ".png", _gray_png(labels))
+        layout.counts["annotations"] += len(kept)
+        layout.counts["empty_images"] += not kept
+    data_yaml = layout.write_yaml(to, [class_names[cid] for cid in exported], ["masks_dir: masks"])
+    return layout.result("yolo-semantic", data_yaml, to, keep.counts())
+
+
+def _gray_png(labels_hw: np.ndarray) -> bytes:
+    """(H, W) uint8 -> an 8-bit grayscale PNG (no palette: the pixel is the class index)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels_hw, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _place_image(uri: str, target: str, fs: Any, image_so: dict, mode: str) -> str:

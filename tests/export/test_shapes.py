@@ -7,7 +7,12 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from annotator import records
-from annotator.export.shapes import InstanceSplitter, mask_polygons, polygon_iou, split_instances
+from annotator.export.shapes import (
+    InstanceSplitter,
+    mask_polygons,
+    polygon_iou,
+    split_instances,
+)
 from annotator.inputs.catalog import ImageRef
 from annotator.records.encode import decode_mask
 

@@ -103,3 +103,38 @@ def test_bad_options_are_refused(tmp_path):
     output, _, _ = build_synthetic_output(tmp_path)
     assert main([output, "--format", "yolo", "--val-fraction", "1.5"]) == 2
     assert main([output, "--format", "yolo", "--polygon-tolerance", "-1"]) == 2
+
+
+@pytest.mark.clients
+def test_ultralytics_semantic_dataset_reads_our_label_maps(tmp_path, monkeypatch):
+    """yolo-semantic on a real run: Ultralytics' SemanticDataset pairs every image with
+    its mask and loads the run's labels (background 0, classes from 1; 255 where
+    --min-area removed a mask)."""
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-config"))
+    pytest.importorskip("ultralytics")
+    from ultralytics.data.dataset import SemanticDataset
+    from ultralytics.data.utils import check_det_dataset
+
+    output, expected, class_names = build_toy_run_output(tmp_path)
+    to = tmp_path / "sem"
+    result = export(output, "yolo-semantic", str(to), ExportOptions(val_fraction=0.4, min_area=50))
+    data = check_det_dataset(str(to / "data.yaml"), autodownload=False)
+    assert [data["names"][k] for k in range(len(class_names))] == class_names
+    small = {}
+    for rec in parts.iter_records(parts.list_parts(output)):
+        small[rec.file_name] = [a for a in rec.annotations if a.area < 50]
+    seen = 0
+    for subset in ("train", "val"):
+        if not result.counts[subset]:
+            continue
+        ds = SemanticDataset(img_path=data[subset], data=data, task="semantic", augment=False, imgsz=160)
+        for i, lb in enumerate(ds.labels):
+            name = Path(lb["im_file"]).relative_to(to / "images" / subset).as_posix()
+            want = expected[name].astype(np.int64)
+            from annotator.records.encode import decode_mask
+
+            for a in small[name]:
+                want[decode_mask(a.segmentation)] = 255
+            assert (ds.load_mask(i).astype(np.int64) == want).all()
+            seen += 1
+    assert seen == len(expected) == result.counts["images"]
