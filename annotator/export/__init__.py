@@ -6,6 +6,8 @@ Registry (``EXPORTERS``), name -> ``export(output, to, options) -> ExportResult`
   datumaro, pycocotools), ``{to}/annotations/instances_default.json`` (+ ``coco.zip``).
 - ``cvat-masks``: CVAT "Segmentation mask 1.1" (``labelmap.txt``, colour PNGs in
   ``SegmentationClass/``, per-object PNGs in ``SegmentationObject/`` with ``--instances``).
+- ``hf``: a Hugging Face ``datasets.Dataset`` saved to disk (image, label map and
+  confidence as ``Image`` features, annotations with RLE, scores).
 - ``labelstudio``: Label Studio task JSON with brush-label predictions, plus the
   matching ``labeling_config.xml``.
 - ``masks``: one 8-bit VOC-palette PNG label map per image (+ ``labels.txt``).
@@ -29,6 +31,7 @@ from collections.abc import Callable
 
 from annotator.export import coco as _coco
 from annotator.export import cvat_masks as _cvat_masks
+from annotator.export import hf as _hf
 from annotator.export import labelstudio as _labelstudio
 from annotator.export import masks as _masks
 from annotator.export import yolo as _yolo
@@ -70,6 +73,7 @@ ExportFn = Callable[[str, str, ExportOptions], ExportResult]
 EXPORTERS: dict[str, ExportFn] = {
     "coco": _coco.export,
     "cvat-masks": _cvat_masks.export,
+    "hf": _hf.export,
     "labelstudio": _labelstudio.export,
     "masks": _masks.export,
     "yolo": _yolo.export,

@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Export a run's annotations (OUTPUT/annotations.parquet, else OUTPUT/parts/*.parquet) "
             "for a labeling tool. Formats: coco (CVAT 'COCO 1.0', FiftyOne, datumaro: COCO "
             "instances JSON with RLE masks or polygons), labelstudio (Label Studio tasks with brush "
-            "predictions + labeling config), masks (VOC-palette PNG label maps), yolo (Ultralytics "
-            "YOLO segmentation dataset)."
+            "predictions + labeling config), masks (VOC-palette PNG label maps), yolo / yolo-semantic "
+            "(Ultralytics segmentation datasets), cvat-masks (CVAT 'Segmentation mask 1.1'), hf (a Hugging "
+            "Face dataset saved to disk)."
         ),
     )
     parser.add_argument("output", help="the run's OUTPUT folder (local path or fsspec URL)")
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="put a seeded, per-image-stable fraction F of the images in val (default 0: val = train)")
     yolo.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the train/val split")
 
+    hf = parser.add_argument_group("hf")
+    hf.add_argument("--hf-images", choices=("bytes", "path"), default="bytes",
+                    help="the image column: the image's bytes as an Image feature (default; self-contained, "
+                         "what push_to_hub uploads) or the source image's path as a string")
+
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help="fsspec storage options as a JSON object, for reading OUTPUT and writing TO")
     return parser
@@ -123,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             yolo_images=args.yolo_images,
             val_fraction=args.val_fraction,
             split_seed=args.split_seed,
+            hf_images=args.hf_images,
             storage_options=storage_options,
         )
         result = export(args.output, args.format, args.to, options)

@@ -66,6 +66,7 @@ class ExportOptions:
             ``copy`` or ``none`` (labels and data.yaml only).
         val_fraction: YOLO: the seeded fraction of images put in ``val``, in [0, 1).
         split_seed: YOLO: the seed of that split.
+        hf_images: hf: the ``image`` column as ``bytes`` (an ``Image()``) or the source's ``path``.
         image_storage_options: fsspec options to read the source images (None: ``storage_options``).
         storage_options: fsspec options to read ``output`` and write ``to``.
     """
@@ -88,6 +89,7 @@ class ExportOptions:
     yolo_images: str = "link"
     val_fraction: float = 0.0
     split_seed: int = 0
+    hf_images: str = "bytes"
     image_storage_options: Mapping[str, Any] | None = None
     storage_options: Mapping[str, Any] | None = None
 
