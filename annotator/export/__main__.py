@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "'s3://bucket/prefix/' for cloud storage, 'https://host/images/' for a web server)")
     ls.add_argument("--model-version", default=None, metavar="TEXT",
                     help="predictions[].model_version (default: from the run metadata)")
+    ls.add_argument("--push", default=None, metavar="URL",
+                    help="import the tasks with their predictions into the Label Studio server at URL (instead "
+                         "of writing files): idempotent (tasks whose image is already in the project are "
+                         "skipped), in pages; the token comes from $LABEL_STUDIO_API_KEY or --api-key")
+    ls.add_argument("--project", default=None, metavar="ID|TITLE", help="with --push: the project, by id or title")
+    ls.add_argument("--create-project", action="store_true",
+                    help="with --push: create the project (with our labeling config) when no project has that title")
+    ls.add_argument("--api-key", default=None, metavar="TOKEN",
+                    help="with --push: the Label Studio token (default: $LABEL_STUDIO_API_KEY; never printed)")
+    ls.add_argument("--page-size", type=int, default=500, metavar="N", help="with --push: tasks per import request")
 
     masks = parser.add_argument_group("masks")
     masks.add_argument("--confidence", action="store_true",
@@ -132,7 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             hf_images=args.hf_images,
             storage_options=storage_options,
         )
-        result = export(args.output, args.format, args.to, options)
+        if args.push is not None:
+            if args.format != "labelstudio":
+                raise ExportError(f"--push: expected --format labelstudio, got --format {args.format}")
+            if not args.project:
+                raise ExportError("--push: expected --project ID or TITLE, got none")
+            from annotator.export.ls_push import push
+
+            result = push(args.output, args.push, args.project, options, api_key=args.api_key,
+                          create=args.create_project, page_size=args.page_size)
+        else:
+            result = export(args.output, args.format, args.to, options)
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

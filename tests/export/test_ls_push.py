@@ -1,0 +1,152 @@
+"""Pushing to a REAL Label Studio server, started on loopback with a throwaway data
+folder and user. The server is the ``label-studio`` package; it pins its own versions of
+many libraries, so it lives in a venv of its own: ``$LABEL_STUDIO_BIN``, else
+``.label-studio-venv/bin/label-studio`` at the repository root (``.ci/run`` creates it),
+else ``label-studio`` on the PATH. Skipped, with the reason, when none is found or the
+server does not start."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotator.export.__main__ import main
+from tests.export.conftest import build_toy_run_output
+
+pytestmark = pytest.mark.clients
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 240
+
+
+def _server_binary() -> str | None:
+    for candidate in (os.environ.get("LABEL_STUDIO_BIN"), str(REPO / ".label-studio-venv" / "bin" / "label-studio"),
+                      shutil.which("label-studio")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """(url, token) of a fresh server; stopped at the end of the module."""
+    binary = _server_binary()
+    if binary is None:
+        pytest.skip("no label-studio server installed (set LABEL_STUDIO_BIN, or run .ci/run, which installs it in "
+                    ".label-studio-venv)")
+    data = tmp_path_factory.mktemp("label-studio-data")
+    port, token = _free_port(), secrets.token_hex(20)
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+           "LABEL_STUDIO_USERNAME": "annotator@example.com", "LABEL_STUDIO_PASSWORD": "annotator-test-pass",
+           "LABEL_STUDIO_USER_TOKEN": token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+           "DJANGO_DB": "sqlite", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
+    log = open(data / "server.log", "wb")
+    proc = subprocess.Popen([binary, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),
+                             "--data-dir", str(data), "--username", "annotator@example.com",
+                             "--password", "annotator-test-pass", "--user-token", token],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.skip(f"label-studio exited ({proc.returncode}): {(data / 'server.log').read_text()[-800:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.skip(f"label-studio did not answer in {START_TIMEOUT_S} s: "
+                            f"{(data / 'server.log').read_text()[-800:]}")
+            time.sleep(1)
+        yield url, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _as_dict(obj) -> dict:
+    """An SDK model (pydantic) or a plain dict, as a dict."""
+    return obj if isinstance(obj, dict) else obj.model_dump() if hasattr(obj, "model_dump") else obj.dict()
+
+
+def _tasks(url: str, token: str, project_id: int) -> list:
+    from label_studio_sdk import LabelStudio
+
+    client = LabelStudio(base_url=url, api_key=token)
+    return list(client.tasks.list(project=project_id, fields="all", page_size=100))
+
+
+def test_push_imports_predictions_once_and_they_decode_to_our_masks(label_studio, tmp_path, capsys, monkeypatch):
+    from label_studio_sdk.converter.brush import decode_rle
+
+    url, token = label_studio
+    output, expected, class_names = build_toy_run_output(tmp_path)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
+    argv = [output, "--format", "labelstudio", "--push", url, "--project", "pre-labels", "--create-project",
+            "--page-size", "4", "--image-url-prefix", "/data/local-files/?d=images/"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err
+    assert "imported=6" in printed.out and "pages=2" in printed.out
+    project_id = int(printed.out.split("project=")[1].split(")")[0].split(",")[0])
+    tasks = _tasks(url, token, project_id)
+    assert len(tasks) == len(expected)
+    for task in tasks:
+        name = task.data["image"].split("images/", 1)[1]
+        labels = expected[name]
+        h, w = labels.shape
+        (prediction,) = task.predictions
+        got = np.zeros_like(labels)
+        for r in _as_dict(prediction)["result"]:
+            r = _as_dict(r)
+            mask = np.reshape(decode_rle(r["value"]["rle"]), (h, w, 4))[:, :, 3] > 127
+            got[mask] = class_names.index(r["value"]["brushlabels"][0])
+        assert (got == labels).all(), name
+
+    # again: idempotent, nothing imported, nothing duplicated
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "imported=0" in again and "skipped_existing=6" in again
+    assert len(_tasks(url, token, project_id)) == len(expected)
+
+
+def test_push_errors_are_one_line_without_the_token(label_studio, tmp_path, capsys, monkeypatch):
+    url, token = label_studio
+    output, _, _ = build_toy_run_output(tmp_path)
+    assert main([output, "--format", "labelstudio", "--push", url, "--project", "nonesuch",
+                 "--api-key", token]) == 2
+    err = capsys.readouterr().err
+    assert "'nonesuch'" in err and "--create-project" in err and token not in err
+    assert main([output, "--format", "labelstudio", "--push", url, "--project", "x", "--api-key", "wrong"]) == 2
+    assert "failed" in capsys.readouterr().err
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    assert main([output, "--format", "labelstudio", "--push", url, "--project", "x"]) == 2
+    assert "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+
+
+def test_push_needs_the_labelstudio_format(tmp_path, capsys):
+    output, _, _ = build_toy_run_output(tmp_path)
+    assert main([output, "--format", "coco", "--push", "http://127.0.0.1:9", "--project", "x"]) == 2
+    assert "--format labelstudio" in capsys.readouterr().err
