@@ -242,30 +242,35 @@ def run_metadata(output: str, footers: Footers) -> dict:
 
 
 #: Rows per row group of ``annotations.parquet``: large groups keep the writer's
-#: per-group metadata (which it holds until the file is closed) small at 10^6 rows.
+#: per-group metadata (which it holds until the file is closed) small at 10^6 rows...
 MERGED_ROW_GROUP_ROWS = 8192
+#: ...and bytes per row group: a reader holds a whole group at once, and rows of large
+#: photographs (confidence PNGs of megabytes) must not make that gigabytes.
+MERGED_ROW_GROUP_BYTES = 32 << 20
 #: The columns the merge counts from (the rest is copied as Arrow data, never as rows).
 _COUNTED_COLUMNS = ["image_id", "file_name", "status", "error", "annotations"]
 
 
 def merge_parts(fs, root: str, paths: list[str], meta: dict, storage_options: dict | None) -> MergeCounts:
     """Stream every part into ``annotations.parquet`` (written by a temporary name and a
-    move) as Arrow data, in row groups of ``MERGED_ROW_GROUP_ROWS``, counting as it goes;
+    move) as Arrow data, in row groups of ``MERGED_ROW_GROUP_ROWS`` rows or
+    ``MERGED_ROW_GROUP_BYTES``, whichever comes first, counting as it goes;
     each image id must appear once. Memory holds one row group, not the run."""
     counts = MergeCounts(meta["vocabulary"])
     schema = PART_ARROW_SCHEMA.with_metadata({parts.METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
     with _temporary(fs, join_url(root, ANNOTATIONS_NAME)) as merged_tmp:
         with fs.open(merged_tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
-            pending, rows = [], 0
+            pending, rows, size = [], 0, 0
             for path in paths:
-                for batch in parts.iter_batches([path], storage_options):
+                for batch in parts.iter_batches([path], storage_options, batch_size=256):
                     for row in batch.select(_COUNTED_COLUMNS).to_pylist():
                         _count_row(counts, row)
                     pending.append(batch)
                     rows += batch.num_rows
-                    if rows >= MERGED_ROW_GROUP_ROWS:
+                    size += batch.nbytes
+                    if rows >= MERGED_ROW_GROUP_ROWS or size >= MERGED_ROW_GROUP_BYTES:
                         writer.write_table(_as_table(pending, schema), row_group_size=rows)
-                        pending, rows = [], 0
+                        pending, rows, size = [], 0, 0
             if pending:
                 writer.write_table(_as_table(pending, schema), row_group_size=rows)
     return counts

@@ -240,3 +240,17 @@ def test_ground_truth_errors_of_many_parts_keep_the_first_by_name(tmp_path):
     assert footers.scored and footers.gt_error_count == 90
     assert [e["file_name"] for e in footers.gt_errors_first] == [f"img_{i:03d}.png" for i in range(1, 1 + GT_ERRORS_LISTED)]
     assert (footers.confusion == 30 * np.eye(k)).all()
+
+
+def test_merged_row_groups_are_capped_in_bytes_too(tmp_path, monkeypatch):
+    """Rows of large photographs: a row group stops at MERGED_ROW_GROUP_BYTES, so a reader
+    of annotations.parquet never holds gigabytes at once."""
+    from annotator.outputs import reduce as reduce_module
+
+    monkeypatch.setattr(reduce_module, "MERGED_ROW_GROUP_BYTES", 1)  # every batch closes its group
+    out = tmp_path / "run"
+    for shard in range(4):
+        _write(out, shard, [_ok(3 * shard + k) for k in (1, 2, 3)], num_images=12)
+    reduce_output(str(out), report=False)
+    merged = pq.ParquetFile(out / "annotations.parquet")
+    assert merged.metadata.num_row_groups == 4 and merged.metadata.num_rows == 12
