@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_LS_IMAGE_URL_PREFIX",
     "AnnotationFilter",
     "ExportError",
+    "ExportRun",
     "ExportOptions",
     "ExportResult",
     "UnknownClassError",
@@ -249,6 +250,45 @@ class AnnotationFilter:
             "filtered_area": self.filtered_area,
             "filtered_score": self.filtered_score,
         }
+
+
+@dataclass
+class ExportRun:
+    """A run folder opened for an exporter: its parts (or merged file), metadata and
+    vocabulary, and the options' annotation filter and instance splitter."""
+
+    paths: list[str]
+    metadata: dict
+    class_names: list[str]
+    keep: AnnotationFilter
+    split: Any  # annotator.export.shapes.InstanceSplitter
+    storage_options: dict | None
+
+    @classmethod
+    def open(cls, output: str, options: ExportOptions, *, split_every_class: bool = False) -> ExportRun:
+        """``split_every_class``: every exported class is split into objects (YOLO),
+        whatever ``options.instances`` says."""
+        from annotator.export.shapes import InstanceSplitter
+        from annotator.storage.results import read_metadata, resolve_inputs
+
+        paths = resolve_inputs(output, options.storage_options)
+        metadata = read_metadata(paths, options.storage_options)
+        class_names = list(metadata["vocabulary"])
+        keep = AnnotationFilter.from_options(class_names, options)
+        split = (InstanceSplitter(keep.class_ids) if split_every_class
+                 else InstanceSplitter.from_options(class_names, options, keep.class_ids))
+        so = dict(options.storage_options) if options.storage_options else None
+        return cls(paths, metadata, class_names, keep, split, so)
+
+    def records(self):
+        """The run's records, streamed (``parts.iter_records``)."""
+        from annotator.storage import parts
+
+        return parts.iter_records(self.paths, self.storage_options)
+
+    def counts(self) -> dict[str, int]:
+        """The filter's and the splitter's counts, for the export's summary."""
+        return {**self.keep.counts(), **self.split.counts()}
 
 
 def as_record(row: Any) -> Any:

@@ -19,25 +19,16 @@ are the images' file names without extension (sanitised as for the masks export)
 from __future__ import annotations
 
 import io
-import posixpath
 
 import fsspec
 import numpy as np
 from PIL import Image
 
-from annotator.export.common import (
-    AnnotationFilter,
-    ExportError,
-    ExportOptions,
-    ExportResult,
-)
-from annotator.export.masks import _check_inside, _PathAllocator, safe_relative_path
-from annotator.export.shapes import InstanceSplitter
+from annotator.export.common import ExportError, ExportOptions, ExportResult, ExportRun
+from annotator.export.masks import ExportFolder, safe_relative_path
 from annotator.records.encode import decode_mask
 from annotator.review.palette import class_colors, voc_palette
-from annotator.storage import parts
 from annotator.storage.layout import join_url
-from annotator.storage.results import read_metadata, resolve_inputs
 
 __all__ = ["LABELMAP_NAME", "SUBSET_LIST", "export", "label_colours"]
 
@@ -76,50 +67,33 @@ def _png(array: np.ndarray, mode: str) -> bytes:
 
 def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     """Write a run folder as CVAT "Segmentation mask 1.1" under ``to``."""
-    paths = resolve_inputs(output, options.storage_options)
-    metadata = read_metadata(paths, options.storage_options)
-    class_names = list(metadata["vocabulary"])
+    run = ExportRun.open(output, options)
+    class_names, keep = run.class_names, run.keep
     bad = [n for n in class_names if ":" in n or "\n" in n]
     if bad:
         raise ExportError(f"labelmap.txt separates fields with ':', so a class name cannot hold one; got {bad[:3]}")
-    keep = AnnotationFilter.from_options(class_names, options)
     exported = [0, *sorted(keep.class_ids)]
     colours = label_colours(len(class_names))
     lut = np.zeros((len(class_names), 3), np.uint8)  # a class left out is background (black)
     for cid in exported:
         lut[cid] = colours[cid]
-    split = InstanceSplitter.from_options(class_names, options, keep.class_ids) if options.instances else None
-    so = dict(options.storage_options or {})
-    fs, root = fsspec.core.url_to_fs(to, **so)
-    fs.makedirs(root, exist_ok=True)
-    with fsspec.open(join_url(to, LABELMAP_NAME), "w", encoding="utf-8", **so) as fp:
+    split = run.split if options.instances else None
+    folder = ExportFolder(to, options.storage_options)
+    with fsspec.open(join_url(to, LABELMAP_NAME), "w", encoding="utf-8", **folder.storage_options) as fp:
         fp.write("# label:color_rgb:parts:actions\n")
         for cid in exported:
             r, g, b = lut[cid]
             fp.write(f"{class_names[cid]}:{r},{g},{b}::\n")
-    fs.makedirs(posixpath.dirname(posixpath.join(root, SUBSET_LIST)), exist_ok=True)
-    allocator, made = _PathAllocator(), set()
     counts = {"images": 0, "annotations": 0, "objects": 0, "skipped_error_rows": 0, "renamed": 0,
               "images_with_too_many_objects": 0}
 
-    def write(relative: str, data: bytes) -> None:
-        target = posixpath.join(root, relative)
-        parent = posixpath.dirname(target)
-        if parent not in made:
-            _check_inside(fs, root, parent)
-            fs.makedirs(parent, exist_ok=True)
-            if len(made) < 10_000:
-                made.add(parent)
-        with fs.open(target, "wb") as f:
-            f.write(data)
-
-    with fs.open(posixpath.join(root, SUBSET_LIST), "wb") as subset:
-        for record in parts.iter_records(paths, so or None):
+    with folder.fs.open(folder.path(SUBSET_LIST), "wb") as subset:
+        for record in run.records():
             if record.status != "ok":
                 counts["skipped_error_rows"] += 1
                 continue
             wanted = safe_relative_path(record.file_name, "")
-            stem = allocator.take(wanted, record.image_id)
+            stem = folder.take(wanted, record.image_id)
             counts["renamed"] += stem != wanted
             kept = keep.apply(split(record) if split is not None else record.annotations)
             labels = np.zeros((record.height, record.width), np.int64)
@@ -129,18 +103,16 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
                 labels[mask] = a.category_id
                 if k <= MAX_OBJECTS:
                     objects[mask] = k
-            write(f"SegmentationClass/{stem}.png", _png(lut[labels], "RGB"))
+            folder.write(f"SegmentationClass/{stem}.png", _png(lut[labels], "RGB"))
             if split is not None:
                 if len(kept) > MAX_OBJECTS:
                     counts["images_with_too_many_objects"] += 1
-                write(f"SegmentationObject/{stem}.png", _png(objects, "P"))
+                folder.write(f"SegmentationObject/{stem}.png", _png(objects, "P"))
                 counts["objects"] += min(len(kept), MAX_OBJECTS)
             subset.write((stem + "\n").encode("utf-8"))
             counts["images"] += 1
             counts["annotations"] += len(kept)
-    counts.update(keep.counts())
-    if split is not None:
-        counts.update(split.counts())
+    counts.update(run.counts())
     files = 2 + counts["images"] * (2 if split is not None else 1)
     return ExportResult(format="cvat-masks", paths=[join_url(to, LABELMAP_NAME), to], counts=counts,
                         files_written=files)

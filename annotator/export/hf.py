@@ -27,17 +27,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 
-from annotator.export.common import (
-    AnnotationFilter,
-    ExportError,
-    ExportOptions,
-    ExportResult,
-)
+from annotator.export.common import ExportError, ExportOptions, ExportResult, ExportRun
 from annotator.export.masks import label_map_png
-from annotator.export.shapes import InstanceSplitter
 from annotator.records import labels_from_annotations
-from annotator.storage import parts
-from annotator.storage.results import image_score, read_metadata, resolve_inputs
+from annotator.storage.results import image_score
 
 __all__ = ["HF_IMAGE_MODES", "export", "features"]
 
@@ -75,19 +68,15 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
         raise ImportError("the hf export needs the datasets package: pip install datasets") from e
     if options.hf_images not in HF_IMAGE_MODES:
         raise ExportError(f"hf_images: expected one of {HF_IMAGE_MODES}, got {options.hf_images!r}")
-    paths = resolve_inputs(output, options.storage_options)
-    metadata = read_metadata(paths, options.storage_options)
-    class_names = list(metadata["vocabulary"])
-    keep = AnnotationFilter.from_options(class_names, options)
-    split = InstanceSplitter.from_options(class_names, options, keep.class_ids)
-    so = dict(options.storage_options) if options.storage_options else None
+    run = ExportRun.open(output, options)
+    metadata, class_names, keep, split, so = run.metadata, run.class_names, run.keep, run.split, run.storage_options
     image_so = dict(options.image_storage_options) if options.image_storage_options else so
     counts = {"images": 0, "annotations": 0, "skipped_error_rows": 0, "images_missing": 0}
 
     def rows():
         import fsspec
 
-        for record in parts.iter_records(paths, so):
+        for record in run.records():
             if record.status != "ok":
                 counts["skipped_error_rows"] += 1
                 continue
@@ -124,6 +113,5 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
         ds.save_to_disk(to, storage_options=so)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    counts.update(keep.counts())
-    counts.update(split.counts())
+    counts.update(run.counts())
     return ExportResult(format="hf", paths=[to], counts=counts, files_written=None)

@@ -20,22 +20,13 @@ import os
 import sys
 from typing import Any
 
-from annotator.export.common import (
-    AnnotationFilter,
-    ExportError,
-    ExportOptions,
-    ExportResult,
-    as_record,
-)
+from annotator.export.common import ExportError, ExportOptions, ExportResult, ExportRun
 from annotator.export.labelstudio import (
     _brush,
     default_model_version,
     labeling_config,
     task_for_record,
 )
-from annotator.export.shapes import InstanceSplitter
-from annotator.storage import parts
-from annotator.storage.results import read_metadata, resolve_inputs
 
 __all__ = ["API_KEY_ENV", "DEFAULT_PAGE_SIZE", "push"]
 
@@ -94,11 +85,8 @@ def push(output: str, url: str, project: str, options: ExportOptions, *, api_key
         raise ExportError(f"--push: expected a Label Studio token in ${API_KEY_ENV} or --api-key, got none")
     if page_size < 1:
         raise ExportError(f"--page-size: expected >= 1, got {page_size}")
-    paths = resolve_inputs(output, options.storage_options)
-    metadata = read_metadata(paths, options.storage_options)
-    class_names = list(metadata["vocabulary"])
-    keep = AnnotationFilter.from_options(class_names, options)
-    split = InstanceSplitter.from_options(class_names, options, keep.class_ids)
+    run = ExportRun.open(output, options)
+    metadata, class_names, keep, split = run.metadata, run.class_names, run.keep, run.split
     config = labeling_config(class_names, options.ls_from_name, options.ls_to_name, keep.class_ids)
     client = _client(url, api_key)
     proj = _project(client, project, create, config, api_key, url)
@@ -135,8 +123,7 @@ def push(output: str, url: str, project: str, options: ExportOptions, *, api_key
             page.clear()
 
     try:
-        for row in parts.iter_records(paths, dict(options.storage_options) if options.storage_options else None):
-            record = as_record(row)
+        for record in run.records():
             if record.status != "ok":
                 counts["skipped_error_rows"] += 1
                 continue
@@ -156,8 +143,7 @@ def push(output: str, url: str, project: str, options: ExportOptions, *, api_key
     finally:
         if bar is not None:
             bar.close()
-    counts.update(keep.counts())
-    counts.update(split.counts())
+    counts.update(run.counts())
     counts["project"] = int(proj.id)
     return ExportResult(format="labelstudio", paths=[f"{url.rstrip('/')}/projects/{proj.id}"], counts=counts,
                         files_written=0)

@@ -32,18 +32,17 @@ import numpy as np
 from PIL import Image
 
 from annotator.export.common import (
-    AnnotationFilter,
     ExportError,
     ExportOptions,
     ExportResult,
+    ExportRun,
 )
 from annotator.review.palette import IGNORE_INDEX, flat_palette
-from annotator.storage import parts
 from annotator.storage.layout import join_url
-from annotator.storage.results import read_metadata, resolve_inputs
 
 __all__ = [
     "LABELS_NAME",
+    "ExportFolder",
     "export",
     "label_map_png",
     "read_label_png",
@@ -142,39 +141,51 @@ class _PathAllocator:
         return candidate
 
 
+class ExportFolder:
+    """The files of a per-image export under ``to``: one ``makedirs`` per folder, nothing
+    written outside ``to`` (symlinks included), a unique name per image (``take``)."""
+
+    def __init__(self, to: str, storage_options: Any = None):
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(to, **self.storage_options)
+        self.fs.makedirs(self.root, exist_ok=True)
+        self._allocator = _PathAllocator()
+        self._made: set[str] = set()
+
+    def take(self, relative: str, image_id: int) -> str:
+        """``relative``, or ``__<image_id>`` before its extension when another image has it."""
+        return self._allocator.take(relative, image_id)
+
+    def path(self, relative: str) -> str:
+        """The full path of ``relative``, its folder created."""
+        target = posixpath.join(self.root, relative)
+        parent = posixpath.dirname(target)
+        if parent not in self._made:  # one makedirs per folder, not per file
+            _check_inside(self.fs, self.root, parent)
+            self.fs.makedirs(parent, exist_ok=True)
+            if len(self._made) < 10_000:
+                self._made.add(parent)
+        return target
+
+    def write(self, relative: str, data: bytes) -> None:
+        with self.fs.open(self.path(relative), "wb") as f:
+            f.write(data)
+
+
 def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     """Write one label PNG per ok image (+ confidence PNGs) and ``labels.txt`` under ``to``."""
     from annotator.records import labels_from_annotations
 
-    paths = resolve_inputs(output, options.storage_options)
-    metadata = read_metadata(paths, options.storage_options)
-    class_names = list(metadata["vocabulary"])
-    keep = AnnotationFilter.from_options(class_names, options)
-    so = dict(options.storage_options or {})
-    fs, root = fsspec.core.url_to_fs(to, **so)
-    fs.makedirs(root, exist_ok=True)
-
+    run = ExportRun.open(output, options)
+    class_names, keep = run.class_names, run.keep
+    folder = ExportFolder(to, options.storage_options)
     labels_txt = join_url(to, LABELS_NAME)
-    with fsspec.open(labels_txt, "w", encoding="utf-8", **so) as fp:
+    with fsspec.open(labels_txt, "w", encoding="utf-8", **folder.storage_options) as fp:
         for i, name in enumerate(class_names):
             fp.write(f"{i} {name}\n")
 
-    allocator = _PathAllocator()
-    made_dirs: set[str] = set()
     counts = {"images": 0, "annotations": 0, "confidence_maps": 0, "skipped_error_rows": 0, "renamed": 0}
-
-    def write(relative: str, data: bytes) -> None:
-        target = posixpath.join(root, relative)
-        parent = posixpath.dirname(target)
-        if parent not in made_dirs:  # one makedirs per folder, not per file
-            _check_inside(fs, root, parent)
-            fs.makedirs(parent, exist_ok=True)
-            if len(made_dirs) < 10_000:
-                made_dirs.add(parent)
-        with fs.open(target, "wb") as f:
-            f.write(data)
-
-    for record in parts.iter_records(paths, dict(options.storage_options) if options.storage_options else None):
+    for record in run.records():
         if record.status != "ok":
             counts["skipped_error_rows"] += 1
             continue
@@ -182,13 +193,12 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
         counts["annotations"] += len(kept)
         labels = labels_from_annotations(kept, (record.height, record.width))
         wanted = safe_relative_path(record.file_name, ".png")
-        relative = allocator.take(wanted, record.image_id)
+        relative = folder.take(wanted, record.image_id)
         counts["renamed"] += relative != wanted
-        write(relative, label_map_png(labels, len(class_names)))
+        folder.write(relative, label_map_png(labels, len(class_names)))
         counts["images"] += 1
         if options.confidence and record.confidence_png:
-            conf_relative = allocator.take(_with_tag(relative, "_conf"), record.image_id)
-            write(conf_relative, record.confidence_png)
+            folder.write(folder.take(_with_tag(relative, "_conf"), record.image_id), record.confidence_png)
             counts["confidence_maps"] += 1
 
     counts.update(keep.counts())

@@ -32,18 +32,11 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from annotator.export.common import (
-    AnnotationFilter,
-    ExportError,
-    ExportOptions,
-    ExportResult,
-)
-from annotator.export.masks import _check_inside, _PathAllocator, safe_relative_path
-from annotator.export.shapes import InstanceSplitter, PolygonStats, mask_polygons
+from annotator.export.common import ExportError, ExportOptions, ExportResult, ExportRun
+from annotator.export.masks import ExportFolder, safe_relative_path
+from annotator.export.shapes import PolygonStats, mask_polygons
 from annotator.records.encode import decode_mask
-from annotator.storage import parts
 from annotator.storage.layout import join_url
-from annotator.storage.results import read_metadata, resolve_inputs
 
 __all__ = ["DATA_YAML", "IMAGE_MODES", "export", "export_semantic", "split_of"]
 
@@ -76,45 +69,31 @@ class _Layout:
         if not 0.0 <= options.val_fraction < 1.0:
             raise ExportError(f"val_fraction: expected a fraction in [0, 1), got {options.val_fraction!r}")
         self.options = options
-        self.so = dict(options.storage_options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(to, **self.so)
-        self.fs.makedirs(self.root, exist_ok=True)
+        self.folder = ExportFolder(to, options.storage_options)
+        self.so = self.folder.storage_options
         so = options.image_storage_options
         self.image_so = dict(so if so is not None else self.so)
-        self.allocator = _PathAllocator()
-        self.made: set[str] = set()
         self.counts = {"images": 0, "annotations": 0, "skipped_error_rows": 0, "empty_images": 0, "renamed": 0,
                        "train": 0, "val": 0, "images_linked": 0, "images_copied": 0, "images_missing": 0}
-
-    def _makedirs(self, path: str) -> None:
-        parent = posixpath.dirname(path)
-        if parent not in self.made:
-            _check_inside(self.fs, self.root, parent)
-            self.fs.makedirs(parent, exist_ok=True)
-            if len(self.made) < 10_000:
-                self.made.add(parent)
 
     def add(self, record, kind: str, suffix: str, data: bytes) -> None:
         """Write ``data`` as ``{kind}/{subset}/{stem}{suffix}`` and place the image beside."""
         subset = split_of(record.file_name, self.options.val_fraction, self.options.split_seed)
         wanted = safe_relative_path(record.file_name, "")
-        stem = self.allocator.take(f"{subset}/{wanted}", record.image_id)
+        stem = self.folder.take(f"{subset}/{wanted}", record.image_id)
         self.counts["renamed"] += stem != f"{subset}/{wanted}"
-        target = posixpath.join(self.root, kind, stem + suffix)
-        self._makedirs(target)
-        with self.fs.open(target, "wb") as f:
-            f.write(data)
+        self.folder.write(f"{kind}/{stem}{suffix}", data)
         self.counts[subset] += 1
         self.counts["images"] += 1
         if self.options.yolo_images != "none":
             ext = posixpath.splitext(record.file_name)[1] or ".jpg"
-            image_path = posixpath.join(self.root, "images", stem + ext)
-            self._makedirs(image_path)
-            self.counts[_place_image(record.uri, image_path, self.fs, self.image_so, self.options.yolo_images)] += 1
+            image_path = self.folder.path(f"images/{stem}{ext}")
+            self.counts[_place_image(record.uri, image_path, self.folder.fs, self.image_so,
+                                     self.options.yolo_images)] += 1
 
     def write_yaml(self, to: str, names: list[str], extra: list[str] = ()) -> str:
         data_yaml = join_url(to, DATA_YAML)
-        root_shown = os.path.abspath(self.root) if "://" not in to else to
+        root_shown = os.path.abspath(self.folder.root) if "://" not in to else to
         val_dir = "images/val" if self.counts["val"] else "images/train"
         doc = [f"path: {_yaml_str(root_shown)}", "train: images/train", f"val: {val_dir}", *extra, "names:"]
         doc += [f"  {k}: {_yaml_str(name)}" for k, name in enumerate(names)]
@@ -133,15 +112,12 @@ class _Layout:
 def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     """Write the YOLO segmentation dataset of a run folder under ``to``."""
     layout = _Layout(to, options)
-    paths = resolve_inputs(output, options.storage_options)
-    metadata = read_metadata(paths, options.storage_options)
-    class_names = list(metadata["vocabulary"])
-    keep = AnnotationFilter.from_options(class_names, options)
+    run = ExportRun.open(output, options, split_every_class=True)  # every component is one object
+    class_names, keep, split = run.class_names, run.keep, run.split
     exported = sorted(keep.class_ids)
     index_of = {cid: k for k, cid in enumerate(exported)}
-    split = InstanceSplitter(keep.class_ids)  # every component is one object
     shapes = PolygonStats()
-    for record in parts.iter_records(paths, layout.so or None):
+    for record in run.records():
         if record.status != "ok":
             layout.counts["skipped_error_rows"] += 1
             continue
@@ -171,10 +147,8 @@ def export_semantic(output: str, to: str, options: ExportOptions) -> ExportResul
     from annotator.records import labels_from_annotations
 
     layout = _Layout(to, options)
-    paths = resolve_inputs(output, options.storage_options)
-    metadata = read_metadata(paths, options.storage_options)
-    class_names = list(metadata["vocabulary"])
-    keep = AnnotationFilter.from_options(class_names, options)
+    run = ExportRun.open(output, options)
+    class_names, keep = run.class_names, run.keep
     exported = [0, *sorted(keep.class_ids)]  # background is class 0 of a semantic dataset
     if len(exported) > 255:
         raise ExportError(f"the semantic export holds at most 255 classes (255 = ignore), got {len(exported)}; "
@@ -182,7 +156,7 @@ def export_semantic(output: str, to: str, options: ExportOptions) -> ExportResul
     lut = np.full(len(class_names), 255, np.uint8)  # a class left out: ignore
     for k, cid in enumerate(exported):
         lut[cid] = k
-    for record in parts.iter_records(paths, layout.so or None):
+    for record in run.records():
         if record.status != "ok":
             layout.counts["skipped_error_rows"] += 1
             continue
