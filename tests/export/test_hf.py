@@ -33,6 +33,9 @@ def test_load_from_disk_gives_the_runs_labels_masks_and_scores(tmp_path, hf_imag
             assert 0 <= a["score"] <= 1 and a["area"] == int(decode_mask(a["segmentation"]).sum())
         assert (got == labels).all()
         assert np.asarray(row["confidence"]).shape == labels.shape
+    # the saved shards load with the generic Arrow builder too (no load_from_disk state)
+    again = datasets.load_dataset("arrow", data_files=str(to / "*.arrow"), split="train")
+    assert again.num_rows == len(ds) and again.features == ds.features
     if hf_images == "path":  # the documented way to open them
         opened = ds.cast_column("image", datasets.Image())
         assert opened[0]["image"].size == (opened[0]["width"], opened[0]["height"])
