@@ -90,14 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--create-project", action="store_true",
                     help="with --push: create the project (with our labeling config) when no project has that title")
     ls.add_argument("--api-key", default=None, metavar="TOKEN",
-                    help="with --push: the Label Studio token (default: $LABEL_STUDIO_API_KEY; never printed)")
+                    help="with --push: the Label Studio token (default: $LABEL_STUDIO_API_KEY, which other users of the machine cannot read from the process list; never printed)")
     ls.add_argument("--page-size", type=int, default=500, metavar="N", help="with --push: tasks per import request")
 
     masks = parser.add_argument_group("masks")
     masks.add_argument("--confidence", action="store_true",
                        help="also write <stem>_conf.png, 8-bit grayscale = round(255 * confidence)")
 
-    yolo = parser.add_argument_group("yolo")
+    yolo = parser.add_argument_group("yolo, yolo-semantic")
     yolo.add_argument("--yolo-images", choices=("link", "copy", "none"), default="link",
                       help="images/: symlinks to local source images (copies from object storage), copies, or "
                            "none (default link)")
