@@ -41,6 +41,7 @@ from annotator.export.common import (
     ExportOptions,
     ExportResult,
     as_record,
+    instance_class_ids,
     select_class_ids,
 )
 from annotator.export.shapes import InstanceSplitter, PolygonStats, mask_polygons
@@ -169,7 +170,7 @@ def write_coco_json(
         min_area=options.min_area,
         min_score=options.min_score,
     )
-    split = InstanceSplitter.from_options(class_names, options, keep.class_ids)
+    split = InstanceSplitter(instance_class_ids(class_names, options, keep.class_ids))
     shapes = PolygonStats() if polygons else None
     out, detach = _text_writer(fp)
     counts = {"images": 0, "annotations": 0, "skipped_error_rows": 0, "empty_images": 0}

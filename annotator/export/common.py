@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from annotator import records
+from annotator.export.shapes import InstanceSplitter
 from annotator.storage.results import RunOutputError
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "AnnotationFilter",
     "ExportError",
     "ExportRun",
+    "instance_class_ids",
     "ExportOptions",
     "ExportResult",
     "UnknownClassError",
@@ -252,6 +254,15 @@ class AnnotationFilter:
         }
 
 
+def instance_class_ids(class_names: list[str], options: ExportOptions, exported_ids: frozenset[int]) -> frozenset[int]:
+    """The classes ``--instances`` splits into objects: ``instance_classes`` (None: every
+    class), among the ``exported_ids`` (a class left out by ``--classes`` is never split);
+    none without ``options.instances``."""
+    if not options.instances:
+        return frozenset()
+    return select_class_ids(class_names, options.instance_classes) & exported_ids
+
+
 @dataclass
 class ExportRun:
     """A run folder opened for an exporter: its parts (or merged file), metadata and
@@ -261,22 +272,21 @@ class ExportRun:
     metadata: dict
     class_names: list[str]
     keep: AnnotationFilter
-    split: Any  # annotator.export.shapes.InstanceSplitter
+    split: InstanceSplitter
     storage_options: dict | None
 
     @classmethod
     def open(cls, output: str, options: ExportOptions, *, split_every_class: bool = False) -> ExportRun:
         """``split_every_class``: every exported class is split into objects (YOLO),
         whatever ``options.instances`` says."""
-        from annotator.export.shapes import InstanceSplitter
         from annotator.storage.results import read_metadata, resolve_inputs
 
         paths = resolve_inputs(output, options.storage_options)
         metadata = read_metadata(paths, options.storage_options)
         class_names = list(metadata["vocabulary"])
         keep = AnnotationFilter.from_options(class_names, options)
-        split = (InstanceSplitter(keep.class_ids) if split_every_class
-                 else InstanceSplitter.from_options(class_names, options, keep.class_ids))
+        split = InstanceSplitter(keep.class_ids if split_every_class
+                                 else instance_class_ids(class_names, options, keep.class_ids))
         so = dict(options.storage_options) if options.storage_options else None
         return cls(paths, metadata, class_names, keep, split, so)
 

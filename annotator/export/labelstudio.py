@@ -45,6 +45,7 @@ from annotator.export.common import (
     ExportOptions,
     ExportResult,
     as_record,
+    instance_class_ids,
 )
 from annotator.export.shapes import InstanceSplitter
 from annotator.review.palette import class_colors, hex_color
@@ -212,7 +213,7 @@ def write_tasks_json(
     """
     _brush()  # fail before writing anything when the SDK is missing
     keep = AnnotationFilter.from_options(class_names, options)
-    split = InstanceSplitter.from_options(class_names, options, keep.class_ids)
+    split = InstanceSplitter(instance_class_ids(class_names, options, keep.class_ids))
     counts = {"tasks": 0, "annotations": 0, "skipped_error_rows": 0}
     fp.write("[")
     for row in rows_iter:

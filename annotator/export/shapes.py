@@ -166,16 +166,6 @@ class InstanceSplitter:
         self.split_masks = 0  # class masks that were split
         self.instances = 0  # the instances they gave
 
-    @classmethod
-    def from_options(cls, class_names: list[str], options, exported_ids: frozenset[int]) -> InstanceSplitter:
-        """From ``ExportOptions.instances`` / ``instance_classes`` (None: every class),
-        among the ``exported_ids`` (a class left out by ``--classes`` is never split)."""
-        from annotator.export.common import select_class_ids
-
-        if not options.instances:
-            return cls()
-        return cls(select_class_ids(class_names, options.instance_classes) & exported_ids)
-
     def __call__(self, record) -> list[Annotation]:
         if not self.class_ids or not any(a.category_id in self.class_ids for a in record.annotations):
             return list(record.annotations)
