@@ -109,12 +109,16 @@ class Footers:
     confusion: np.ndarray | None = None
     gt_error_count: int = 0
     gt_errors_first: list = field(default_factory=list)
+    #: parts per precision their encoders ran at (footers that say)
+    precisions: Counter = field(default_factory=Counter)
 
     def add(self, meta: dict) -> None:
         if self.first is None:
             self.first = meta
         self.hashes.add(meta.get("config_hash"))
         self.scored |= "confusion" in meta
+        if meta.get("precision"):
+            self.precisions[meta["precision"]] += 1
         if meta.get("confusion") is not None:
             cm = np.asarray(meta["confusion"], dtype=np.int64)
             self.confusion = cm if self.confusion is None else self.confusion + cm
@@ -175,6 +179,7 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
                           "fewer rows than its shard has images); run the same command again")
     coco_counts = write_coco(fs, root, output, meta, storage_options)
     summary = build_summary(counts, meta, coco_counts)
+    summary["run"]["precision"] = describe_precisions(footers.precisions)
     scores = write_metrics(fs, root, footers, counts.class_names)
     if scores is not None:
         summary["miou"] = scores["miou"]
@@ -302,6 +307,20 @@ def write_coco(fs, root: str, output: str, meta: dict, storage_options: dict | N
             coco_counts = write_coco_json(parts.iter_rows([join_url(output, ANNOTATIONS_NAME)], storage_options),
                                           meta["vocabulary"], f, metadata=meta)
     return coco_counts
+
+
+def describe_precisions(precisions: Counter) -> str | None:
+    """``bf16``; or ``mixed: bf16 (3 parts), fp32 (1 part)``, with a warning, when a
+    resumed run's parts ran at different precisions (``--precision auto`` on two CPU
+    kinds); None when the parts do not say."""
+    if not precisions:
+        return None
+    if len(precisions) == 1:
+        return next(iter(precisions))
+    text = "mixed: " + ", ".join(f"{p} ({n} part{'s' if n != 1 else ''})" for p, n in sorted(precisions.items()))
+    log.warning("the parts ran at different precisions (%s): --precision auto resolves per machine; pass "
+                "--precision fp32 (or bf16) to fix it, and --overwrite to recompute", text)
+    return text
 
 
 def build_summary(counts: MergeCounts, meta: dict, coco_counts: dict) -> dict:

@@ -10,8 +10,10 @@ from typing import Any
 
 __all__ = ["SHARD_KEYS", "RunMetadata"]
 
-#: Keys a shard processor adds to its part's footer (not part of the run's metadata).
-SHARD_KEYS = ("shard_index", "confusion", "gt_errors")
+#: Keys a shard processor adds to its part's footer (not part of the run's metadata):
+#: ``precision`` is what its encoders really ran at (``--precision auto`` resolves per
+#: machine, so a run resumed on another CPU kind may differ between parts).
+SHARD_KEYS = ("shard_index", "confusion", "gt_errors", "precision")
 
 
 @dataclass(frozen=True)

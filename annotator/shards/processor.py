@@ -159,6 +159,9 @@ class ShardProcessor:
                 self.scorer.shard_finished(hf_names)
         meta = dict(self.options.metadata)  # + SHARD_KEYS (records.metadata)
         meta["shard_index"] = task.shard_index
+        precision = getattr(self.engine, "precision", None)
+        if precision is not None:
+            meta["precision"] = precision
         if self.scorer is not None:
             meta["confusion"] = None if scores.confusion is None else scores.confusion.tolist()
             meta["gt_errors"] = scores.gt_errors

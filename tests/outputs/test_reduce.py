@@ -254,3 +254,14 @@ def test_merged_row_groups_are_capped_in_bytes_too(tmp_path, monkeypatch):
     reduce_output(str(out), report=False)
     merged = pq.ParquetFile(out / "annotations.parquet")
     assert merged.metadata.num_row_groups == 4 and merged.metadata.num_rows == 12
+
+
+def test_summary_says_what_precision_the_parts_ran_at(tmp_path, caplog):
+    out = tmp_path / "run"
+    _write(out, 0, [_ok(1), _ok(2)], num_images=4, precision="bf16")
+    _write(out, 1, [_ok(3), _ok(4)], num_images=4, precision="bf16")
+    assert reduce_output(str(out), report=False)["run"]["precision"] == "bf16"
+    _write(out, 1, [_ok(3), _ok(4)], num_images=4, precision="fp32")  # resumed on another CPU kind
+    summary = reduce_output(str(out), report=False)
+    assert summary["run"]["precision"] == "mixed: bf16 (1 part), fp32 (1 part)"
+    assert "different precisions" in caplog.text

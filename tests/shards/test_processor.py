@@ -45,6 +45,7 @@ class DeviceSpy:
     def __init__(self, engine, delay_s: float = 0.01):
         self.engine, self.delay_s = engine, delay_s
         self.config, self.device, self.vocabulary, self.timings = engine.config, engine.device, engine.vocabulary, engine.timings
+        self.precision = engine.precision
         self.calls: list[str] = []
         self.active = 0
         self.overlaps = 0
