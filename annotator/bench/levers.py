@@ -20,7 +20,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-__all__ = ["LEVERS", "run_lever_compare"]
+__all__ = ["LEVERS", "label_agreement", "run_lever_compare", "time_alternately"]
 
 
 def _channels_last(engine) -> None:
@@ -55,6 +55,31 @@ LEVERS: dict[str, tuple[Callable | None, Callable | None]] = {
 }
 
 
+def time_alternately(engines: dict, images: list, rounds: int, warmup_images: list) -> tuple[dict, dict, dict]:
+    """Each engine on ``warmup_images`` once (untimed), then ``rounds`` alternating timed
+    passes over ``images``: (best seconds, the last pass's label maps, warm-up seconds),
+    each by engine name."""
+    warmup_s = {}
+    for name, engine in engines.items():
+        t0 = time.perf_counter()
+        engine.predict(warmup_images)
+        warmup_s[name] = time.perf_counter() - t0
+    best = {name: float("inf") for name in engines}
+    labels: dict[str, list] = {}
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            preds = engine.predict(images)
+            best[name] = min(best[name], time.perf_counter() - t0)
+            labels[name] = [p.labels_hw for p in preds]
+    return best, labels, warmup_s
+
+
+def label_agreement(a: list, b: list) -> float:
+    """Fraction of pixels labelled the same in two lists of (H, W) label maps."""
+    return sum(int((x == y).sum()) for x, y in zip(a, b)) / sum(x.size for x in a)
+
+
 def run_lever_compare(config, vocabulary, images: list, rounds: int = 2, levers: list[str] | None = None) -> dict:
     """Images/s of each lever's engine on ``images`` ((H, W, 3) uint8 arrays): the best of
     ``rounds`` alternating timed passes after one untimed pass (warm-up, compilation);
@@ -65,29 +90,18 @@ def run_lever_compare(config, vocabulary, images: list, rounds: int = 2, levers:
     names = levers or list(LEVERS)
     if "baseline" not in names:
         names = ["baseline", *names]
-    engines, warmup_s = {}, {}
+    engines = {}
     for name in names:
         change_config, change_engine = LEVERS[name]
         engine = Engine(change_config(config) if change_config else config, vocabulary)
         if change_engine:
             change_engine(engine)
-        t0 = time.perf_counter()
-        engine.predict(images)  # warm-up (and compilation) on the same shapes
-        warmup_s[name] = time.perf_counter() - t0
         engines[name] = engine
-    best = {n: float("inf") for n in names}
-    labels: dict[str, list] = {}
-    for _ in range(rounds):
-        for name, engine in engines.items():
-            t0 = time.perf_counter()
-            preds = engine.predict(images)
-            best[name] = min(best[name], time.perf_counter() - t0)
-            labels[name] = [p.labels_hw for p in preds]
-    total = sum(a.size for a in labels["baseline"])
+    # warm-up (and compilation) on the same shapes as the timed passes
+    best, labels, warmup_s = time_alternately(engines, images, rounds, warmup_images=images)
     out = {"images": len(images), "precision": engines["baseline"].precision, "rounds": rounds, "levers": {}}
     for name in names:
-        same = sum(int((a == b).sum()) for a, b in zip(labels["baseline"], labels[name]))
         out["levers"][name] = {"images_per_s": len(images) / best[name], "seconds": best[name],
                                "speedup": best["baseline"] / best[name], "warmup_s": warmup_s[name],
-                               "label_agreement": same / total}
+                               "label_agreement": label_agreement(labels["baseline"], labels[name])}
     return out

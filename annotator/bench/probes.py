@@ -216,23 +216,13 @@ def run_precision_compare(config, vocabulary, images: list, rounds: int = 2) -> 
     """
     import dataclasses
 
+    from annotator.bench.levers import label_agreement, time_alternately
     from annotator.engine import Engine
 
     engines = {p: Engine(dataclasses.replace(config, precision=p), vocabulary) for p in ("fp32", "bf16")}
-    for e in engines.values():
-        e.predict(images[:1])  # warm-up
-    best = {p: float("inf") for p in engines}
-    labels = {}
-    for _ in range(rounds):
-        for p, e in engines.items():
-            t0 = time.perf_counter()
-            preds = e.predict(images)
-            best[p] = min(best[p], time.perf_counter() - t0)
-            labels[p] = [pr.labels_hw for pr in preds]
-    same = sum(int((a == b).sum()) for a, b in zip(labels["fp32"], labels["bf16"]))
-    total = sum(a.size for a in labels["fp32"])
+    best, labels, _ = time_alternately(engines, images, rounds, warmup_images=images[:1])
     out = {p: {"images_per_s": len(images) / best[p], "seconds": best[p]} for p in engines}
     out["bf16_speedup"] = best["fp32"] / best["bf16"]
-    out["label_agreement"] = same / total
+    out["label_agreement"] = label_agreement(labels["fp32"], labels["bf16"])
     out["images"] = len(images)
     return out

@@ -63,3 +63,13 @@ def test_every_lever_runs_and_reports_agreement():
     assert r["levers"]["baseline"]["label_agreement"] == 1.0
     for name in ("crop_chunk_x4", "channels_last", "dino_eager_attention"):
         assert r["levers"][name]["label_agreement"] > 0.99, name
+
+
+def test_precision_compare_reports_both_precisions_on_one_timing_loop():
+    from annotator.bench.probes import run_precision_compare
+
+    cfg = EngineConfig(model="tiny-random", pretrained="random", saliency="none", device="cpu", patch_sizes_px=(256,))
+    images = [np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)]
+    r = run_precision_compare(cfg, Vocabulary.from_names(["red", "green thing"]), images, rounds=1)
+    assert r["fp32"]["images_per_s"] > 0 and r["bf16"]["images_per_s"] > 0 and r["bf16_speedup"] > 0
+    assert 0.9 < r["label_agreement"] <= 1.0 and r["images"] == 1
