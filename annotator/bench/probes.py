@@ -2,9 +2,6 @@
 
 - :func:`cpu_name`, :func:`device_name`: the hardware a result was measured on;
 - :class:`GpuUtilSampler`: GPU utilisation (%) polled from ``nvidia-smi`` in a thread;
-- :func:`run_driver_memory_scale` (``--driver-memory-scale``): the driver's peak RSS
-  while listing and scheduling N tiny synthetic JPEGs through the Ray pipeline, each N
-  in a fresh process (:func:`_driver_probe`);
 - :func:`run_manifest_scale` (``--manifest-scale``): the driver's cost of recording one
   finished shard in a manifest of N shards;
 - :func:`run_resize_arithmetic` (``--resize-arithmetic``): the 256 resize and the crop
@@ -13,6 +10,9 @@
 - :func:`run_precision_compare` (``--compare-precision``): the engine at fp32 and at
   bf16 autocast on the same images, side by side: images/s and label agreement;
 - :func:`ray_unavailable_reason`: whether the Ray pipeline can run at all.
+
+The driver's and the reducer's memory at scale: :mod:`annotator.bench.scale`
+(``--scale``); the engine levers: :mod:`annotator.bench.levers` (``--compare-levers``).
 
 Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
 """
