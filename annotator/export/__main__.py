@@ -19,6 +19,7 @@ from annotator.export import (
     export,
     parse_classes,
 )
+from annotator.export.common import HF_IMAGE_MODES, YOLO_IMAGE_MODES
 from annotator.storage.redact import redact_text
 
 
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write <stem>_conf.png, 8-bit grayscale = round(255 * confidence)")
 
     yolo = parser.add_argument_group("yolo, yolo-semantic")
-    yolo.add_argument("--yolo-images", choices=("link", "copy", "none"), default="link",
+    yolo.add_argument("--yolo-images", choices=YOLO_IMAGE_MODES, default="link",
                       help="images/: symlinks to local source images (copies from object storage), copies, or "
                            "none (default link)")
     yolo.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     yolo.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the train/val split")
 
     hf = parser.add_argument_group("hf")
-    hf.add_argument("--hf-images", choices=("bytes", "path"), default="bytes",
+    hf.add_argument("--hf-images", choices=HF_IMAGE_MODES, default="bytes",
                     help="the image column: the image's bytes as an Image feature (default; self-contained, "
                          "what push_to_hub uploads) or the source image's path as a string")
 

@@ -29,6 +29,10 @@ __all__ = [
 ]
 
 DEFAULT_LS_IMAGE_URL_PREFIX = "/data/local-files/?d="
+#: ``yolo_images``: symlinks to a local source (copies otherwise), copies, or no images.
+YOLO_IMAGE_MODES = ("link", "copy", "none")
+#: ``hf_images``: the image column as bytes (an ``Image()``), or the source's path.
+HF_IMAGE_MODES = ("bytes", "path")
 
 
 class ExportError(RunOutputError):
@@ -115,6 +119,12 @@ class ExportOptions:
                 raise ExportError("instance_classes needs instances=True (--instances CLASSES)")
         if not (isinstance(self.polygon_tolerance, (int, float)) and self.polygon_tolerance >= 0):
             raise ExportError(f"polygon_tolerance must be a number of pixels >= 0, got {self.polygon_tolerance!r}")
+        if self.yolo_images not in YOLO_IMAGE_MODES:
+            raise ExportError(f"yolo_images: expected one of {', '.join(YOLO_IMAGE_MODES)}, got {self.yolo_images!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ExportError(f"val_fraction: expected a fraction in [0, 1), got {self.val_fraction!r}")
+        if self.hf_images not in HF_IMAGE_MODES:
+            raise ExportError(f"hf_images: expected one of {', '.join(HF_IMAGE_MODES)}, got {self.hf_images!r}")
         for name in ("ls_from_name", "ls_to_name"):
             if not getattr(self, name):
                 raise ExportError(f"{name} must be a non-empty string")

@@ -27,14 +27,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 
-from annotator.export.common import ExportError, ExportOptions, ExportResult, ExportRun
+from annotator.export.common import ExportOptions, ExportResult, ExportRun
 from annotator.export.masks import label_map_png
 from annotator.records import labels_from_annotations
 from annotator.storage.results import image_score
 
-__all__ = ["HF_IMAGE_MODES", "export", "features"]
-
-HF_IMAGE_MODES = ("bytes", "path")
+__all__ = ["export", "features"]
 
 
 def features(class_names: list[str], hf_images: str = "bytes"):
@@ -66,8 +64,6 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
         import datasets
     except ImportError as e:  # pragma: no cover - a core dependency
         raise ImportError("the hf export needs the datasets package: pip install datasets") from e
-    if options.hf_images not in HF_IMAGE_MODES:
-        raise ExportError(f"hf_images: expected one of {HF_IMAGE_MODES}, got {options.hf_images!r}")
     run = ExportRun.open(output, options)
     metadata, class_names, keep, split, so = run.metadata, run.class_names, run.keep, run.split, run.storage_options
     image_so = dict(options.image_storage_options) if options.image_storage_options else so

@@ -34,10 +34,6 @@ API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 DEFAULT_PAGE_SIZE = 500
 
 
-class _Scrubbed(ExportError):
-    pass
-
-
 def _client(url: str, api_key: str):
     try:
         from label_studio_sdk import LabelStudio
@@ -96,12 +92,9 @@ def push(output: str, url: str, project: str, options: ExportOptions, *, api_key
             raise ExportError(f"project {proj.id} ({proj.title!r}): expected a <{tag} name=\"{name}\"> in its "
                               "labeling config, got none; pass --ls-from-name/--ls-to-name, or create the project "
                               "with --create-project")
-    existing: set[str] = set()
-    for task in _call("listing the project's tasks", lambda: list(
-            client.tasks.list(project=proj.id, fields="task_only", page_size=1000)), api_key, url):
-        image = (task.data or {}).get("image")
-        if image is not None:
-            existing.add(image)
+    existing: set[str] = _call("listing the project's tasks", lambda: {
+        (task.data or {}).get("image") for task in client.tasks.list(project=proj.id, fields="task_only",
+                                                                     page_size=1000)} - {None}, api_key, url)
     model_version = options.model_version or default_model_version(metadata)
     counts = {"tasks": 0, "imported": 0, "skipped_existing": 0, "pages": 0, "annotations": 0,
               "skipped_error_rows": 0}

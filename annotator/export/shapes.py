@@ -33,14 +33,6 @@ from annotator.records.encode import decode_mask, encode_mask
 __all__ = ["PolygonStats", "mask_polygons", "polygon_iou", "split_instances"]
 
 
-def _cv2():
-    try:
-        import cv2
-    except ImportError as e:  # pragma: no cover - a dependency of the package
-        raise ImportError("instances and polygons need OpenCV: pip install opencv-python-headless") from e
-    return cv2
-
-
 def split_instances(annotation: Annotation, confidence_hw: np.ndarray | None) -> list[Annotation]:
     """The 8-connected components of ``annotation``'s mask, largest first (ties: top-left
     first), as annotations of the same class.
@@ -49,7 +41,7 @@ def split_instances(annotation: Annotation, confidence_hw: np.ndarray | None) ->
         confidence_hw: (H, W) float32 confidence in [0, 1] at the mask's size, or None
             (then every instance keeps the class's score).
     """
-    cv2 = _cv2()
+    import cv2
     mask = decode_mask(annotation.segmentation)
     n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 2:  # one component (or none): the annotation as it is
@@ -74,7 +66,7 @@ def mask_polygons(mask_hw: np.ndarray, tolerance_px: float = 1.0) -> list[list[f
     contour (holes joined in by keyhole cuts), each of at least 3 points. A contour that
     simplifies to fewer points (a sliver one or two pixels wide) is kept unsimplified, and
     a hole that does is left open: no object is lost to the tolerance."""
-    cv2 = _cv2()
+    import cv2
     if tolerance_px < 0:
         raise ValueError(f"polygon tolerance: expected >= 0 pixels, got {tolerance_px}")
     up = np.repeat(np.repeat(np.asarray(mask_hw, dtype=np.uint8), 2, axis=0), 2, axis=1)

@@ -32,7 +32,13 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from annotator.export.common import ExportError, ExportOptions, ExportResult, ExportRun
+from annotator.export.common import (
+    YOLO_IMAGE_MODES,
+    ExportError,
+    ExportOptions,
+    ExportResult,
+    ExportRun,
+)
 from annotator.export.masks import ExportFolder, safe_relative_path
 from annotator.export.shapes import PolygonStats, mask_polygons
 from annotator.records.encode import decode_mask
@@ -41,7 +47,7 @@ from annotator.storage.layout import join_url
 __all__ = ["DATA_YAML", "IMAGE_MODES", "export", "export_semantic", "split_of"]
 
 DATA_YAML = "data.yaml"
-IMAGE_MODES = ("link", "copy", "none")
+IMAGE_MODES = YOLO_IMAGE_MODES
 
 
 def split_of(file_name: str, val_fraction: float, seed: int) -> str:
@@ -64,10 +70,6 @@ class _Layout:
     image (sanitised, unique), the seeded subset, the images linked or copied."""
 
     def __init__(self, to: str, options: ExportOptions):
-        if options.yolo_images not in IMAGE_MODES:
-            raise ExportError(f"yolo_images: expected one of {IMAGE_MODES}, got {options.yolo_images!r}")
-        if not 0.0 <= options.val_fraction < 1.0:
-            raise ExportError(f"val_fraction: expected a fraction in [0, 1), got {options.val_fraction!r}")
         self.options = options
         self.folder = ExportFolder(to, options.storage_options)
         self.so = self.folder.storage_options
