@@ -1,5 +1,5 @@
 """``python -m annotator.report OUTPUT``: the review report of a run folder
-(``report.html`` + ``previews/``); see :mod:`annotator.review.report`."""
+(``report.html`` + ``previews/``); see :mod:`annotator.review.html_report`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from annotator.cli import parse_storage_options
-from annotator.review.report import write_report
+from annotator.review.html_report import write_report
 from annotator.storage.redact import redact_uri
 
 

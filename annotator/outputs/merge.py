@@ -186,7 +186,7 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     _write_json(fs, join_url(root, SUMMARY_NAME), summary)
     if report:
         try:
-            from annotator.review.report import write_report
+            from annotator.review.html_report import write_report
 
             write_report(output, storage_options=storage_options, image_storage_options=image_storage_options)
         except Exception as e:  # the report is a review aid: never lose the run over it

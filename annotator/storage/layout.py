@@ -6,12 +6,12 @@
       manifest.json                 MANIFEST_NAME      finished shards (storage.manifest)
       parts/part-NNNNN.parquet      PARTS_DIR, part_name(i)   one per shard (storage.parts)
       parts/.crashlog-NNNNN.json    crashlog_name(i)   images read by a careful attempt
-      annotations.parquet           ANNOTATIONS_NAME   all parts merged (outputs.reduce)
+      annotations.parquet           ANNOTATIONS_NAME   all parts merged (outputs.merge)
       coco.json                     COCO_NAME
       summary.json                  SUMMARY_NAME
       metrics.json                  METRICS_NAME       with ground truth
       scheduling.json               SCHEDULING_NAME    the latest run's scheduler figures
-      report.html, previews/        REPORT_NAME, PREVIEWS_DIR   (review.report)
+      report.html, previews/        REPORT_NAME, PREVIEWS_DIR   (review.html_report)
       exports/FORMAT/               EXPORTS_DIR        (export)
       .annotator.lock               LOCK_NAME          the lease of the one writer (storage.lock)
 """

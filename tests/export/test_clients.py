@@ -170,7 +170,7 @@ def test_report_renders_in_chromium(synthetic_output, tmp_path):
 
     from PIL import Image
 
-    from annotator.review.report import write_report
+    from annotator.review.html_report import write_report
 
     output, _, _ = synthetic_output
     report = Path(write_report(output, samples=5, lowest=3))

@@ -101,7 +101,7 @@ def test_exports_and_report_on_an_fsspec_url(synthetic_output, tmp_path):
 
     import fsspec
 
-    from annotator.review.report import write_report
+    from annotator.review.html_report import write_report
 
     output, expected, _ = synthetic_output
     url = f"memory://run-{uuid.uuid4().hex}"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from annotator.report import main
 from annotator.review.overlay import render_overlay
-from annotator.review.report import write_report
+from annotator.review.html_report import write_report
 from annotator.storage import parts
 from tests.export.conftest import XSS_FILE_NAME, build_synthetic_output
 
