@@ -229,7 +229,7 @@ def annotate_shards(args: argparse.Namespace, checked: Validated, opened: Opened
 def finish(args: argparse.Namespace, checked: Validated, inputs: Inputs, stats: SchedulingStats | None,
            elapsed_s: float) -> int:
     """Stage 5: merge, COCO, summary, metrics, report; the verdict as the exit code."""
-    from annotator.outputs.reduce import format_summary, reduce_output
+    from annotator.outputs.merge import format_summary, reduce_output
 
     summary = reduce_output(args.output, storage_options=checked.storage_options or None, report=not args.no_report,
                             image_storage_options=inputs.storage_options or None, verify=False)

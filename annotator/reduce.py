@@ -1,6 +1,6 @@
 """``python -m annotator.reduce OUTPUT``: merge the parts and write the run's deliverables
 (``annotations.parquet``, ``coco.json``, ``summary.json``, ``metrics.json``, the report);
-see :mod:`annotator.outputs.reduce`."""
+see :mod:`annotator.outputs.merge`."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from annotator.errors import (
     install_interrupt_handlers,
     is_expected_error,
 )
-from annotator.outputs import reduce as _reduce
-from annotator.outputs.reduce import format_summary, reduce_output
+from annotator.outputs import merge as _merge
+from annotator.outputs.merge import format_summary, reduce_output
 from annotator.storage.lock import OutputLock
 
-__doc__ = _reduce.__doc__
+__doc__ = _merge.__doc__
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m annotator.reduce", description=__doc__,

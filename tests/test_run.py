@@ -391,7 +391,7 @@ def test_memory_source_in_process(tmp_path):
     from annotator.engine import Engine
     from annotator.inputs.listing import list_images
     from annotator.inputs.vocab import Vocabulary
-    from annotator.outputs.reduce import reduce_output
+    from annotator.outputs.merge import reduce_output
     from annotator.shards.processor import ShardProcessor
     from annotator.shards.task import RunOptions, make_shards
     from tests.synthetic import make_image

@@ -30,7 +30,7 @@ from PIL import Image
 
 from annotator import records
 from annotator.inputs.listing import ImageRef
-from annotator.outputs.reduce import reduce_output
+from annotator.outputs.merge import reduce_output
 from annotator.run import main
 from annotator.storage import parts
 from tests.synthetic import VOCAB, make_image

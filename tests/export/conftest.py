@@ -111,7 +111,7 @@ def build_toy_run_output(tmp_path: Path) -> tuple[str, dict[str, np.ndarray], li
     from annotator.engine import Engine
     from annotator.inputs.listing import list_images
     from annotator.inputs.vocab import load_vocabulary
-    from annotator.outputs.reduce import reduce_output
+    from annotator.outputs.merge import reduce_output
     from annotator.shards.processor import ShardProcessor
     from annotator.shards.task import RunOptions, make_shards
     from tests.synthetic import write_dataset, write_vocab

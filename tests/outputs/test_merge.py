@@ -12,7 +12,7 @@ import pytest
 from annotator import records
 from annotator.evaluation import metrics
 from annotator.inputs.listing import ImageRef
-from annotator.outputs.reduce import ReduceError, reduce_output
+from annotator.outputs.merge import ReduceError, reduce_output
 from annotator.records.schema import validate, validate_row
 from annotator.reduce import main
 from annotator.storage import parts
@@ -189,7 +189,7 @@ def test_memory_output(tmp_path):
 
 
 def test_format_summary_table():
-    from annotator.outputs.reduce import format_summary
+    from annotator.outputs.merge import format_summary
 
     text = format_summary({
         "per_class": {"cat": {"annotations": 3, "pixels": 1200, "mean_score": 0.8123},
@@ -205,9 +205,9 @@ def test_format_summary_table():
 def test_merge_copies_parts_as_arrow_in_large_row_groups(tmp_path, monkeypatch):
     """The merged file holds the parts' rows unchanged, in row groups of
     MERGED_ROW_GROUP_ROWS (not one per 256 rows: the writer keeps every group's metadata)."""
-    from annotator.outputs import reduce as reduce_module
+    from annotator.outputs import merge as merge_module
 
-    monkeypatch.setattr(reduce_module, "MERGED_ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(merge_module, "MERGED_ROW_GROUP_ROWS", 4)
     out = tmp_path / "run"
     recs = [_ok(i) if i % 5 else _err(i) for i in range(1, 31)]
     for shard in range(10):
@@ -221,7 +221,7 @@ def test_merge_copies_parts_as_arrow_in_large_row_groups(tmp_path, monkeypatch):
 
 
 def test_id_set_is_a_bitmap_that_finds_repeats():
-    from annotator.outputs.reduce import IdSet
+    from annotator.outputs.merge import IdSet
 
     ids = IdSet()
     assert ids.add(1) and ids.add(1_000_000) and ids.add(8) and not ids.add(1_000_000)
@@ -229,7 +229,7 @@ def test_id_set_is_a_bitmap_that_finds_repeats():
 
 
 def test_ground_truth_errors_of_many_parts_keep_the_first_by_name(tmp_path):
-    from annotator.outputs.reduce import GT_ERRORS_LISTED, Footers
+    from annotator.outputs.merge import GT_ERRORS_LISTED, Footers
 
     footers = Footers()
     k = len(CLASSES)
@@ -245,9 +245,9 @@ def test_ground_truth_errors_of_many_parts_keep_the_first_by_name(tmp_path):
 def test_merged_row_groups_are_capped_in_bytes_too(tmp_path, monkeypatch):
     """Rows of large photographs: a row group stops at MERGED_ROW_GROUP_BYTES, so a reader
     of annotations.parquet never holds gigabytes at once."""
-    from annotator.outputs import reduce as reduce_module
+    from annotator.outputs import merge as merge_module
 
-    monkeypatch.setattr(reduce_module, "MERGED_ROW_GROUP_BYTES", 1)  # every batch closes its group
+    monkeypatch.setattr(merge_module, "MERGED_ROW_GROUP_BYTES", 1)  # every batch closes its group
     out = tmp_path / "run"
     for shard in range(4):
         _write(out, shard, [_ok(3 * shard + k) for k in (1, 2, 3)], num_images=12)

@@ -17,7 +17,7 @@ from annotator.engine import Engine
 from annotator.evaluation.metrics import resize_gt_short_side
 from annotator.inputs.listing import list_images
 from annotator.inputs.vocab import Vocabulary
-from annotator.outputs.reduce import reduce_output
+from annotator.outputs.merge import reduce_output
 from annotator.shards.processor import ShardProcessor, process_shards
 from annotator.shards.task import RunOptions, make_shards
 from annotator.storage import parts
