@@ -131,3 +131,15 @@ def test_no_import_cycle_between_stage_packages():
             if dst in packages and dst != src:
                 graph.setdefault(src, set()).add(dst)
     assert _cycle(graph) is None, _cycle(graph)
+
+
+def test_one_name_one_module():
+    """A reader finds each module in one try: no two modules of the package share a file
+    name (``annotator/reduce.py`` the command, ``annotator/outputs/merge.py`` what it
+    runs), except the package markers ``__init__`` and ``__main__``."""
+    by_name: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.stem not in ("__init__", "__main__"):
+            by_name.setdefault(path.stem, []).append(str(path.relative_to(PACKAGE.parent)))
+    shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert not shared, f"modules sharing a name (rename one of each): {shared}"
