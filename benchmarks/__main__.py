@@ -1,8 +1,8 @@
-"""``python -m annotator.bench``: see :mod:`annotator.bench.benchmark`."""
+"""``python -m benchmarks``: see :mod:`benchmarks.benchmark`."""
 
 import sys
 
-from annotator.bench.benchmark import main
+from benchmarks.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,11 @@
-"""``python -m annotator.bench``: end-to-end throughput, side by side with the released loop.
+"""``python -m benchmarks``: end-to-end throughput, side by side with the released loop.
 
 One run measures, on the same device with the same loaded models:
 
 1. **engine, end to end, without Ray**: read -> decode -> engine -> RLE + confidence PNG
    -> Parquet, through the real shard processor (:class:`annotator.shards.processor.ShardProcessor`),
    after a warm-up shard that is not timed;
-2. **naive**: the released CLIP-DIY loop re-created (:func:`annotator.bench.released_loop.naive_predict`)
+2. **naive**: the released CLIP-DIY loop re-created (:func:`benchmarks.released_loop.naive_predict`)
    on ``--naive-images`` images already decoded (so I/O is not charged to it), reported
    without saliency (the released code precomputed it: the published-baseline figure)
    and with it; ``ratio`` = engine images/s / naive images/s without saliency;
@@ -15,20 +15,20 @@ One run measures, on the same device with the same loaded models:
 4. optionally (``--ray-actors 1,2``) the Ray pass once per actor count, side by side,
    each with its torch threads per actor (``threads_per_actor``);
 5. optionally (``--scale 10000,100000,1000000``) the scale simulation of
-   :mod:`annotator.bench.scale`: the driver's and the reducer's peak memory and the
+   :mod:`benchmarks.scale`: the driver's and the reducer's peak memory and the
    driver's overhead per shard at N listed images, with a stand-in engine.
 
 Without ``--source`` it writes ``--images`` synthetic JPEGs of PASCAL VOC sizes (mostly
 500x375, some 375x500 and 500x333; smooth colour fields, shapes and grain) to a
-temporary folder on local disk (:mod:`annotator.bench.data`). Device names, GPU
-utilisation sampling and the side probes live in :mod:`annotator.bench.probes`.
+temporary folder on local disk (:mod:`benchmarks.data`). Device names, GPU
+utilisation sampling and the side probes live in :mod:`benchmarks.probes`.
 Examples::
 
     # CPU, test models (no weights, no downloads)
-    python -m annotator.bench --model tiny-random --saliency found-tiny-random \\
+    python -m benchmarks --model tiny-random --saliency found-tiny-random \\
         --device cpu --images 64 --naive-images 8 --skip-ray --json bench.json
     # GPU, real architectures with random weights (no downloads)
-    python -m annotator.bench --model ViT-B-32 --pretrained random --saliency found \\
+    python -m benchmarks --model ViT-B-32 --pretrained random --saliency found \\
         --protocol official --images 2000 --skip-ray --json bench.json
 
 Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
@@ -49,9 +49,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from annotator.bench.data import make_synthetic_jpegs
-from annotator.bench.levers import run_lever_compare
-from annotator.bench.probes import (
+from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_from_args
+from annotator.config import DEFAULT_SHARD_SIZE, EngineConfig
+from annotator.shards.task import SHARDS_AT_ONCE
+from benchmarks.data import make_synthetic_jpegs
+from benchmarks.levers import run_lever_compare
+from benchmarks.probes import (
     GpuUtilSampler,
     cpu_name,
     device_name,
@@ -60,10 +63,7 @@ from annotator.bench.probes import (
     run_precision_compare,
     run_resize_arithmetic,
 )
-from annotator.bench.scale import DEFAULT_MS_PER_IMAGE, run_scale_simulation
-from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_from_args
-from annotator.config import DEFAULT_SHARD_SIZE, EngineConfig
-from annotator.shards.task import SHARDS_AT_ONCE
+from benchmarks.scale import DEFAULT_MS_PER_IMAGE, run_scale_simulation
 
 __all__ = ["VOC_CLASSES", "build_parser", "main"]
 
@@ -214,7 +214,7 @@ def decode_first(refs, n: int) -> tuple[list, list[str]]:
 
 def run_naive_pass(engine, refs, n: int) -> dict:
     """The released loop on the first ``n`` images (decoded beforehand, untimed)."""
-    from annotator.bench.released_loop import naive_predict
+    from benchmarks.released_loop import naive_predict
 
     images, names = decode_first(refs, n)
     if not images:
@@ -315,7 +315,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m annotator.bench",
+        prog="python -m benchmarks",
         description="End-to-end throughput of the engine (read -> decode -> engine -> RLE/PNG -> Parquet, "
         "no Ray), the released CLIP-DIY loop on the same device and models, and the Ray pipeline.",
         formatter_class=HelpFormatter,
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the 256 resize and the crop resizes in float (full protocol) and in "
                    "OpenCV's/PIL's exact integer arithmetic (official), side by side on the same images")
     b.add_argument("--compare-levers", type=int, default=0, metavar="N",
-                   help="also time the engine levers of annotator.bench.levers (crop chunks x4, channels-last, "
+                   help="also time the engine levers of benchmarks.levers (crop chunks x4, channels-last, "
                    "DINO without fused attention, torch.compile) against the baseline on the first N images, "
                    "side by side (0: skip)")
     b.add_argument("--compare-precision", type=int, default=0, metavar="N",

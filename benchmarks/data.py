@@ -3,7 +3,7 @@
 :func:`synthetic_image` draws one (H, W, 3) uint8 RGB image (a smooth colour field, 1-5
 shapes, sensor-like grain) from a seed; :func:`make_synthetic_jpegs` writes ``n`` of them
 as baseline JPEGs, sizes cycling through ``VOC_SIZES_HW`` (mostly 500x375, some 375x500
-and 500x333). Used by :mod:`annotator.bench` (without ``--source``).
+and 500x333). Used by :mod:`benchmarks` (without ``--source``).
 """
 
 from __future__ import annotations

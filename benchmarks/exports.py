@@ -1,4 +1,4 @@
-"""``python -m annotator.bench.exports``: every exporter's time and peak memory on a run
+"""``python -m benchmarks.exports``: every exporter's time and peak memory on a run
 of N images (default 4,000), each in a fresh process, side by side.
 
 The run is synthetic but real in form: N VOC-sized (375x500) images as PNG files, each
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from benchmarks import child_env
 
 #: (name, CLI options) of each measured export.
 EXPORTS: list[tuple[str, list[str]]] = [
@@ -42,7 +43,7 @@ def build_run(root: Path, n: int, size_hw: tuple[int, int] = (375, 500), shard: 
 
     from annotator import records
     from annotator.inputs.catalog import ImageRef
-    from annotator.outputs.reduce import reduce_output
+    from annotator.outputs.merge import reduce_output
     from annotator.storage import parts
 
     images, output = root / "images", root / "OUTPUT"
@@ -78,8 +79,8 @@ def _one(output: str, to: str, argv: list[str]) -> dict:
     import contextlib
     import io
 
-    from annotator.bench.scale import peak_rss_mib
     from annotator.export.__main__ import main
+    from benchmarks.scale import peak_rss_mib
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
@@ -89,7 +90,7 @@ def _one(output: str, to: str, argv: list[str]) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotator.bench.exports", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.exports", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=4000, metavar="N")
     p.add_argument("--json", default=None, metavar="PATH")
@@ -100,11 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         output = build_run(work, args.images)
         result = {"images": args.images, "build_s": time.perf_counter() - t0, "exports": {}}
-        here = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = child_env()
         for name, options in EXPORTS:
             to = str(work / "exports" / name.replace(" ", "_"))
-            code = ("import json, sys; from annotator.bench.exports import _one; "
+            code = ("import json, sys; from benchmarks.exports import _one; "
                     "print('EXPORT ' + json.dumps(_one(sys.argv[1], sys.argv[2], sys.argv[3:])))")
             proc = subprocess.run([sys.executable, "-c", code, output, to, *options], capture_output=True, text=True,
                                   env=env)

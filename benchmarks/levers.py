@@ -1,4 +1,4 @@
-"""Engine levers measured side by side (``python -m annotator.bench --compare-levers N``):
+"""Engine levers measured side by side (``python -m benchmarks --compare-levers N``):
 each variant is a fresh engine with one change, timed in alternating rounds on the same
 decoded images, with its label agreement against the baseline.
 

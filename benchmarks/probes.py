@@ -1,4 +1,4 @@
-"""What :mod:`annotator.bench` measures about the machine, besides throughput.
+"""What :mod:`benchmarks` measures about the machine, besides throughput.
 
 - :func:`cpu_name`, :func:`device_name`: the hardware a result was measured on;
 - :class:`GpuUtilSampler`: GPU utilisation (%) polled from ``nvidia-smi`` in a thread;
@@ -11,8 +11,8 @@
   bf16 autocast on the same images, side by side: images/s and label agreement;
 - :func:`ray_unavailable_reason`: whether the Ray pipeline can run at all.
 
-The driver's and the reducer's memory at scale: :mod:`annotator.bench.scale`
-(``--scale``); the engine levers: :mod:`annotator.bench.levers` (``--compare-levers``).
+The driver's and the reducer's memory at scale: :mod:`benchmarks.scale`
+(``--scale``); the engine levers: :mod:`benchmarks.levers` (``--compare-levers``).
 
 Importing this module needs neither Ray nor ``datasets`` (both imported lazily).
 """
@@ -144,12 +144,6 @@ def run_manifest_scale(counts: Sequence[int], workdir: Path) -> dict:
     return out
 
 
-def _pythonpath() -> str:
-    here = str(Path(__file__).resolve().parent.parent)
-    old = os.environ.get("PYTHONPATH", "")
-    return here + (os.pathsep + old if old else "")
-
-
 # --------------------------------------------------------------------------- resize arithmetic
 def run_resize_arithmetic(engine, images: list, repeats: int = 3) -> dict:
     """Seconds per image of the two uint8 resizes, float vs exact, measured alternately.
@@ -216,8 +210,8 @@ def run_precision_compare(config, vocabulary, images: list, rounds: int = 2) -> 
     """
     import dataclasses
 
-    from annotator.bench.levers import label_agreement, time_alternately
     from annotator.engine import Engine
+    from benchmarks.levers import label_agreement, time_alternately
 
     engines = {p: Engine(dataclasses.replace(config, precision=p), vocabulary) for p in ("fp32", "bf16")}
     best, labels, _ = time_alternately(engines, images, rounds, warmup_images=images[:1])

@@ -1,5 +1,5 @@
 """The scale simulation: the driver and the reducer at 10^4..10^6 listed images, with no
-real image and no model (``python -m annotator.bench --scale 10000,100000,1000000``).
+real image and no model (``python -m benchmarks --scale 10000,100000,1000000``).
 
 For each N, a tree of N empty ``.jpg`` files (1,000 per folder) is listed and scheduled
 by the run's own stages (:func:`annotator.job.validate` .. :func:`annotator.job.annotate_shards`:
@@ -23,6 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from benchmarks import child_env
 
 __all__ = ["DEFAULT_MS_PER_IMAGE", "StandInProcessor", "make_empty_tree", "peak_rss_mib", "run_scale_simulation"]
 
@@ -95,19 +97,21 @@ class StandInProcessor:
 def _driver(source: str, output: str, vocab: str, shard_size: int, actors: int, ms_per_image: float) -> dict:
     """In a fresh process: the run's stages 1-4 with the stand-in; peak RSS per stage."""
     from annotator import job
+    from annotator.request import RunRequest
     from annotator.run import build_parser
 
     imported = peak_rss_mib()
     args = build_parser().parse_args(["--source", source, "--output", output, "--vocab", vocab, *SCALE_ENGINE_ARGV,
                                       "--shard-size", str(shard_size), "--num-actors", str(actors), "--quiet"])
-    checked = job.validate(args)
+    request = RunRequest.from_args(args)
+    checked = job.validate(request)
     t0 = time.perf_counter()
-    inputs = job.list_inputs(args, checked)
+    inputs = job.list_inputs(request, checked)
     listed_s, listed = time.perf_counter() - t0, peak_rss_mib()
-    opened = job.open_run_output(args, checked, inputs)
+    opened = job.open_run_output(request, checked, inputs)
     opened_rss = peak_rss_mib()
     t0 = time.perf_counter()
-    stats = job.annotate_shards(args, checked, opened,
+    stats = job.annotate_shards(request, checked, opened,
                                 make_processor=functools.partial(StandInProcessor, ms_per_image=ms_per_image))
     annotate_s = time.perf_counter() - t0
     from annotator.distributed.ray_runner import shutdown_ray
@@ -134,10 +138,9 @@ def _reduce(output: str) -> dict:
 
 
 def _in_fresh_process(call: str, *argv: str) -> dict:
-    code = ("import json, sys; from annotator.bench import scale; "
+    code = ("import json, sys; from benchmarks import scale; "
             f"print('SCALE-PROBE ' + json.dumps(scale.{call}(*sys.argv[1:])))")
-    here = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = child_env()
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SCALE-PROBE ")), None)
     if proc.returncode != 0 or line is None:
@@ -153,13 +156,13 @@ def run_scale_simulation(counts: Sequence[int], workdir: Path, vocab_path: Path,
                          actors: int = 4, ms_per_image: float = DEFAULT_MS_PER_IMAGE) -> dict:
     """The simulation for each N in ``counts`` (see the module docstring); the JSON the
     benchmark reports under ``scale``."""
-    from annotator.bench.probes import ray_unavailable_reason
+    from benchmarks.probes import ray_unavailable_reason
 
     why = ray_unavailable_reason()
     if why:
         return {"skipped": why}
     out = {"shard_size": shard_size, "actors": actors, "ms_per_image": ms_per_image,
-           "engine": "stand-in (annotator.bench.scale.StandInProcessor)", "runs": []}
+           "engine": "stand-in (benchmarks.scale.StandInProcessor)", "runs": []}
     for n in counts:
         src, dst = workdir / f"scale-{n}", workdir / f"scale-{n}-output"
         shutil.rmtree(dst, ignore_errors=True)

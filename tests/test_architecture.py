@@ -3,14 +3,18 @@
 - ``annotator.core`` is pure numerics: the standard library, numpy and torch only.
 - Only ``annotator.distributed.ray_runner`` imports ray (the engine, the shard processor
   and the benchmark run without Ray, e.g. on a GPU machine that has none).
-- Nothing in the product imports ``annotator.bench``.
+- Nothing in the product imports the benchmark suite (``benchmarks/``, beside ``tests/``),
+  and the wheel holds neither it nor the tests.
 - No import cycles between modules, and none between the stage packages.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "annotator"
@@ -74,9 +78,33 @@ def test_only_the_ray_runner_imports_ray():
 
 
 def test_the_product_never_imports_the_benchmark():
-    offenders = {(name, m) for name, imported in IMPORTS.items() if not name.startswith("annotator.bench")
-                 for m in imported if m.startswith("annotator.bench")}
+    offenders = {(name, m) for name, imported in IMPORTS.items()
+                 for m in imported if m.split(".")[0] in ("benchmarks", "tests") or m.startswith("annotator.bench")}
     assert not offenders, offenders
+
+
+def test_the_wheel_holds_the_package_and_no_benchmark(tmp_path):
+    """``pip wheel .`` on a copy of the source tree (the build leaves ``build/`` and the
+    egg-info behind, so not in the checkout): the wheel has every module of ``annotator``
+    and no ``benchmarks``, ``bench`` or ``tests`` module. Offline: the tree's own
+    setuptools builds it (``--no-build-isolation``; the test extra requires it)."""
+    root = PACKAGE.parent
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, src / name)
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("annotator", "benchmarks", "tests"):
+        shutil.copytree(root / name, src / name, ignore=junk)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                           "--no-index", "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("annotator-*.whl")
+    files = zipfile.ZipFile(wheel).namelist()
+    modules = {f[:-3].replace("/", ".").removesuffix(".__init__") for f in files if f.endswith(".py")}
+    assert modules >= set(MODULES), sorted(set(MODULES) - modules)
+    foreign = sorted(m for m in modules if m.split(".")[0] != "annotator" or ".bench" in m)
+    assert not foreign, foreign
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:

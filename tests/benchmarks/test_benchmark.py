@@ -6,8 +6,9 @@ import sys
 
 from PIL import Image
 
-from annotator.bench import benchmark as bench
-from annotator.bench.data import synthetic_image
+from benchmarks import benchmark as bench
+from benchmarks import child_env
+from benchmarks.data import synthetic_image
 
 TINY = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "found-tiny-random", "--device", "cpu"]
 
@@ -51,8 +52,9 @@ def test_bench_on_a_source_folder_without_naive(tmp_path):
 
 
 def test_import_needs_neither_ray_nor_datasets():
-    code = "import sys, annotator.bench; print(sorted(m for m in ('ray', 'datasets') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = "import sys, benchmarks.benchmark; print(sorted(m for m in ('ray', 'datasets') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=child_env()).stdout
     assert out.strip() == "[]"
 
 
@@ -96,7 +98,7 @@ def test_bench_rejects_bad_counts(tmp_path):
 
 
 def test_manifest_scale_probe(tmp_path):
-    from annotator.bench.probes import run_manifest_scale
+    from benchmarks.probes import run_manifest_scale
 
     r = run_manifest_scale([10, 200], tmp_path)
     assert r["flush_interval_s"] > 0 and [x["shards_listed"] for x in r["runs"]] == [10, 200]

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from annotator.bench.data import make_synthetic_jpegs
 from annotator.inputs.loader import jpeg_fast_path_size_hw
+from benchmarks.data import make_synthetic_jpegs
 
 
 def test_synthetic_jpegs_are_voc_sized_baseline_jpegs(tmp_path):

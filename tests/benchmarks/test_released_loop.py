@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from annotator.bench.released_loop import bilinear_resize_uint8, naive_predict
 from annotator.config import EngineConfig
 from annotator.engine import Engine
 from annotator.inputs.vocab import Vocabulary
+from benchmarks.released_loop import bilinear_resize_uint8, naive_predict
 from tests.synthetic import make_image
 
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from annotator.bench import benchmark as bench
-from annotator.bench.levers import LEVERS, run_lever_compare
-from annotator.bench.scale import make_empty_tree, run_scale_simulation
 from annotator.config import EngineConfig
 from annotator.inputs.vocab import Vocabulary
+from benchmarks import benchmark as bench
+from benchmarks.levers import LEVERS, run_lever_compare
+from benchmarks.scale import make_empty_tree, run_scale_simulation
 
 
 def test_empty_tree_has_the_files_asked_for(tmp_path):
@@ -66,7 +66,7 @@ def test_every_lever_runs_and_reports_agreement():
 
 
 def test_precision_compare_reports_both_precisions_on_one_timing_loop():
-    from annotator.bench.probes import run_precision_compare
+    from benchmarks.probes import run_precision_compare
 
     cfg = EngineConfig(model="tiny-random", pretrained="random", saliency="none", device="cpu", patch_sizes_px=(256,))
     images = [np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)]
