@@ -49,13 +49,13 @@ PY
 # 1. The benchmark the issue asks for (engine end to end vs the naive released loop).
 WORK=/tmp/bench-work
 rm -rf "$WORK"
-timeout 360 python3 -m annotator.bench --model ViT-B-32 --pretrained random --saliency found --protocol official \
+timeout 360 python3 -m benchmarks --model ViT-B-32 --pretrained random --saliency found --protocol official \
   --images 2000 --skip-ray --workdir "$WORK" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 echo "bench exit: $? after $(( $(date +%s) - START )) s"
 
 # 1b. The host side alone (read, nvJPEG decode, RLE/PNG encode, Parquet) against a stand-in
 #     device at 1,000 images/s: can this machine's CPUs feed the stretch target (600/s)?
-timeout 120 python3 -m annotator.bench --model tiny-random --pretrained random --saliency found-tiny-random \
+timeout 120 python3 -m benchmarks --model tiny-random --pretrained random --saliency found-tiny-random \
   --device cuda --images 2000 --stub-device-ms-per-image 1.0 --workdir "$WORK" --json "$OUT/bench_stub.json" 2>&1 \
   | grep -E "stub device|stages|read|decode|encode|write|device_wait" | tee -a "$OUT/bench.log"
 
@@ -90,14 +90,14 @@ json.dump(res, open(sys.argv[2], "w"), indent=2)
 PY
 
 # 3. Unit tests of the benchmark's own modules, on this machine (CPU paths + torchvision).
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/inputs/test_loader.py tests/bench/test_released_loop.py tests/shards/test_processor.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/inputs/test_loader.py tests/benchmarks/test_released_loop.py tests/shards/test_processor.py \
   "tests/test_engine.py::test_cuda_matches_cpu_on_tiny_model" "tests/test_engine.py::test_device_class_stats_give_the_same_records" \
   "tests/test_engine.py::test_exact_resizes_on_cuda_equal_the_cpu" \
   2>&1 | tail -5 | tee "$OUT/tests.log"
 
 # 4. If time is left: the product default (masks at full resolution), fewer images.
 if [ $(( $(date +%s) - START )) -lt 330 ]; then
-  timeout 200 python3 -m annotator.bench --model ViT-B-32 --pretrained random --saliency found --protocol full \
+  timeout 200 python3 -m benchmarks --model ViT-B-32 --pretrained random --saliency found --protocol full \
     --images 1000 --naive-images 8 --skip-ray --workdir /tmp/bench-work-full --json "$OUT/bench_full.json" 2>&1 \
     | tail -25 | tee -a "$OUT/bench.log"
 fi
