@@ -92,6 +92,17 @@ def resolve_source(uri: str, storage_options: dict | None = None) -> tuple[str, 
 _MAGIC_RE = re.compile(r"[*?\[]")
 
 
+def _has_wildcard(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """``*``, ``?`` or ``[`` in the path; in an http(s) URL, ``?`` starts the query string."""
+    if set(_protocols(fs)) & {"http", "https"}:
+        path = path.split("?", 1)[0]
+    return bool(_MAGIC_RE.search(path))
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def _glob_root(path: str) -> str:
     """The non-magic prefix directory of a glob: 'b/imgs/**/*.jpg' -> 'b/imgs'."""
     parts = path.split("/")
@@ -107,8 +118,9 @@ def list_images(source: str, storage_options: dict | None = None) -> ImageRefs:
     Returns refs sorted by ``file_name`` (byte order of the UTF-8 names), ``image_id`` =
     1-based position, held as columns (:class:`~annotator.inputs.catalog.ImageRefs`): the
     walk streams into them, so a million files never sit in memory as Python objects.
-    Raises SourceError when the source does not exist or holds no file with an image
-    extension.
+    Raises SourceError when the source does not exist, holds no file with an image
+    extension, or its server refuses or cannot be reached (the message names the URL,
+    credentials redacted, and the client's reason).
     """
     from fsspec.implementations.local import LocalFileSystem
 
@@ -122,7 +134,7 @@ def list_images(source: str, storage_options: dict | None = None) -> ImageRefs:
         local = isinstance(fs, LocalFileSystem)
         if local and os.path.isdir(path):
             root, paths = path, _walk_local(path)
-        elif _MAGIC_RE.search(path) and not fs.exists(path):  # a glob, unless a path of that name exists
+        elif _has_wildcard(fs, path) and not fs.exists(path):  # a glob, unless a path of that name exists
             root = _glob_root(path)
             paths = (p for p, info in fs.glob(path, detail=True).items() if info.get("type") != "directory")
         elif fs.isdir(path):
@@ -144,6 +156,13 @@ def list_images(source: str, storage_options: dict | None = None) -> ImageRefs:
                     others = sorted([*others, rel])[:3]
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise SourceError(f"source {shown!r} cannot be listed: {scrub_secrets(str(exc), source)}") from None
+    except Exception as exc:  # a remote source's client error: name the source, not only the host
+        if not _is_remote(clean) or not _is_client_error(exc):
+            raise
+        detail = scrub_secrets(str(exc) or type(exc).__name__, source)
+        hint = ("; check the URL and the network (offline, list a local copy of the images instead)"
+                if _is_connection_error(exc) else "")
+        raise SourceError(f"source {shown!r} cannot be listed: {detail}{hint}") from None
     if not len(builder):
         found = f"found {num_others} other file(s), e.g. {others}" if num_others else "found no files"
         raise SourceError(
@@ -151,6 +170,31 @@ def list_images(source: str, storage_options: dict | None = None) -> ImageRefs:
             f"(case-insensitive); {found}"
         )
     return builder.build(sort_by_name=True)
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith(("file:", "memory:"))
+
+
+def _client_classes(exc: BaseException) -> list[str]:
+    return [f"{cls.__module__}.{cls.__name__}" for cls in type(exc).__mro__]
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """An error of the storage client (the standard library's OSError, which aiohttp's
+    connection errors are, or aiohttp / botocore / google's own), not of our code."""
+    return isinstance(exc, OSError) or any(
+        name.startswith(("aiohttp.", "botocore.", "google.", "requests.")) for name in _client_classes(exc))
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """No answer from the server: DNS failure, refused or dropped connection, timeout."""
+    import socket
+
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    return any(("Connect" in name.rsplit(".", 1)[1] or "Timeout" in name.rsplit(".", 1)[1])
+               for name in _client_classes(exc) if not name.startswith("builtins."))
 
 
 def local_or_url_fs(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -111,6 +111,26 @@ def test_no_images_is_a_clear_error(tmp_path: Path):
         list_images(f"{tmp_path}/*.png")
 
 
+@pytest.mark.parametrize("source", [
+    "http://127.0.0.1:9/images/",  # connection refused (port 9, discard: nothing listens)
+    "http://user:pw@127.0.0.1:9/images/*.jpg",  # a glob, credentials in the URL
+    "https://127.0.0.1:9/one.jpg?X-Amz-Signature=s3cr3t",  # one signed file: '?' starts the query
+])
+def test_unreachable_url_names_the_url(source: str):
+    """Offline, the message names the source (redacted), not only the client's host."""
+    with pytest.raises(SourceError) as info:
+        list_images(source)
+    msg = str(info.value)
+    assert redact_uri(source) in msg and "cannot be listed" in msg and "127.0.0.1:9" in msg
+    assert "pw" not in msg.replace("pwd", "") and "s3cr3t" not in msg
+    assert "check the URL and the network" in msg
+
+
+def test_unresolvable_host_names_the_url():
+    with pytest.raises(SourceError, match=r"source 'https://images\.example\.invalid/set/' cannot be listed: .*network"):
+        list_images("https://images.example.invalid/set/")
+
+
 def test_extensions_constant():
     assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
