@@ -238,11 +238,64 @@ def _open_hf(name_or_path: str, split: str | None, kind: str):
                  else {"data_dir": name_or_path})
         ds = datasets.load_dataset(kind, **where)
     else:
-        ds = datasets.load_dataset(name_or_path, **({"split": split} if split else {}), streaming=True)
+        ds = _load_hub(name_or_path, split)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         split = _pick_split(list(ds.keys()), split, name_or_path)
         ds = ds[split]
     return ds, split or str(getattr(ds, "split", None) or "train")
+
+
+#: Seconds to wait for the Hub's answer before calling it unreachable.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _offline_hint(name: str) -> str:
+    return (f"hub datasets are streamed and need the network; offline, use a local copy: on a connected "
+            f"machine save it with datasets.load_dataset({name!r}).save_to_disk(FOLDER) (or download its "
+            "Parquet files) and pass that folder instead of the hub name")
+
+
+def hub_unavailable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now, or None when it answers.
+
+    Offline mode (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``) is the reason without a
+    request; otherwise one HEAD request to the endpoint (``HF_ENDPOINT``, through
+    huggingface_hub's own HTTP session, so its proxy and certificate settings apply)
+    that fails to connect within :data:`HUB_PROBE_TIMEOUT_S` seconds. Any HTTP answer,
+    an error status included, counts as reachable. Checked once before streaming, so
+    that an offline machine is told in seconds, once, instead of after the client's
+    retries and their repeated warnings.
+    """
+    import datasets
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        return "offline mode is set (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - any transport failure: no connection to the Hub
+        reason = " ".join(str(exc).split()) or "no answer"
+        return f"the Hub at {constants.ENDPOINT} is unreachable ({reason[:200]})"
+    return None
+
+
+def _load_hub(name: str, split: str | None):
+    """A hub dataset, streamed; refused in seconds, with one message, when offline."""
+    import datasets
+
+    why = hub_unavailable()
+    if why is not None:
+        raise SourceError(f"Hugging Face dataset {name!r} cannot be streamed: {why}; {_offline_hint(name)}")
+    try:
+        return datasets.load_dataset(name, **({"split": split} if split else {}), streaming=True)
+    except datasets.exceptions.DatasetNotFoundError:
+        raise SourceError(f"Hugging Face dataset {name!r} was not found on the Hub: check the name, or log in "
+                          "(HF_TOKEN) for a private or gated dataset; a local dataset is passed as its "
+                          "folder path") from None
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise SourceError(f"Hugging Face dataset {name!r} cannot be streamed: {reason}; "
+                          f"{_offline_hint(name)}") from None
 
 
 def _detect_image_column(ds, image_column: str | None, name: str) -> str:
@@ -275,7 +328,8 @@ def list_hf_dataset(name_or_path: str, split: str | None = None, image_column: s
 
     ``name_or_path``: a local ``save_to_disk`` folder, a local folder of Parquet files (or
     one ``.parquet`` file), a local imagefolder, or a hub dataset name (streamed; needs
-    network). ``split``: required when the dataset has several. ``image_column``: default
+    network: unreachable or offline, a SourceError in seconds names the dataset and the
+    local route, see :func:`hub_unavailable`). ``split``: required when the dataset has several. ``image_column``: default
     the single column of ``datasets.Image`` type, or among several the one named "image"
     (segmentation datasets pair it with a label-map Image column). Local paths are made absolute so that
     workers with another working directory re-open the same data.

@@ -14,6 +14,7 @@ from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
 from annotator.inputs.decode import ImageDecodeError, decode_image
+from annotator.inputs import hf
 from annotator.inputs.hf import HFSource, list_hf_dataset
 from annotator.inputs.listing import (
     IMAGE_EXTENSIONS,
@@ -455,6 +456,7 @@ def test_hf_hub_streaming(monkeypatch):
         return ds.to_iterable_dataset()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(hf, "hub_unavailable", lambda: None)  # no network here: the Hub "answers"
     src = list_hf_dataset("someone/photos", split="train")
     assert (src.kind, src.num_rows) == ("hub", None)
     assert calls == [("someone/photos", "train", True)]
@@ -465,3 +467,46 @@ def test_hf_hub_streaming(monkeypatch):
     clone = pickle.loads(pickle.dumps(src))
     rows = clone.read_rows(1, 3)
     assert rows[0] == IMAGES[1] and rows[1].reason == "missing"
+
+
+def _no_load_dataset(*args, **kwargs):
+    raise AssertionError("datasets.load_dataset must not be called when the Hub is unreachable")
+
+
+def test_hf_hub_unreachable_fails_at_once_with_one_message(monkeypatch, caplog, capfd):
+    """A made-up hub name with the Hub at a refused port: one SourceError naming the
+    dataset and the local route; the client's retries (and their warnings) never start."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets, "load_dataset", _no_load_dataset)
+    with caplog.at_level("WARNING"), pytest.raises(SourceError) as info:
+        list_hf_dataset("made-up-owner/made-up-dataset", split="train")
+    msg = str(info.value)
+    assert "'made-up-owner/made-up-dataset'" in msg and "http://127.0.0.1:9 is unreachable" in msg
+    assert "save_to_disk(FOLDER)" in msg and "pass that folder" in msg
+    assert "Error" not in msg  # a sentence, not the client's exception class names
+    assert not caplog.records and not capfd.readouterr().err
+
+
+def test_hf_hub_offline_mode_is_told_without_a_request(monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub, "get_session", _no_load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset", _no_load_dataset)
+    with pytest.raises(SourceError, match=r"'someone/photos' cannot be streamed: offline mode is set .*save_to_disk"):
+        list_hf_dataset("someone/photos")
+
+
+def test_hf_hub_dataset_not_found_names_it(monkeypatch):
+    def not_found(name, **kwargs):
+        raise datasets.exceptions.DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+
+    monkeypatch.setattr(hf, "hub_unavailable", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", not_found)
+    with pytest.raises(SourceError, match=r"'someone/nothing' was not found on the Hub: check the name"):
+        list_hf_dataset("someone/nothing")
