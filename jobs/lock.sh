@@ -9,6 +9,10 @@
 # when the lock no longer satisfies pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# uv keeps the pins of an existing output file where they still fit (it only upgrades
+# what it must): seed each output with the current lock, so adding one dependency does
+# not move every other one.
+grep -v '^#' constraints.txt > constraints.txt.new
 uv pip compile pyproject.toml jobs/lock.in --all-extras \
   --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
   --no-header --no-annotate --quiet -o constraints.txt.new
@@ -22,6 +26,7 @@ rm constraints.txt.new
 echo "wrote constraints.txt ($(grep -c '==' constraints.txt) pins)"
 
 # The Label Studio server's own lock (a separate venv: see jobs/label-studio.in).
+grep -v '^#' jobs/label-studio-constraints.txt > jobs/label-studio-constraints.txt.new
 uv pip compile jobs/label-studio.in \
   --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
   --no-header --no-annotate --quiet -o jobs/label-studio-constraints.txt.new
