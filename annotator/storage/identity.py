@@ -46,10 +46,51 @@ def setting_differences(before: dict, now: dict, prefix: str = "", limit: int = 
         if isinstance(a, dict) and isinstance(b, dict):
             out += setting_differences(a, b, f"{name}.", limit)
         elif a != b:
-            out.append(f"{name} {_cut(a)} (now {_cut(b)})")
+            out.append(_list_change(name, a, b) or f"{name} {_cut(a)} (now {_cut(b)})")
     if len(out) > limit:
         out = out[:limit] + [f"{len(out) - limit} more"]
     return out
+
+
+def _list_change(name: str, before: object, now: object, shown: int = 10) -> str | None:
+    """``vocabulary: added "cat"; removed "dog"`` for a list of names (strings, or records
+    with a ``"name"`` such as the vocabulary's classes), or None for any other value.
+
+    The two lists cut at the same width would look the same: what differs is said
+    instead, the names added and removed (at most ``shown`` of each, then a count), those
+    whose record changed (e.g. a class's synonyms), or that only the order changed.
+    """
+    keys_before, keys_now = _names(before), _names(now)
+    if keys_before is None or keys_now is None:
+        return None
+    items_before = dict(zip(keys_before, before))  # type: ignore[arg-type]
+    items_now = dict(zip(keys_now, now))  # type: ignore[arg-type]
+    added = [k for k in keys_now if k not in items_before]
+    removed = [k for k in keys_before if k not in items_now]
+    changed = [k for k in keys_now if k in items_before and items_before[k] != items_now[k]]
+    out = [f"{label} {_name_list(keys, shown)}" for label, keys in
+           (("added", added), ("removed", removed), ("changed", changed)) if keys]
+    if not out:
+        out = ["the same items in another order"]
+    return f"{name}: " + "; ".join(out)
+
+
+def _names(value: object) -> list[str] | None:
+    """The item names of a list of strings or of records with a string ``"name"``."""
+    if not isinstance(value, list):
+        return None
+    if all(isinstance(v, str) for v in value):
+        names = list(value)
+    elif all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in value):
+        names = [v["name"] for v in value]
+    else:
+        return None
+    return names if len(set(names)) == len(names) else None
+
+
+def _name_list(names: list[str], shown: int) -> str:
+    text = ", ".join(_cut(n, 40) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _cut(value: object, width: int = 80) -> str:
