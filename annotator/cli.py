@@ -67,9 +67,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "saliencies found-tiny-random / toy")
     g.add_argument("--dino-weights", default=None, metavar="FILE",
                    help="local DINO ViT-S/8 state dict (dino_deitsmall8_pretrain.pth, or timm's "
-                        "vit_small_patch8_224.dino safetensors) instead of downloading it")
+                        "vit_small_patch8_224.dino safetensors) instead of downloading it (default: downloaded once "
+                        "into --weights-dir)")
     g.add_argument("--found-weights", default=None, metavar="FILE",
-                   help="local FOUND decoder file (decoder_weights.pt) instead of downloading it")
+                   help="local FOUND decoder file (decoder_weights.pt) instead of downloading it (default: "
+                        "downloaded once into --weights-dir)")
     g.add_argument("--weights-dir", default=None, metavar="DIR",
                    help="where weights are cached and looked up offline "
                         "(default: $ANNOTATOR_WEIGHTS_DIR or ~/.cache/annotator)")
@@ -95,7 +97,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--batch-size", type=int, default=32, metavar="N",
                    help="images per engine step. Default: %(default)s")
     h.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="encoder precision; auto = bf16 on CUDA, fp32 on CPU. Default: %(default)s")
+                   help="encoder precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32 (fp32 for "
+                        "the test models and for --protocol official on a CPU). Default: %(default)s")
 
 
 def parse_storage_options(text: str | None) -> dict:

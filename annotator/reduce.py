@@ -24,10 +24,12 @@ from annotator.storage.lock import OutputLock
 __doc__ = _merge.__doc__
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotator.reduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m annotator.reduce", description=(
+        "Merge the parts of the run folder OUTPUT into annotations.parquet, coco.json, summary.json, "
+        "metrics.json (with ground truth) and report.html with previews/, streaming over the parts."))
     p.add_argument("output", help="the run's output folder or fsspec URL")
-    p.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec storage options as JSON")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help="fsspec storage options as JSON (default: none, the backends' own configuration)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and previews")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -25,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="failed images listed (all are counted; default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
-                        help="fsspec storage options (JSON object) for OUTPUT and the images")
+                        help="fsspec storage options (JSON object) for OUTPUT and the images (default: none, the "
+                             "backends' own configuration)")
     args = parser.parse_args(argv)
     try:
         so = parse_storage_options(args.storage_options) or None

@@ -49,18 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "memory://, http(s)://...). Default: the bundled sample photographs")
     io.add_argument("--hf-dataset", default=None, metavar="NAME_OR_PATH",
                     help="a Hugging Face dataset instead of --source: hub name (streamed), "
-                         "save_to_disk folder, or folder of Parquet/imagefolder files")
-    io.add_argument("--hf-split", default=None, help="dataset split (required when there are several)")
-    io.add_argument("--hf-image-column", default=None, help="image column (auto-detected when unique)")
+                         "save_to_disk folder, or folder of Parquet/imagefolder files (default: none, --source is "
+                         "read)")
+    io.add_argument("--hf-split", default=None,
+                    help="dataset split (default: the only one; required when there are several)")
+    io.add_argument("--hf-image-column", default=None,
+                    help="image column (default: the only Image column, or among several the one named 'image')")
     io.add_argument("--storage-options", default=None, metavar="JSON",
                     help="fsspec storage options for source and output as JSON, e.g. "
-                         "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (never logged)")
+                         "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (never logged; default: none, the "
+                         "backends' own configuration)")
     io.add_argument("--output", default=DEFAULT_OUTPUT, help="output folder or fsspec URL")
     io.add_argument("--overwrite", action="store_true",
                     help="replace an existing output made with another configuration or listing")
     io.add_argument("--image-list", default=None, metavar="FILE",
                     help="only these images: one image_id, relative path or stem per line "
-                         "(e.g. VOC's ImageSets/Segmentation/val.txt)")
+                         "(e.g. VOC's ImageSets/Segmentation/val.txt; default: every image of the source)")
     io.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
                     help="refuse image files larger than this before reading them (an 'unreadable' row); "
                          "only regular files are read (default: 1 GiB)")
@@ -70,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = p.add_argument_group("scoring against ground truth")
     ev.add_argument("--gt", default=None,
                     help="ground truth: COCO instances JSON, folder of VOC-style PNG label maps, "
-                         "or hf-column:NAME for the HF dataset's label column")
+                         "or hf-column:NAME for the HF dataset's label column (default: none, no scoring)")
     ev.add_argument("--gt-format", choices=("coco", "voc-png", "hf-column"), default=None,
-                    help="format of --gt where the path does not make it clear")
+                    help="format of --gt (default: from the path: *.json = coco, a folder = voc-png, hf-column:NAME)")
     sch = p.add_argument_group("scheduling")
     sch.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
                      help="images per shard (one Parquet part each)")
