@@ -22,6 +22,46 @@ Glossary of shapes and frames (names carry them):
 - class index 0 is ``background``; index c >= 1 is COCO ``category_id`` c.
 - ``image_id``: 1-based position in the sorted listing; shard ``i`` holds ids
   ``i * shard_size + 1 ..``.
+
+The Python entry point (what ``python -m annotator.run`` does, without a command line)::
+
+    from annotator import EngineConfig, ModelSpec, ReadSpec, RunRequest, WriteSpec, run_job
+
+    result = run_job(RunRequest(read=ReadSpec(source="photos/"), write=WriteSpec(output="out/"),
+                                model=ModelSpec(engine=EngineConfig(model="ViT-B-16"), vocab="classes.txt")))
+    result.exit_code, result.summary  # 0 or 1 (failure rate); OUTPUT/summary.json's content
+
+These names are imported on first use, so ``import annotator`` stays light.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: The public Python API: name -> the module that defines it (imported on first use).
+_API = {
+    "run_job": "annotator.job",
+    "RunResult": "annotator.job",
+    "RunRequest": "annotator.request",
+    "ReadSpec": "annotator.request",
+    "ModelSpec": "annotator.request",
+    "WriteSpec": "annotator.request",
+    "ScheduleSpec": "annotator.request",
+    "EngineConfig": "annotator.config",
+    "ConfigError": "annotator.config",
+}
+__all__ = ["__version__", *_API]
+
+if TYPE_CHECKING:
+    from annotator.config import ConfigError, EngineConfig
+    from annotator.job import RunResult, run_job
+    from annotator.request import ModelSpec, ReadSpec, RunRequest, ScheduleSpec, WriteSpec
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'annotator' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """The annotation job, stage by stage: ``run_job`` = validate -> list -> open the output
--> annotate the shards -> finish. Each stage is one call below; ``annotator.run`` is the
-command-line shim around :func:`run_job`.
+-> annotate the shards -> finish. Each stage is one call below and takes the run's
+:class:`~annotator.request.RunRequest`; ``annotator.run`` is the command-line shim that
+builds the request and calls :func:`run_job`.
 
 Everything that can be refused is refused in :func:`validate` and :func:`list_inputs`,
 before Ray starts or anything is written.
@@ -8,7 +9,6 @@ before Ray starts or anything is written.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotator import __version__
-from annotator.cli import engine_config_from_args, parse_storage_options
 from annotator.config import ConfigError, EngineConfig
 from annotator.distributed import ray_runner
 from annotator.errors import install_interrupt_handlers
@@ -31,6 +30,7 @@ from annotator.inputs.listing import list_images, resolve_source
 from annotator.inputs.vocab import Vocabulary, load_vocabulary
 from annotator.models import ResolvedWeights, describe_weights, resolve_weights
 from annotator.records.metadata import RunMetadata
+from annotator.request import SAMPLES_DIR, RunRequest
 from annotator.shards.task import (
     RunOptions,
     SchedulingStats,
@@ -45,11 +45,12 @@ from annotator.storage.lock import OutputLock
 from annotator.storage.manifest import Manifest, open_output
 from annotator.storage.ownership import remove_previous_results
 from annotator.storage.parts import atomic_write_bytes
-from annotator.storage.redact import redact_uri, split_credentials
+from annotator.storage.redact import redact_uri
 
 log = logging.getLogger("annotator")
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+__all__ = ["RunResult", "SAMPLES_DIR", "annotate_shards", "finish", "list_inputs", "open_run_output", "run_job",
+           "validate"]
 #: Output URL schemes whose first path component is a bucket (checked, never created).
 BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "r2", "oci"}
 #: The driver rewrites manifest.json at most this often (its size grows with the shard
@@ -88,44 +89,50 @@ class OpenedOutput:
     options: RunOptions
 
 
-def run_job(args: argparse.Namespace) -> int:
-    """The whole run; returns the exit code (0, or 1 above ``--max-failure-rate``)."""
-    checked = validate(args)
-    inputs = list_inputs(args, checked)
-    with OutputLock(args.output, checked.storage_options, what="annotator.run"):  # one writer per output
-        opened = open_run_output(args, checked, inputs)
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run returns: its exit code (0; 1 when more than
+    ``ScheduleSpec.max_failure_rate`` of the images failed), the content of
+    ``OUTPUT/summary.json`` and the output it was written to."""
+
+    exit_code: int
+    summary: dict
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def run_job(request: RunRequest) -> RunResult:
+    """The whole run of ``request``: validate -> list -> open the output -> annotate the
+    shards -> finish. Returns a :class:`RunResult`; raises for anything refused
+    (:class:`~annotator.config.ConfigError` and the other errors ``annotator.run`` turns
+    into exit code 2) and :class:`~annotator.errors.Interrupted` on SIGINT/SIGTERM when
+    their handlers are installed (finished shards are kept: run it again to resume)."""
+    checked = validate(request)
+    inputs = list_inputs(request, checked)
+    with OutputLock(request.write.output, checked.storage_options, what="annotator.run"):  # one writer per output
+        opened = open_run_output(request, checked, inputs)
         t0 = time.perf_counter()
-        stats = annotate_shards(args, checked, opened)
-        return finish(args, checked, inputs, stats, time.perf_counter() - t0)
+        stats = annotate_shards(request, checked, opened)
+        return finish(request, checked, inputs, stats, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def validate(args: argparse.Namespace) -> Validated:
-    """Stage 1: every option, the vocabulary, the weights and the Ray address."""
-    if args.source and args.hf_dataset:
-        raise ConfigError("--source and --hf-dataset are mutually exclusive; got both")
-    if (args.hf_split or args.hf_image_column) and not args.hf_dataset:
-        raise ConfigError("--hf-split/--hf-image-column need --hf-dataset")
-    if _gt_is_hf_column(args) and not args.hf_dataset:
-        raise ConfigError("--gt hf-column:NAME / --gt-format hf-column: expected --hf-dataset (the labels are "
-                          "a column of that dataset), got no --hf-dataset")
-    if args.max_bytes < 1:
-        raise ConfigError(f"--max-bytes: expected a positive number of bytes, got {args.max_bytes}")
-    if not 0.0 <= args.max_failure_rate <= 1.0:
-        raise ConfigError(f"--max-failure-rate: expected a fraction in [0, 1], got {args.max_failure_rate}")
-    vocabulary = load_vocabulary(args.vocab)
-    engine_config = engine_config_from_args(args)
-    storage_options = parse_storage_options(args.storage_options)
-    if split_credentials(args.output)[1]:  # never echo them (in messages, the manifest, parts' paths)
-        raise ConfigError(f"--output {redact_uri(args.output)}: expected credentials in --storage-options, "
-                          "got them in the URL (user:password@)")
+def validate(request: RunRequest) -> Validated:
+    """Stage 1: the vocabulary, the weights and the Ray address (the request's own
+    values were checked when it was built)."""
+    vocabulary = load_vocabulary(request.model.vocab)
+    engine_config = request.model.engine
+    storage_options = dict(request.storage_options)
     weights = resolve_weights(engine_config)  # unknown model/tag, missing weights: one clear error now
     if engine_config.saliency.startswith("precomputed:"):
         check_precomputed_saliency(engine_config.saliency.split(":", 1)[1], storage_options)
         engine_config = dataclasses.replace(engine_config, storage_options=storage_options or None)
-    ray_target = ray_runner.resolve_ray_address(args.address)
+    ray_target = ray_runner.resolve_ray_address(request.schedule.address)
     if ray_target is not None:
         ray_runner.check_reachable(ray_target)
     elif engine_config.device.startswith("cuda"):
@@ -133,23 +140,24 @@ def validate(args: argparse.Namespace) -> Validated:
     return Validated(vocabulary, engine_config, weights, storage_options, ray_target)
 
 
-def list_inputs(args: argparse.Namespace, checked: Validated) -> Inputs:
+def list_inputs(request: RunRequest, checked: Validated) -> Inputs:
     """Stage 2: list the source, check the ground truth and the output, join the cluster."""
-    if args.hf_dataset:
-        hf = list_hf_dataset(args.hf_dataset, args.hf_split, args.hf_image_column)
-        inputs = Inputs(hf.refs(), f"hf:{args.hf_dataset}:{hf.split}", checked.storage_options, hf)
+    read, output = request.read, request.write.output
+    if read.hf_dataset:
+        hf = list_hf_dataset(read.hf_dataset, read.hf_split, read.hf_image_column)
+        inputs = Inputs(hf.refs(), f"hf:{read.hf_dataset}:{hf.split}", checked.storage_options, hf)
     else:
-        source, source_opts = resolve_source(args.source or str(SAMPLES_DIR), checked.storage_options)
+        source, source_opts = resolve_source(read.source or str(SAMPLES_DIR), checked.storage_options)
         inputs = Inputs(list_images(source, source_opts), redact_uri(source), source_opts)
-    inputs.refs = exclude_output(inputs.refs, args.output)
-    if args.image_list:
-        inputs.refs = filter_image_list(inputs.refs, args.image_list,
-                                        None if args.hf_dataset else inputs.description)
-    if args.gt and not _gt_is_hf_column(args):
+    inputs.refs = exclude_output(inputs.refs, output)
+    if read.image_list:
+        inputs.refs = filter_image_list(inputs.refs, read.image_list,
+                                        None if read.hf_dataset else inputs.description)
+    if read.gt and not read.gt_is_hf_column:
         from annotator.evaluation.gt import load_gt
 
-        load_gt(args.gt, args.gt_format, checked.vocabulary.names, storage_options=inputs.storage_options)
-    check_output_writable(args.output, checked.storage_options)
+        load_gt(read.gt, read.gt_format, checked.vocabulary.names, storage_options=inputs.storage_options)
+    check_output_writable(output, checked.storage_options)
     if checked.ray_target is not None:  # join now: a cluster without the GPUs asked for is refused before any write
         log.info(ray_runner.init_ray(checked.ray_target))
         install_interrupt_handlers()  # ray.init installs its own
@@ -157,42 +165,44 @@ def list_inputs(args: argparse.Namespace, checked: Validated) -> Inputs:
     return inputs
 
 
-def open_run_output(args: argparse.Namespace, checked: Validated, inputs: Inputs) -> OpenedOutput:
+def open_run_output(request: RunRequest, checked: Validated, inputs: Inputs) -> OpenedOutput:
     """Stage 3: open or resume ``--output``; decide which shards are left to run."""
+    read, write, shard_size = request.read, request.write, request.schedule.shard_size
+    max_pixels = read.max_pixels or DEFAULT_MAX_PIXELS
     identity = {
         "engine": checked.engine.identity(),
         "vocabulary": checked.vocabulary.to_json(),
         "source": inputs.description,
-        "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS,
-        "gt": args.gt,
+        "max_pixels": max_pixels,
+        "gt": read.gt,
     }
     chash = config_hash(identity)
-    tasks = make_shards(inputs.refs, args.shard_size, inputs.hf)
+    tasks = make_shards(inputs.refs, shard_size, inputs.hf)
     manifest = open_output(
-        args.output, config_hash=chash, listing_fingerprint=listing_fingerprint(inputs.refs.file_names()),
-        num_shards=len(tasks), shard_size=args.shard_size, overwrite=args.overwrite,
+        write.output, config_hash=chash, listing_fingerprint=listing_fingerprint(inputs.refs.file_names()),
+        num_shards=len(tasks), shard_size=shard_size, overwrite=write.overwrite,
         storage_options=checked.storage_options, settings=identity, num_images=len(inputs.refs),
     )
-    if args.overwrite:
-        remove_previous_results(args.output, checked.storage_options)
+    if write.overwrite:
+        remove_previous_results(write.output, checked.storage_options)
     manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
     manifest.adopt_unlisted_parts(lambda i: len(tasks[i].refs))
     done_before = manifest.verified_finished_shards()  # resume trusts only parts that verify
     pending = [t for t in tasks if t.shard_index not in done_before]
-    for i in sorted(shards_with_logs(args.output, checked.storage_options) - done_before):
+    for i in sorted(shards_with_logs(write.output, checked.storage_options) - done_before):
         if i < len(tasks):
             tasks[i].careful = True  # its worker died in an earlier run: one image at a time
-    options = RunOptions(output=args.output, metadata=run_metadata(checked, inputs, chash, len(tasks)).to_json(),
+    options = RunOptions(output=write.output, metadata=run_metadata(checked, inputs, chash, len(tasks)).to_json(),
                          storage_options=inputs.storage_options or None,
                          output_storage_options=checked.storage_options,
-                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_bytes=args.max_bytes,
-                         gt_spec=args.gt, gt_format=args.gt_format)
+                         max_pixels=max_pixels, max_bytes=read.max_bytes,
+                         gt_spec=read.gt, gt_format=read.gt_format)
     print(f"annotator {__version__}: {listing_line(len(inputs.refs), len(tasks), pending)} from "
-          f"{inputs.description}; output {redact_uri(args.output)}", file=sys.stderr)
+          f"{inputs.description}; output {redact_uri(write.output)}", file=sys.stderr)
     return OpenedOutput(manifest, tasks, pending, options)
 
 
-def annotate_shards(args: argparse.Namespace, checked: Validated, opened: OpenedOutput, *,
+def annotate_shards(request: RunRequest, checked: Validated, opened: OpenedOutput, *,
                     make_processor=None) -> SchedulingStats | None:
     """Stage 4: the pending shards on Ray actors; each finished one is recorded at once.
     Returns the scheduler's figures (None when nothing was left to do).
@@ -203,7 +213,7 @@ def annotate_shards(args: argparse.Namespace, checked: Validated, opened: Opened
     log.info(ray_runner.init_ray(checked.ray_target))
     install_interrupt_handlers()  # ray.init installs its own
     bar = None
-    if not args.quiet:
+    if not request.schedule.quiet:
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(t.refs) for t in opened.pending), unit="img", desc="annotating", file=sys.stderr)
@@ -215,7 +225,7 @@ def annotate_shards(args: argparse.Namespace, checked: Validated, opened: Opened
 
     try:
         stats = ray_runner.run_shards(opened.pending, checked.engine, checked.vocabulary, opened.options,
-                                      num_actors=args.num_actors, on_done=on_done, make_processor=make_processor)
+                                      num_actors=request.schedule.num_actors, on_done=on_done, make_processor=make_processor)
     finally:
         opened.manifest.flush()  # also when shards failed or the run was interrupted
         if bar is not None:
@@ -226,33 +236,30 @@ def annotate_shards(args: argparse.Namespace, checked: Validated, opened: Opened
     return stats
 
 
-def finish(args: argparse.Namespace, checked: Validated, inputs: Inputs, stats: SchedulingStats | None,
-           elapsed_s: float) -> int:
+def finish(request: RunRequest, checked: Validated, inputs: Inputs, stats: SchedulingStats | None,
+           elapsed_s: float) -> RunResult:
     """Stage 5: merge, COCO, summary, metrics, report; the verdict as the exit code."""
     from annotator.outputs.merge import format_summary, reduce_output
 
-    summary = reduce_output(args.output, storage_options=checked.storage_options or None, report=not args.no_report,
+    output, report, max_failure_rate = request.write.output, request.write.report, request.schedule.max_failure_rate
+    summary = reduce_output(output, storage_options=checked.storage_options or None, report=report,
                             image_storage_options=inputs.storage_options or None, verify=False)
     if stats:  # timings vary between runs: kept out of summary.json, which must be reproducible
-        write_scheduling(args.output, checked.storage_options, stats)
+        write_scheduling(output, checked.storage_options, stats)
     print(format_summary(summary), file=sys.stderr)
     done, failed = summary["expected_images"] or summary["images"], summary["failed"]  # over listed images
-    look_at = layout.SUMMARY_NAME if args.no_report else layout.REPORT_NAME
+    look_at = layout.REPORT_NAME if report else layout.SUMMARY_NAME
     print(f"done: {done} images ({failed} failed) in {elapsed_s:.1f} s; "
-          f"{summary['annotations']} annotations; see {redact_uri(args.output)}/{look_at}", file=sys.stderr)
+          f"{summary['annotations']} annotations; see {redact_uri(output)}/{look_at}", file=sys.stderr)
     rate = failed / done if done else 0.0
-    if rate > args.max_failure_rate:
+    if rate > max_failure_rate:
         print(f"error: {failed}/{done} images failed ({rate:.1%}), above --max-failure-rate "
-              f"{args.max_failure_rate:.1%}; reasons in summary.json", file=sys.stderr)
-        return 1
-    return 0
+              f"{max_failure_rate:.1%}; reasons in summary.json", file=sys.stderr)
+        return RunResult(1, summary, output)
+    return RunResult(0, summary, output)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _gt_is_hf_column(args: argparse.Namespace) -> bool:
-    return args.gt_format == "hf-column" or (args.gt or "").startswith("hf-column:")
 
 
 def run_metadata(checked: Validated, inputs: Inputs, chash: str, num_shards: int) -> RunMetadata:

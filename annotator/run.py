@@ -1,9 +1,10 @@
 """``python -m annotator.run``: pre-label a dataset with CLIP-DIY on Ray.
 
-The command-line shim: options, then :func:`annotator.job.run_job` (validate -> list ->
-open the output -> annotate the shards -> finish), then the exit code (2 with one
-``error:`` line for anything refused). With no arguments it annotates the sample
-photographs shipped with the package.
+The command-line shim: options, then the :class:`~annotator.request.RunRequest` they
+stand for (:meth:`RunRequest.from_args`, the one place), then :func:`annotator.job.run_job`
+(validate -> list -> open the output -> annotate the shards -> finish), then the exit
+code (2 with one ``error:`` line for anything refused). With no arguments it annotates
+the sample photographs shipped with the package. From Python: ``annotator.run_job``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from annotator.errors import (
     is_expected_error,
 )
 from annotator.inputs.listing import DEFAULT_MAX_BYTES
-from annotator.job import SAMPLES_DIR, run_job
+from annotator.job import run_job
+from annotator.request import DEFAULT_OUTPUT, GT_FORMATS, SAMPLES_DIR, RunRequest
 
 log = logging.getLogger("annotator")
-
-DEFAULT_OUTPUT = "annotator-output"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt", default=None,
                     help="ground truth: COCO instances JSON, folder of VOC-style PNG label maps, "
                          "or hf-column:NAME for the HF dataset's label column (default: none, no scoring)")
-    ev.add_argument("--gt-format", choices=("coco", "voc-png", "hf-column"), default=None,
+    ev.add_argument("--gt-format", choices=GT_FORMATS, default=None,
                     help="format of --gt (default: from the path: *.json = coco, a folder = voc-png, hf-column:NAME)")
     sch = p.add_argument_group("scheduling")
     sch.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_interrupt_handlers()
     try:
-        return run_job(args)
+        return run_job(RunRequest.from_args(args)).exit_code
     except Interrupted as e:
         print(f"error: interrupted by {e.signal_name}; the finished shards are recorded, run the same command "
               "again to resume", file=sys.stderr)

@@ -98,9 +98,11 @@ from annotator.run import build_parser
 args = build_parser().parse_args(["--source", {str(tmp_path / 'imgs')!r}, "--output", {str(tmp_path / 'out')!r},
     "--vocab", {str(tmp_path / 'vocab.txt')!r}, "--model", "tiny-random", "--pretrained", "random",
     "--saliency", "none", "--device", "cpu", "--quiet"])
-checked = job.validate(args)
-inputs = job.list_inputs(args, checked)
-opened = job.open_run_output(args, checked, inputs)
+from annotator.request import RunRequest
+request = RunRequest.from_args(args)
+checked = job.validate(request)
+inputs = job.list_inputs(request, checked)
+opened = job.open_run_output(request, checked, inputs)
 print("TORCH", "torch" in sys.modules, len(opened.tasks))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

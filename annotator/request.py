@@ -1,0 +1,213 @@
+"""What a run is asked to do, as one typed, frozen, validated object.
+
+:class:`RunRequest` gathers four parts, each a frozen dataclass checked in its
+``__post_init__`` (a :class:`~annotator.config.ConfigError` naming what was expected and
+what was received):
+
+- :class:`ReadSpec`: what to read (a source or a Hugging Face dataset, an image list,
+  the byte and pixel caps, the ground truth);
+- :class:`ModelSpec`: what to run (the :class:`~annotator.config.EngineConfig` and the
+  vocabulary file);
+- :class:`WriteSpec`: where to write (the output folder or URL, overwrite, the report);
+- :class:`ScheduleSpec`: how to schedule (shard size, actors, Ray address, the failure
+  rate that fails the run, the progress bar).
+
+The command line builds one in a single place, :meth:`RunRequest.from_args`; a notebook
+or another tool builds it directly and hands it to :func:`annotator.run_job`::
+
+    from annotator import EngineConfig, ModelSpec, ReadSpec, RunRequest, WriteSpec, run_job
+
+    result = run_job(RunRequest(
+        read=ReadSpec(source="photos/"),
+        model=ModelSpec(engine=EngineConfig(model="toy", saliency="toy", device="cpu"), vocab="colours.txt"),
+        write=WriteSpec(output="out/"),
+    ))
+    result.exit_code, result.summary["images"]
+
+A misspelt field is a ``TypeError`` when the object is built; a value of the wrong type
+or out of range is a ``ConfigError``. Nothing here touches the file system or the
+network: the vocabulary, the source and the output are checked by the job's stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from annotator.config import DEFAULT_SHARD_SIZE, ConfigError, EngineConfig
+from annotator.inputs.listing import DEFAULT_MAX_BYTES
+from annotator.storage.redact import redact_uri, split_credentials
+
+__all__ = ["DEFAULT_OUTPUT", "SAMPLES_DIR", "GT_FORMATS", "ModelSpec", "ReadSpec", "RunRequest", "ScheduleSpec",
+           "WriteSpec"]
+
+#: The sample photographs (and their vocabulary) shipped with the package: the default source.
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+DEFAULT_OUTPUT = "annotator-output"
+GT_FORMATS = ("coco", "voc-png", "hf-column")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """``value`` fits the annotation ``hint`` (``int``, ``str | None``, ``dict``, a class);
+    an int is a float, a bool is not an int."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is not None:
+        hint = origin
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(spec: Any) -> None:
+    """ConfigError for the first field whose value does not fit its annotation."""
+    hints = typing.get_type_hints(type(spec))
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if not _type_ok(value, hints[f.name]):
+            expected = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+            raise ConfigError(f"{type(spec).__name__}.{f.name}: expected {expected}, "
+                              f"got {type(value).__name__} {value!r}")
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to read. ``source`` (a folder, a glob or an fsspec URL; None = the bundled
+    samples) or ``hf_dataset`` (hub name, ``save_to_disk`` folder, or folder of files),
+    never both."""
+
+    source: str | None = None
+    hf_dataset: str | None = None
+    hf_split: str | None = None
+    hf_image_column: str | None = None
+    #: only these images: a file with one image_id, relative path or stem per line
+    image_list: str | None = None
+    #: files larger than this are refused before they are read (an 'unreadable' row)
+    max_bytes: int = DEFAULT_MAX_BYTES
+    #: images with more pixels than this are refused before decoding (None or 0: Pillow's
+    #: limit, 178,956,970)
+    max_pixels: int | None = None
+    #: ground truth: COCO JSON, a folder of VOC-style PNGs, or ``hf-column:NAME``
+    gt: str | None = None
+    gt_format: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.source and self.hf_dataset:
+            raise ConfigError("--source and --hf-dataset are mutually exclusive; got both")
+        if (self.hf_split or self.hf_image_column) and not self.hf_dataset:
+            raise ConfigError("--hf-split/--hf-image-column need --hf-dataset")
+        if self.gt_format is not None and self.gt_format not in GT_FORMATS:
+            raise ConfigError(f"--gt-format: expected one of {GT_FORMATS}, got {self.gt_format!r}")
+        if self.gt_is_hf_column and not self.hf_dataset:
+            raise ConfigError("--gt hf-column:NAME / --gt-format hf-column: expected --hf-dataset (the labels are "
+                              "a column of that dataset), got no --hf-dataset")
+        if self.max_bytes < 1:
+            raise ConfigError(f"--max-bytes: expected a positive number of bytes, got {self.max_bytes}")
+        if self.max_pixels is not None and self.max_pixels < 0:
+            raise ConfigError(f"--max-pixels: expected a positive number of pixels, got {self.max_pixels}")
+
+    @property
+    def gt_is_hf_column(self) -> bool:
+        """The ground truth is a label column of the Hugging Face dataset."""
+        return self.gt_format == "hf-column" or (self.gt or "").startswith("hf-column:")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to run: the engine (model, saliency, geometry, device) and the vocabulary
+    file (one class per line, optional ``name: prompt; prompt``)."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    vocab: str = str(SAMPLES_DIR / "vocab.txt")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+
+
+@dataclass(frozen=True)
+class WriteSpec:
+    """Where to write: the output folder or fsspec URL (credentials go in
+    ``RunRequest.storage_options``, never in the URL); ``overwrite`` replaces an output
+    made with another configuration or listing; ``report`` writes report.html and the
+    previews."""
+
+    output: str = DEFAULT_OUTPUT
+    overwrite: bool = False
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if not self.output:
+            raise ConfigError("--output: expected a folder or an fsspec URL, got an empty string")
+        if split_credentials(self.output)[1]:  # never echo them (in messages, the manifest, parts' paths)
+            raise ConfigError(f"--output {redact_uri(self.output)}: expected credentials in --storage-options, "
+                              "got them in the URL (user:password@)")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """How to schedule: images per shard (one Parquet part each), actors (None: one per
+    GPU, or CPUs/2 CPU actors), the Ray cluster to join (None: ``$RAY_ADDRESS`` or a new
+    local Ray), the fraction of failed images above which the run fails (exit code 1),
+    and ``quiet`` (no progress bar)."""
+
+    shard_size: int = DEFAULT_SHARD_SIZE
+    num_actors: int | None = None
+    address: str | None = None
+    max_failure_rate: float = 0.05
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.shard_size < 1:
+            raise ConfigError(f"--shard-size: expected at least 1 image per shard, got {self.shard_size}")
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ConfigError(f"--num-actors: expected at least 1 actor, got {self.num_actors}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"--max-failure-rate: expected a fraction in [0, 1], got {self.max_failure_rate}")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One annotation run: what to read, what to run, where to write, how to schedule,
+    and the fsspec ``storage_options`` used for the source, the output and the ground
+    truth (never logged nor stored). Every part has defaults: ``RunRequest()`` annotates
+    the bundled samples with the default model into ``annotator-output``."""
+
+    read: ReadSpec = field(default_factory=ReadSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    write: WriteSpec = field(default_factory=WriteSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    storage_options: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunRequest:
+        """The request of ``python -m annotator.run``'s parsed options (the one place the
+        command line becomes a request). ConfigError for anything refused."""
+        from annotator.cli import engine_config_from_args, parse_storage_options
+
+        return cls(
+            read=ReadSpec(source=args.source, hf_dataset=args.hf_dataset, hf_split=args.hf_split,
+                          hf_image_column=args.hf_image_column, image_list=args.image_list,
+                          max_bytes=args.max_bytes, max_pixels=args.max_pixels, gt=args.gt,
+                          gt_format=args.gt_format),
+            model=ModelSpec(engine=engine_config_from_args(args), vocab=args.vocab),
+            write=WriteSpec(output=args.output, overwrite=args.overwrite, report=not args.no_report),
+            schedule=ScheduleSpec(shard_size=args.shard_size, num_actors=args.num_actors, address=args.address,
+                                  max_failure_rate=args.max_failure_rate, quiet=args.quiet),
+            storage_options=parse_storage_options(args.storage_options),
+        )

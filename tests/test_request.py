@@ -1,0 +1,180 @@
+"""The typed request (:mod:`annotator.request`) and the Python entry point
+``annotator.run_job``: a run driven from Python writes what the command line writes; every
+command-line option lands in the request; a misspelt field is refused when the request is
+built, a wrong value with a message naming what was expected and what was received."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import annotator
+from annotator.config import ConfigError, EngineConfig
+from annotator.request import ModelSpec, ReadSpec, RunRequest, ScheduleSpec, WriteSpec
+from annotator.run import build_parser, main
+from tests.synthetic import write_dataset, write_vocab
+
+pytestmark = pytest.mark.timeout(300)
+
+SPECS = (ReadSpec, ModelSpec, WriteSpec, ScheduleSpec, RunRequest)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("synthetic")
+    images, gt, _ = write_dataset(root, 10, size_hw=(60, 80))
+    return {"images": images, "gt": gt, "vocab": write_vocab(root / "colours.txt")}
+
+
+def test_run_job_from_python_writes_what_the_command_line_writes(dataset, tmp_path, ray_session, capsys):
+    request = annotator.RunRequest(
+        read=annotator.ReadSpec(source=str(dataset["images"]), gt=str(dataset["gt"])),
+        model=annotator.ModelSpec(engine=annotator.EngineConfig(model="toy", saliency="toy", device="cpu"),
+                                  vocab=str(dataset["vocab"])),
+        write=annotator.WriteSpec(output=str(tmp_path / "py"), report=False),
+        schedule=annotator.ScheduleSpec(shard_size=4, num_actors=1, quiet=True),
+    )
+    result = annotator.run_job(request)
+    assert isinstance(result, annotator.RunResult)
+    assert result.exit_code == 0 and result.ok and result.output == str(tmp_path / "py")
+    assert result.summary == json.loads((tmp_path / "py" / "summary.json").read_text())
+    assert result.summary["images"] == 10 and result.summary["failed"] == 0
+    assert (tmp_path / "py" / "metrics.json").is_file() and not (tmp_path / "py" / "report.html").exists()
+
+    rc = main(["--source", str(dataset["images"]), "--gt", str(dataset["gt"]), "--model", "toy", "--saliency", "toy",
+               "--device", "cpu", "--vocab", str(dataset["vocab"]), "--output", str(tmp_path / "cli"), "--no-report",
+               "--shard-size", "4", "--num-actors", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text()) == result.summary
+    rows = [pq.read_table(tmp_path / out / "annotations.parquet").to_pylist() for out in ("py", "cli")]
+    assert rows[0] == rows[1] and len(rows[0]) == 10
+
+
+def test_the_failure_rate_is_the_exit_code_of_the_result(dataset, tmp_path, ray_session):
+    (tmp_path / "images").mkdir()
+    for name, png in zip(("a.png", "b.png"), sorted(dataset["images"].rglob("*.png"))):
+        (tmp_path / "images" / name).write_bytes(png.read_bytes())
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    request = RunRequest(read=ReadSpec(source=str(tmp_path / "images")),
+                         model=ModelSpec(engine=EngineConfig(model="toy", saliency="toy", device="cpu"),
+                                         vocab=str(dataset["vocab"])),
+                         write=WriteSpec(output=str(tmp_path / "out"), report=False),
+                         schedule=ScheduleSpec(num_actors=1, max_failure_rate=0.1, quiet=True))
+    result = annotator.run_job(request)
+    assert result.exit_code == 1 and not result.ok
+    assert (result.summary["images"], result.summary["failed"]) == (3, 1)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def _leaves(obj, prefix: str = "") -> dict[str, object]:
+    """Every field of the request, nested dataclasses (the EngineConfig too) flattened."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+#: Values that the generic rule below would get wrong, and options that need another.
+VALUES = {"--device": "cpu", "--templates": "a {} here", "--storage-options": '{"anon": true}',
+          "--patch-sizes": "128,64", "--scale-weights": "1,2,3", "--address": "auto"}
+COMPANIONS = {"--hf-split": ["--hf-dataset", "d"], "--hf-image-column": ["--hf-dataset", "d"]}
+#: EngineConfig fields that no option sets (the engine's internals and the options'
+#: credentials, which come from --storage-options at the top of the request).
+NOT_OPTIONS = {"model.engine.crop_chunk", "model.engine.seed", "model.engine.storage_options"}
+
+
+def _argv(action) -> list[str]:
+    """The option with a value other than its default."""
+    opt = action.option_strings[-1]
+    if action.nargs == 0:
+        return [opt]
+    if opt in VALUES:
+        return [opt, VALUES[opt]]
+    if action.choices:
+        return [opt, next(c for c in action.choices if c != action.default)]
+    if action.type is int:
+        return [opt, str((action.default or 13) + 3)]
+    if action.type is float:
+        return [opt, "0.25"]
+    return [opt, f"x-{action.dest}"]
+
+
+def test_every_option_lands_in_the_request():
+    parser = build_parser()
+    actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(actions) > 30
+    reached: set[str] = set()
+    for action in actions:
+        companions = COMPANIONS.get(action.option_strings[-1], [])
+        base = _leaves(RunRequest.from_args(parser.parse_args(companions)))
+        changed = _leaves(RunRequest.from_args(parser.parse_args([*companions, *_argv(action)])))
+        moved = {k for k in base if base[k] != changed[k]}
+        assert moved, f"{'/'.join(action.option_strings)} changes nothing in the RunRequest"
+        reached |= moved
+    assert reached == set(_leaves(RunRequest())) - NOT_OPTIONS
+
+
+def test_the_defaults_of_the_command_line_are_those_of_the_request():
+    assert RunRequest.from_args(build_parser().parse_args([])) == RunRequest()
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.__name__)
+def test_a_misspelt_field_is_a_type_error(spec):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shard_sise'"):
+        spec(shard_sise=8)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.__name__)
+def test_a_request_is_frozen(spec):
+    name = dataclasses.fields(spec)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(spec(), name, None)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ReadSpec(max_bytes="10"), "ReadSpec.max_bytes: expected int, got str '10'"),
+    (lambda: ScheduleSpec(quiet=1), "ScheduleSpec.quiet: expected bool, got int 1"),
+    (lambda: ModelSpec(engine={"model": "toy"}), "ModelSpec.engine: expected EngineConfig, got dict"),
+    (lambda: RunRequest(read=WriteSpec()), "RunRequest.read: expected ReadSpec, got WriteSpec"),
+    (lambda: ReadSpec(source="a", hf_dataset="b"), "--source and --hf-dataset are mutually exclusive"),
+    (lambda: ReadSpec(hf_split="train"), "--hf-split/--hf-image-column need --hf-dataset"),
+    (lambda: ReadSpec(gt="hf-column:label"), "expected --hf-dataset"),
+    (lambda: ReadSpec(gt_format="yolo"),
+     r"--gt-format: expected one of \('coco', 'voc-png', 'hf-column'\), got 'yolo'"),
+    (lambda: ReadSpec(max_bytes=0), "--max-bytes: expected a positive number of bytes, got 0"),
+    (lambda: WriteSpec(output="s3://user:secret@bucket/out"), "expected credentials in --storage-options"),
+    (lambda: ScheduleSpec(shard_size=0), "--shard-size: expected at least 1 image per shard, got 0"),
+    (lambda: ScheduleSpec(num_actors=0), "--num-actors: expected at least 1 actor, got 0"),
+    (lambda: ScheduleSpec(max_failure_rate=1.5), r"--max-failure-rate: expected a fraction in \[0, 1\], got 1.5"),
+])
+def test_wrong_values_name_what_was_expected_and_received(build, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        build()
+    assert "secret" not in str(e.value)
+
+
+def test_a_float_option_takes_an_int():
+    assert ScheduleSpec(max_failure_rate=0).max_failure_rate == 0
+
+
+def test_the_python_api_is_imported_on_first_use():
+    import subprocess
+    import sys
+
+    code = "import sys, annotator; print(sorted(m for m in ('ray', 'torch', 'annotator.job') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
