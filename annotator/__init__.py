@@ -53,7 +53,8 @@ _API = {
     "EngineConfig": "annotator.config",
     "ConfigError": "annotator.config",
 }
-__all__ = ["__version__", *_API]
+__all__ = ["ConfigError", "EngineConfig", "ModelSpec", "ReadSpec", "RunRequest", "RunResult", "ScheduleSpec",
+           "WriteSpec", "__version__", "run_job"]
 
 if TYPE_CHECKING:
     from annotator.config import ConfigError, EngineConfig

@@ -225,7 +225,8 @@ def annotate_shards(request: RunRequest, checked: Validated, opened: OpenedOutpu
 
     try:
         stats = ray_runner.run_shards(opened.pending, checked.engine, checked.vocabulary, opened.options,
-                                      num_actors=request.schedule.num_actors, on_done=on_done, make_processor=make_processor)
+                                      num_actors=request.schedule.num_actors, on_done=on_done,
+                                      make_processor=make_processor)
     finally:
         opened.manifest.flush()  # also when shards failed or the run was interrupted
         if bar is not None:
@@ -241,7 +242,8 @@ def finish(request: RunRequest, checked: Validated, inputs: Inputs, stats: Sched
     """Stage 5: merge, COCO, summary, metrics, report; the verdict as the exit code."""
     from annotator.outputs.merge import format_summary, reduce_output
 
-    output, report, max_failure_rate = request.write.output, request.write.report, request.schedule.max_failure_rate
+    output, report = request.write.output, request.write.report
+    max_failure_rate = request.schedule.max_failure_rate
     summary = reduce_output(output, storage_options=checked.storage_options or None, report=report,
                             image_storage_options=inputs.storage_options or None, verify=False)
     if stats:  # timings vary between runs: kept out of summary.json, which must be reproducible
