@@ -1,6 +1,7 @@
 """Exporters: a run's Parquet output -> files the labeling tools import.
 
-Registry (``EXPORTERS``), name -> ``export(output, to, options) -> ExportResult``:
+Registry (``EXPORTERS``), name -> :class:`~annotator.export.registry.Exporter`: the
+function ``(output, to, options) -> ExportResult`` and the options it honours:
 
 - ``coco``: COCO instances JSON with compressed-RLE masks (CVAT "COCO 1.0", FiftyOne,
   datumaro, pycocotools), ``{to}/annotations/instances_default.json`` (+ ``coco.zip``).
@@ -27,10 +28,9 @@ metadata: :mod:`annotator.storage.results`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from annotator.export import coco as _coco
 from annotator.export import cvat_masks as _cvat_masks
+from annotator.export import fiftyone as _fiftyone
 from annotator.export import hf as _hf
 from annotator.export import labelstudio as _labelstudio
 from annotator.export import masks as _masks
@@ -47,6 +47,9 @@ from annotator.export.common import (
     parse_classes,
     select_class_ids,
 )
+from annotator.export.completeness import Completeness, IncompleteRunError, check_run
+from annotator.export.registry import Exporter, MissingExtraError, check_options
+from annotator.export.staging import open_staging
 from annotator.storage.layout import EXPORTS_DIR, join_url
 from annotator.storage.results import RunOutputError, image_score
 
@@ -57,10 +60,14 @@ __all__ = [
     "ExportError",
     "ExportOptions",
     "ExportResult",
+    "Exporter",
+    "IncompleteRunError",
+    "MissingExtraError",
     "UnknownClassError",
     "UnknownFormatError",
     "as_record",
     "export",
+    "exporter",
     "image_score",
     "parse_classes",
     "select_class_ids",
@@ -68,17 +75,49 @@ __all__ = [
 
 # ----------------------------------------------------------------------- registry
 
-ExportFn = Callable[[str, str, ExportOptions], ExportResult]
-
-EXPORTERS: dict[str, ExportFn] = {
-    "coco": _coco.export,
-    "cvat-masks": _cvat_masks.export,
-    "hf": _hf.export,
-    "labelstudio": _labelstudio.export,
-    "masks": _masks.export,
-    "yolo": _yolo.export,
-    "yolo-semantic": _yolo.export_semantic,
+#: Every format and what it honours (see :mod:`annotator.export.registry`); the filters
+#: ``--classes``, ``--min-area``, ``--min-score`` and ``--partial`` go to every format.
+EXPORTERS: dict[str, Exporter] = {
+    "coco": Exporter(_coco.export, honours={"instances", "iscrowd", "images_root", "polygons", "polygon_tolerance",
+                                           "zip"},
+                     needs={"polygon_tolerance": "polygons"}),
+    "cvat-masks": Exporter(_cvat_masks.export, honours={"instances"}),
+    "fiftyone": Exporter(_fiftyone.export, honours={"instances", "dataset", "overwrite_dataset", "semantic"},
+                         extras=(("fiftyone", "fiftyone"),), writes_folder=False),
+    "hf": Exporter(_hf.export, honours={"instances", "hf_images"}),
+    "labelstudio": Exporter(_labelstudio.export,
+                            honours={"instances", "ls_from_name", "ls_to_name", "image_url_prefix", "model_version",
+                                     "push"},
+                            extras=(("label_studio_sdk", "labelstudio"),)),
+    "masks": Exporter(_masks.export, honours={"confidence"}),
+    "yolo": Exporter(_yolo.export, honours={"polygon_tolerance", "yolo_images", "val_fraction", "split_seed"},
+                     needs={"split_seed": "val_fraction"}),
+    "yolo-semantic": Exporter(_yolo.export_semantic, honours={"yolo_images", "val_fraction", "split_seed"},
+                              needs={"split_seed": "val_fraction"}),
 }
+
+
+def exporter(format: str) -> Exporter:
+    """The registry entry of ``format`` (UnknownFormatError listing the formats)."""
+    if format not in EXPORTERS:
+        raise UnknownFormatError(
+            f"unknown export format {format!r}; available formats: {', '.join(sorted(EXPORTERS))}"
+        )
+    return EXPORTERS[format]
+
+
+def prepare(output: str, format: str, options: ExportOptions) -> Completeness:
+    """The checks of an export, before any work: the format, the options it honours,
+    its optional dependencies, the run's completeness (:mod:`.completeness`)."""
+    entry = exporter(format)
+    check_options(format, options, EXPORTERS)
+    entry.require_extras(format)
+    try:
+        return check_run(output, options.storage_options, partial=options.partial)
+    except RunOutputError as e:
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(str(e)) from None
 
 
 def export(
@@ -86,15 +125,38 @@ def export(
 ) -> ExportResult:
     """Run the exporter ``format`` on the run folder ``output``.
 
-    ``to`` defaults to ``OUTPUT/exports/FORMAT``.
+    ``to`` defaults to ``OUTPUT/exports/FORMAT``. The export is built in a staging folder
+    beside ``to`` and replaces it only when complete (:mod:`.staging`): ``to`` holds
+    exactly this export, or, when it fails or is interrupted, the previous one.
+
+    Raises:
+        ExportError: a bad format, option, target or run (one line); IncompleteRunError
+            for an incomplete run without ``options.partial``; MissingExtraError.
+        OSError, KeyboardInterrupt: while writing (the previous export left intact).
     """
-    if format not in EXPORTERS:
-        raise UnknownFormatError(
-            f"unknown export format {format!r}; available formats: {', '.join(sorted(EXPORTERS))}"
-        )
+    options = options or ExportOptions()
+    state = prepare(output, format, options)
+    entry = EXPORTERS[format]
     target = to if to else join_url(output, EXPORTS_DIR, format)
+    if not entry.writes_folder:
+        result = _run(entry, output, target, options)
+    else:
+        staging = open_staging(target, format, options.storage_options, replaceable=not to)
+        try:
+            result = _run(entry, output, staging.path, options)
+            staging.publish()
+        except BaseException:
+            staging.discard()
+            raise
+        result.paths = [staging.rewrite(p) for p in result.paths]
+    if state.missing or state.writer:
+        result.missing_rows, result.listed_images = state.missing, state.listed
+    return result
+
+
+def _run(entry: Exporter, output: str, to: str, options: ExportOptions) -> ExportResult:
     try:
-        return EXPORTERS[format](output, target, options or ExportOptions())
+        return entry(output, to, options)
     except RunOutputError as e:
         if isinstance(e, ExportError):
             raise

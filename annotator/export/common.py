@@ -76,6 +76,14 @@ class ExportOptions:
         hf_images: hf: the ``image`` column as ``bytes`` (an ``Image()``) or the source's ``path``.
         image_storage_options: fsspec options to read the source images (None: ``storage_options``).
         storage_options: fsspec options to read ``output`` and write ``to``.
+        partial: export a run that is not complete (a listed image without a row, a
+            run still writing); the summary says how many images are missing.
+        dataset: fiftyone: the name of the FiftyOne dataset to create.
+        overwrite_dataset: fiftyone: replace an existing dataset of that name.
+        semantic: fiftyone: one label map per image instead of one detection per mask.
+
+    Which formats honour which field is declared in :data:`annotator.export.EXPORTERS`
+    (:mod:`annotator.export.registry`).
     """
 
     iscrowd: int = 0
@@ -99,6 +107,10 @@ class ExportOptions:
     hf_images: str = "bytes"
     image_storage_options: Mapping[str, Any] | None = None
     storage_options: Mapping[str, Any] | None = None
+    partial: bool = False
+    dataset: str | None = None
+    overwrite_dataset: bool = False
+    semantic: bool = False
 
     def __post_init__(self) -> None:
         if self.iscrowd not in (0, 1):
@@ -143,17 +155,27 @@ class ExportResult:
             per-image formats the folder they were written to (not every file).
         counts: e.g. ``images``, ``annotations``, ``skipped_error_rows``, ``filtered_*``.
         files_written: how many files the export wrote in all (None: ``len(paths)``).
+        warnings: one line each, for the user (printed as ``warning: ...``).
+        missing_rows: with ``partial``: how many listed images had no row (None: complete).
+        listed_images: how many images the run listed (None: unknown).
     """
 
     format: str
     paths: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     files_written: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    missing_rows: int | None = None
+    listed_images: int | None = None
 
     def summary(self) -> str:
         n = len(self.paths) if self.files_written is None else self.files_written
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        return f"{self.format}: wrote {n} file{'' if n == 1 else 's'} ({counts})"
+        line = f"{self.format}: wrote {n} file{'' if n == 1 else 's'} ({counts})"
+        if self.missing_rows:
+            of = f" of {self.listed_images}" if self.listed_images is not None else ""
+            line += f"; partial: {self.missing_rows}{of} listed images have no row"
+        return line
 
 
 # ------------------------------------------------------------------ class selection

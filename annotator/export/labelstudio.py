@@ -47,6 +47,7 @@ from annotator.export.common import (
     as_record,
     instance_class_ids,
 )
+from annotator.export.registry import MissingExtraError, install_command
 from annotator.export.shapes import InstanceSplitter
 from annotator.review.palette import class_colors, hex_color
 from annotator.storage import parts
@@ -72,28 +73,16 @@ CONFIG_NAME = "labeling_config.xml"
 
 
 def install_hint() -> str:
-    """What to pip install for the SDK: the range the package itself declares (its
-    ``labelstudio`` extra), so the hint never brings a version outside the project's pin."""
-    spec = "label-studio-sdk"
-    try:
-        from importlib.metadata import requires
-
-        for line in requires("annotator") or []:
-            name, _, marker = line.partition(";")
-            if name.strip().startswith("label-studio-sdk") and "labelstudio" in marker:
-                spec = name.strip().replace(" ", "")
-                break
-    except Exception:  # noqa: BLE001 - not installed as a distribution: the bare name
-        pass
+    """What to pip install for the SDK (:func:`annotator.export.registry.install_command`)."""
     return ("the Label Studio export needs the label-studio-sdk package, which is not installed: "
-            f"pip install '{spec}'  (or: pip install 'annotator[labelstudio]')")
+            + install_command("labelstudio"))
 
 # Cloud-storage URIs that Label Studio resolves itself: the key must stay as written.
 _CLOUD_SCHEMES = re.compile(r"^(s3|gs|gcs|azure-blob|azure-spi|az|abfs)://", re.IGNORECASE)
 
 
-class MissingDependencyError(ImportError):
-    """An optional dependency is not installed (the message says what to pip install)."""
+class MissingDependencyError(MissingExtraError):
+    """The SDK is not installed (the message says what to pip install; exit 2)."""
 
 
 def _brush() -> Any:

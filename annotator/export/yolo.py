@@ -41,6 +41,7 @@ from annotator.export.common import (
 )
 from annotator.export.masks import ExportFolder, safe_relative_path
 from annotator.export.shapes import PolygonStats, mask_polygons
+from annotator.export.staging import final_location
 from annotator.records.encode import decode_mask
 from annotator.storage.layout import join_url
 
@@ -95,7 +96,8 @@ class _Layout:
 
     def write_yaml(self, to: str, names: list[str], extra: list[str] = ()) -> str:
         data_yaml = join_url(to, DATA_YAML)
-        root_shown = os.path.abspath(self.folder.root) if "://" not in to else to
+        # Where the dataset will be once published (it is written in a staging folder).
+        root_shown = os.path.abspath(final_location(self.folder.root)) if "://" not in to else final_location(to)
         val_dir = "images/val" if self.counts["val"] else "images/train"
         doc = [f"path: {_yaml_str(root_shown)}", "train: images/train", f"val: {val_dir}", *extra, "names:"]
         doc += [f"  {k}: {_yaml_str(name)}" for k, name in enumerate(names)]

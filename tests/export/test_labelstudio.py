@@ -12,6 +12,7 @@ import pytest
 
 from annotator.export import ExportOptions, export
 from annotator.export import labelstudio as ls
+from annotator.export.registry import MissingExtraError
 from annotator.review.palette import class_colors, hex_color
 from tests.export.helpers import load_json
 
@@ -56,7 +57,8 @@ def test_missing_sdk_is_a_clear_error(monkeypatch, synthetic_output, tmp_path):
     monkeypatch.setitem(sys.modules, "label_studio_sdk", None)
     monkeypatch.setitem(sys.modules, "label_studio_sdk.converter", None)
     monkeypatch.setitem(sys.modules, "label_studio_sdk.converter.brush", None)
-    with pytest.raises(ls.MissingDependencyError, match="pip install 'label-studio-sdk") as exc:
+    with pytest.raises(MissingExtraError, match=r"pip install 'annotator\[labelstudio\]' \(or: pip install "
+                                                 "'label-studio-sdk") as exc:
         export(output, "labelstudio", str(tmp_path / "ls"))
     assert not (tmp_path / "ls").exists()
     # the hint installs within the project's own pin (pyproject's labelstudio extra)

@@ -115,14 +115,29 @@ def test_path_traversal_never_writes_outside(tmp_path):
     assert absolute_target.exists() == existed_before
 
 
-def test_symlinked_folder_pointing_outside_is_refused(tmp_path):
+def test_a_symlink_planted_in_the_target_is_never_followed(tmp_path):
+    """The export is built in a fresh staging folder, so a link planted in ``--to`` is
+    never written through: a folder that is no earlier export is refused, and an earlier
+    export holding the link is replaced, link and all; the link inside the staging folder
+    is still refused by ExportFolder (``outside the export folder``)."""
+    from annotator.export.masks import ExportFolder
+    from annotator.export.staging import MARKER_NAME
+
     output = _write_output(tmp_path, ["link/a.jpg"], ["background", "x"])
     to = tmp_path / "masks"
     (tmp_path / "elsewhere").mkdir()
     to.mkdir()
     (to / "link").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(ExportError, match="outside the export folder"):
+    with pytest.raises(ExportError, match="not an earlier export"):
         export(output, "masks", str(to))
+    (to / MARKER_NAME).write_text("{}")
+    export(output, "masks", str(to))
+    assert not list((tmp_path / "elsewhere").iterdir())
+    assert (to / "link").is_dir() and not (to / "link").is_symlink() and (to / "link" / "a.png").exists()
+    folder = ExportFolder(str(tmp_path / "fresh"))
+    (tmp_path / "fresh" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ExportError, match="outside the export folder"):
+        folder.write("link/a.png", b"x")
     assert not list((tmp_path / "elsewhere").iterdir())
 
 
