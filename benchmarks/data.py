@@ -9,9 +9,9 @@ and 500x333). Used by :mod:`benchmarks` (without ``--source``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

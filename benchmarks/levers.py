@@ -77,7 +77,7 @@ def time_alternately(engines: dict, images: list, rounds: int, warmup_images: li
 
 def label_agreement(a: list, b: list) -> float:
     """Fraction of pixels labelled the same in two lists of (H, W) label maps."""
-    return sum(int((x == y).sum()) for x, y in zip(a, b)) / sum(x.size for x in a)
+    return sum(int((x == y).sum()) for x, y in zip(a, b, strict=True)) / sum(x.size for x in a)
 
 
 def run_lever_compare(config, vocabulary, images: list, rounds: int = 2, levers: list[str] | None = None) -> dict:

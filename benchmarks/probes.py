@@ -25,12 +25,13 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["GpuUtilSampler", "cpu_name", "device_name", "run_manifest_scale", "run_precision_compare", "run_resize_arithmetic"]
+__all__ = ["GpuUtilSampler", "cpu_name", "device_name", "run_manifest_scale", "run_precision_compare",
+           "run_resize_arithmetic"]
 
 
 # --------------------------------------------------------------------------- environment
@@ -108,7 +109,7 @@ def ray_unavailable_reason() -> str | None:
 
     if importlib.util.find_spec("ray") is None:
         return "ray is not installed"
-    if importlib.util.find_spec("annotator.run") is None or importlib.util.find_spec("annotator.distributed.ray_runner") is None:
+    if any(importlib.util.find_spec(m) is None for m in ("annotator.run", "annotator.distributed.ray_runner")):
         return "annotator.run / annotator.distributed.ray_runner not present"
     return None
 

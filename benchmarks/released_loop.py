@@ -144,7 +144,7 @@ def naive_predict(
         small = [bilinear_resize_uint8(im, side) for im in batch]
         # per scale: every patch of every image of the step through PIL, one encoder call
         m_sum = None
-        for g, wt in zip(engine.grids, weights):
+        for g, wt in zip(engine.grids, weights, strict=True):
             crops = []
             for img in small:
                 for y0, x0 in ((r * g.stride_px, c * g.stride_px) for r in range(g.n_rows) for c in range(g.n_cols)):
@@ -163,7 +163,8 @@ def naive_predict(
         t1 = time.perf_counter()
         # saliency: the same backend as the engine (precomputed in the released code)
         if engine.saliency is not None:
-            tensors = [torch.from_numpy(im if im.flags.writeable else im.copy()).to(device).permute(2, 0, 1) for im in batch]
+            tensors = [torch.from_numpy(im if im.flags.writeable else im.copy()).to(device).permute(2, 0, 1)
+                       for im in batch]
             sal = engine.saliency(tensors, batch_names)
             sal = [s.float() for s in sal]
         else:

@@ -19,13 +19,13 @@ def toy_engine():
 
 def test_naive_agrees_with_engine_on_toy_model(toy_engine):
     images, truths = zip(*(make_image(seed, size) for seed, size in
-                           [(0, (240, 320)), (1, (375, 500)), (2, (500, 375))]))
+                           [(0, (240, 320)), (1, (375, 500)), (2, (500, 375))]), strict=True)
     names = [f"img{i}.jpg" for i in range(len(images))]
     timings = {}
     naive = naive_predict(toy_engine, list(images), names, timings=timings)
     fast = toy_engine.predict(list(images), names)
     assert len(naive) == len(fast) == len(images)
-    for img, truth, a, b in zip(images, truths, naive, fast):
+    for img, truth, a, b in zip(images, truths, naive, fast, strict=True):
         assert a.labels_hw.shape == img.shape[:2] and a.labels_hw.dtype == np.int32
         assert a.confidence_hw.dtype == np.float32
         assert 0.0 <= a.confidence_hw.min() and a.confidence_hw.max() <= 1.0
