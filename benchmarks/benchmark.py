@@ -45,9 +45,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_from_args
 from annotator.config import DEFAULT_SHARD_SIZE, EngineConfig
@@ -65,7 +65,7 @@ from benchmarks.probes import (
 )
 from benchmarks.scale import DEFAULT_MS_PER_IMAGE, run_scale_simulation
 
-__all__ = ["VOC_CLASSES", "build_parser", "main"]
+__all__ = ["VOC_CLASSES", "build_parser", "main", "parse_args"]
 
 #: PASCAL VOC's 20 object classes (+ background = 21 classes, like the paper's VOC runs).
 VOC_CLASSES = (
@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--shards-at-once shards at a time. No naive or Ray pass")
     b.add_argument("--warmup-images", type=int, default=None, metavar="N",
                    help="images in the untimed warm-up shard (default: the batch size)")
-    b.add_argument("--read-threads", type=int, default=None, metavar="N", help="reader/decoder threads per shard processor")
+    b.add_argument("--read-threads", type=int, default=None, metavar="N",
+                   help="reader/decoder threads per shard processor")
     b.add_argument("--encode-threads", type=int, default=None, metavar="N", help="RLE/PNG encoder threads")
     b.add_argument("--torch-threads", type=int, default=None, metavar="N",
                    help="torch intra-op threads (torch.set_num_threads) for the whole run; default: torch's")
@@ -356,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scale-ms-per-image", type=float, default=DEFAULT_MS_PER_IMAGE, metavar="MS",
                    help="the stand-in engine's simulated device time per image")
     b.add_argument("--scale-actors", type=int, default=4, metavar="N", help="actors of the scale simulation")
+    b.add_argument("--scale-only", action="store_true",
+                   help="run only the scale simulation: no engine is loaded and no image is made (its simulated "
+                   "run takes the engine options below as its configuration, e.g. --model ViT-B-32 with the "
+                   "default --pretrained, whose weights the stand-in engine never needs)")
     b.add_argument("--manifest-scale", type=_int_list, default=None, metavar="N,N,...",
                    help="also measure the driver's cost of recording one finished shard in a manifest of N shards")
     b.add_argument("--resize-arithmetic", action="store_true",
@@ -370,6 +375,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "by side: images/s and label agreement (0: skip)")
     add_engine_arguments(p)
     return p
+
+
+def _print_scale(scale: dict) -> None:
+    if "skipped" in scale:
+        print(f"scale: skipped ({scale['skipped']})")
+        return
+    if "engine_options" in scale:
+        print(f"scale simulation: {scale['engine_options']} ({scale['engine']}, {scale['actors']} actors, "
+              f"shard size {scale['shard_size']})")
+    for run_ in scale.get("runs", []):
+        d, red = run_.get("driver", {}), run_.get("reduce", {})
+        if "error" in d:
+            print(f"scale {run_['images_listed']}: error {d['error'][-300:]}")
+            continue
+        sch = d["scheduling"]
+        print(f"scale {run_['images_listed']:>9} images: driver peak {d['peak_rss_mib']:.0f} MiB (after listing "
+              f"{d['peak_rss_mib_after_listing']:.0f}), listing {d['listing_s']:.1f} s, "
+              f"{sch.get('driver_ms_per_shard', 0):.2f} ms/shard = "
+              f"{100 * (sch.get('overhead_fraction') or 0):.3f}% of shard time; reduce peak "
+              f"{red.get('peak_rss_mib', 0):.0f} MiB in {red.get('seconds', 0):.1f} s; driver imported "
+              f"torch: {d.get('driver_imported_torch')}, open_clip: {d.get('driver_imported_open_clip')}")
 
 
 def _print_report(r: dict) -> None:
@@ -399,7 +425,8 @@ def _print_report(r: dict) -> None:
     if n.get("images_per_s"):
         print(f"naive released loop: {n['images']} images: {n['images_per_s']:.2f} images/s without saliency "
               f"(precomputed, as released), {n['images_per_s_with_saliency']:.2f} with it")
-        print(f"ratio engine / naive: {r['ratio']:.1f}x  (vs naive with saliency: {r['ratio_vs_naive_with_saliency']:.1f}x)")
+        print(f"ratio engine / naive: {r['ratio']:.1f}x  "
+              f"(vs naive with saliency: {r['ratio_vs_naive_with_saliency']:.1f}x)")
     else:
         print(f"naive: {n.get('skipped')}")
     ray = r["ray"]
@@ -423,17 +450,7 @@ def _print_report(r: dict) -> None:
         print(f"Ray pass, {run_.get('num_actors')} actor(s) x {run_.get('threads_per_actor')} thread(s): "
               f"{run_.get('images_per_s') or 0:.3f} images/s (exit {run_.get('exit_code')})")
     if r.get("scale") is not None:
-        for run_ in r["scale"].get("runs", []):
-            d, red = run_.get("driver", {}), run_.get("reduce", {})
-            if "error" in d:
-                print(f"scale {run_['images_listed']}: error {d['error'][-300:]}")
-                continue
-            sch = d["scheduling"]
-            print(f"scale {run_['images_listed']:>9} images: driver peak {d['peak_rss_mib']:.0f} MiB (after listing "
-                  f"{d['peak_rss_mib_after_listing']:.0f}), listing {d['listing_s']:.1f} s, "
-                  f"{sch.get('driver_ms_per_shard', 0):.2f} ms/shard = "
-                  f"{100 * (sch.get('overhead_fraction') or 0):.3f}% of shard time; reduce peak "
-                  f"{red.get('peak_rss_mib', 0):.0f} MiB in {red.get('seconds', 0):.1f} s")
+        _print_scale(r["scale"])
     if r.get("lever_compare") is not None:
         lc = r["lever_compare"]
         for name, v in lc["levers"].items():
@@ -454,27 +471,207 @@ def _print_report(r: dict) -> None:
               f"crops {ra['exact_over_float']['crops_ms']:.2f}x ({ra['images']} images)")
 
 
-# Long on purpose: the benchmark's passes run side by side in one process, in this order, so that
-# their figures are comparable; each pass is its own function, this one only sequences them.
-def main(argv: Sequence[str] | None = None) -> int:
+# --------------------------------------------------------------------------- the run, step by step
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with every count checked (``SystemExit`` naming the option)."""
     args = build_parser().parse_args(argv)
-    if args.images < 1:
-        raise SystemExit(f"--images: expected >= 1, got {args.images}")
-    if args.shard_size < 1:
-        raise SystemExit(f"--shard-size: expected >= 1, got {args.shard_size}")
-    if args.shards_at_once < 1:
-        raise SystemExit(f"--shards-at-once: expected >= 1, got {args.shards_at_once}")
+    for option, value, least in (("--images", args.images, 1), ("--shard-size", args.shard_size, 1),
+                                 ("--shards-at-once", args.shards_at_once, 1)):
+        if value < least:
+            raise SystemExit(f"{option}: expected >= {least}, got {value}")
     if args.stub_device_ms_per_image is not None and not args.stub_device_ms_per_image > 0:
         raise SystemExit(f"--stub-device-ms-per-image: expected > 0, got {args.stub_device_ms_per_image}")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise SystemExit(f"--torch-threads: expected >= 1, got {args.torch_threads}")
+    if args.scale_only and not args.scale:
+        raise SystemExit("--scale-only: expected --scale N,N,... as well")
+    return args
+
+
+def prepare_data(args: argparse.Namespace, vocab, workdir: Path) -> tuple[list, Path, float]:
+    """The images (the first ``--images`` of ``--source``, or that many synthetic JPEGs
+    written to ``workdir/images``) and the vocabulary file the Ray passes read.
+
+    Returns:
+        ``(refs, vocab_path, seconds)``: the listed images, the vocabulary file, and the
+        seconds spent listing (and generating) the images.
+    """
+    from annotator.inputs.listing import list_images
+
+    t0 = time.perf_counter()
+    if args.source:
+        refs = list_images(args.source)[: args.images]
+    else:
+        make_synthetic_jpegs(workdir / "images", args.images)
+        refs = list_images(str(workdir / "images"))
+    gen_s = time.perf_counter() - t0
+    if args.vocab:
+        vocab_path = Path(args.vocab)
+    else:
+        vocab_path = workdir / "vocab.txt"
+        vocab_path.write_text("\n".join(vocab.names[1:]) + "\n", encoding="utf-8")
+    return refs, vocab_path, gen_s
+
+
+def measure_engine(args: argparse.Namespace, cfg: EngineConfig, vocab, refs, workdir: Path) -> dict:
+    """Load the engine, then the passes that use it in this process: the resize
+    arithmetic (``--resize-arithmetic``), the engine end to end, and the naive released
+    loop (or, with ``--stub-device-ms-per-image``, the host side against a stand-in
+    device, 1 and ``--shards-at-once`` shards at a time). The engine is released on return.
+
+    Returns:
+        The result's machine, configuration and engine keys (see :func:`main`).
+    """
     import torch
 
     from annotator.engine import Engine
-    from annotator.inputs.listing import list_images
+
+    t0 = time.perf_counter()
+    engine = Engine(cfg, vocab, profile=True)
+    load_s = time.perf_counter() - t0
+    resize_arithmetic = None
+    if args.resize_arithmetic:
+        resize_arithmetic = run_resize_arithmetic(engine, decode_first(refs, 32)[0])
+    overlap = None
+    if args.stub_device_ms_per_image is not None:
+        engine = StubDevice(engine, args.stub_device_ms_per_image)
+        one = run_engine_pass(engine, refs, workdir, args, shards_at_once=1)
+        engine_res = run_engine_pass(engine, refs, workdir, args)
+        overlap = {"stub_device_ms_per_image": args.stub_device_ms_per_image,
+                   "stub_device_images_per_s": 1000.0 / args.stub_device_ms_per_image,
+                   "images_per_s_one_shard_at_a_time": one["images_per_s"],
+                   "device_busy_fraction_one_shard_at_a_time": one["device_busy_fraction"],
+                   "images_per_s": engine_res["images_per_s"],
+                   "device_busy_fraction": engine_res["device_busy_fraction"],
+                   "shards_at_once": args.shards_at_once}
+        naive_res = {"images": 0, "skipped": "--stub-device-ms-per-image"}
+    else:
+        engine_res = run_engine_pass(engine, refs, workdir, args)
+        n_naive = min(len(refs), 16) if args.naive_images is None else args.naive_images
+        naive_res = (run_naive_pass(engine, refs, n_naive) if n_naive > 0
+                     else {"images": 0, "skipped": "--naive-images 0"})
+    dev = engine.device
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device_name(dev),
+        "device_type": dev.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "precision": engine.precision if hasattr(engine, "precision") else "stub",
+        "config": cfg.to_json(),
+        "vocabulary_size": len(vocab),
+        "source": args.source or "synthetic VOC-sized JPEGs",
+        "setup_seconds": {"engine_load": load_s},
+        "images": engine_res["images"],
+        "images_per_s": engine_res["images_per_s"],
+        "stages": engine_res["stages"],
+        "engine_overhead_fraction": engine_res["engine_overhead_fraction"],
+        "engine": engine_res,
+        "stub_device": overlap,
+        "resize_arithmetic": resize_arithmetic,
+        "naive": naive_res,
+        "naive_images_per_s": naive_res.get("images_per_s"),
+        "naive_images_per_s_with_saliency": naive_res.get("images_per_s_with_saliency"),
+    }
+    nv, nvs = naive_res.get("images_per_s"), naive_res.get("images_per_s_with_saliency")
+    ips = engine_res["images_per_s"]
+    result["ratio"] = ips / nv if ips and nv else None
+    result["ratio_vs_naive_with_saliency"] = ips / nvs if ips and nvs else None
+    del engine
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def measure_ray(args: argparse.Namespace, cfg: EngineConfig, refs, vocab_path: Path, workdir: Path) -> dict:
+    """The Ray pipeline on the same images (unless skipped), then once per ``--ray-actors``
+    count. Returns the result's ``ray``, ``ray_actors`` and ``threads_per_actor`` keys."""
+    if args.stub_device_ms_per_image is not None:
+        ray = {"skipped": "--stub-device-ms-per-image"}
+    elif args.skip_ray:
+        ray = {"skipped": "--skip-ray"}
+    else:
+        ray = run_ray_pass(cfg, refs, vocab_path, workdir, args)
+    ray_actors = None
+    if args.ray_actors and "skipped" not in ray:
+        ray_actors = [run_ray_pass(cfg, refs, vocab_path, workdir, args, num_actors=n) for n in args.ray_actors]
+    return {"ray": ray, "ray_actors": ray_actors,
+            "threads_per_actor": ray.get("threads_per_actor") if isinstance(ray, dict) else None}
+
+
+def measure_scale(args: argparse.Namespace, cfg: EngineConfig, vocab_path: Path, workdir: Path) -> dict | None:
+    """The scale simulation (``--scale``), its simulated run configured with the
+    benchmark's engine options (the stand-in engine loads none of it); None without it."""
+    if not args.scale:
+        return None
+    return run_scale_simulation(args.scale, workdir, vocab_path, shard_size=args.shard_size,
+                                actors=args.scale_actors, ms_per_image=args.scale_ms_per_image,
+                                engine_argv=_engine_argv(cfg))
+
+
+def measure_side_probes(args: argparse.Namespace, cfg: EngineConfig, vocab, refs, workdir: Path) -> dict:
+    """The probes that load their own engines or need none: the manifest at scale
+    (``--manifest-scale``), the engine levers (``--compare-levers``) and fp32 against
+    bf16 (``--compare-precision``). Returns those three keys of the result (None when off)."""
+    return {
+        "manifest_scale": run_manifest_scale(args.manifest_scale, workdir) if args.manifest_scale else None,
+        "lever_compare": (run_lever_compare(cfg, vocab, decode_first(refs, args.compare_levers)[0])
+                          if args.compare_levers > 0 else None),
+        "precision_compare": (run_precision_compare(cfg, vocab, decode_first(refs, args.compare_precision)[0])
+                              if args.compare_precision > 0 else None),
+    }
+
+
+def write_json(result: dict, path: str | None) -> None:
+    """The result as indented JSON at ``path`` (parents created); nothing when None."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def main_scale_only(args: argparse.Namespace) -> int:
+    """``--scale-only``: the scale simulation alone, with the engine options as the
+    simulated run's configuration; nothing here imports torch or loads a model."""
+    from annotator.inputs.vocab import Vocabulary
+
+    cfg = engine_config_from_args(args)
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="annotator-bench-")) if own_workdir else Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.vocab:
+            vocab_path = Path(args.vocab)
+        else:
+            vocab_path = workdir / "vocab.txt"
+            vocab_path.write_text("\n".join(Vocabulary.from_names(list(VOC_CLASSES)).names[1:]) + "\n",
+                                  encoding="utf-8")
+        result = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "python": platform.python_version(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+                  "config": cfg.to_json(), "scale": measure_scale(args, cfg, vocab_path, workdir)}
+        print(f"machine: {result['cpu']}, {result['cpu_count']} logical CPUs, python {result['python']}")
+        _print_scale(result["scale"])
+        write_json(result, args.json)
+        return 0
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Every pass, in this order, in one process, so that their figures are comparable:
+    the engine and the naive loop, the Ray passes, the scale simulation, the side probes;
+    then the printed table and ``--json``."""
+    args = parse_args(argv)
+    if args.scale_only:
+        return main_scale_only(args)
+    import torch
+
     from annotator.inputs.vocab import Vocabulary, load_vocabulary
 
     if args.torch_threads is not None:
-        if args.torch_threads < 1:
-            raise SystemExit(f"--torch-threads: expected >= 1, got {args.torch_threads}")
         torch.set_num_threads(args.torch_threads)
     cfg = engine_config_from_args(args)
     vocab = load_vocabulary(args.vocab) if args.vocab else Vocabulary.from_names(list(VOC_CLASSES))
@@ -482,103 +679,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="annotator-bench-")) if own_workdir else Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        t0 = time.perf_counter()
-        if args.source:
-            refs = list_images(args.source)[: args.images]
-        else:
-            make_synthetic_jpegs(workdir / "images", args.images)
-            refs = list_images(str(workdir / "images"))
-        gen_s = time.perf_counter() - t0
-        if args.vocab:
-            vocab_path = Path(args.vocab)
-        else:
-            vocab_path = workdir / "vocab.txt"
-            vocab_path.write_text("\n".join(vocab.names[1:]) + "\n", encoding="utf-8")
-
-        t0 = time.perf_counter()
-        engine = Engine(cfg, vocab, profile=True)
-        load_s = time.perf_counter() - t0
-        resize_arithmetic = None
-        if args.resize_arithmetic:
-            resize_arithmetic = run_resize_arithmetic(engine, decode_first(refs, 32)[0])
-        overlap = None
-        if args.stub_device_ms_per_image is not None:
-            engine = StubDevice(engine, args.stub_device_ms_per_image)
-            one = run_engine_pass(engine, refs, workdir, args, shards_at_once=1)
-            engine_res = run_engine_pass(engine, refs, workdir, args)
-            overlap = {"stub_device_ms_per_image": args.stub_device_ms_per_image,
-                       "stub_device_images_per_s": 1000.0 / args.stub_device_ms_per_image,
-                       "images_per_s_one_shard_at_a_time": one["images_per_s"],
-                       "device_busy_fraction_one_shard_at_a_time": one["device_busy_fraction"],
-                       "images_per_s": engine_res["images_per_s"],
-                       "device_busy_fraction": engine_res["device_busy_fraction"],
-                       "shards_at_once": args.shards_at_once}
-            naive_res = {"images": 0, "skipped": "--stub-device-ms-per-image"}
-        else:
-            engine_res = run_engine_pass(engine, refs, workdir, args)
-            n_naive = min(len(refs), 16) if args.naive_images is None else args.naive_images
-            naive_res = (run_naive_pass(engine, refs, n_naive) if n_naive > 0
-                         else {"images": 0, "skipped": "--naive-images 0"})
-        dev = engine.device
-        result = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device_name(dev),
-            "device_type": dev.type,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "precision": engine.precision if hasattr(engine, "precision") else "stub",
-            "config": cfg.to_json(),
-            "vocabulary_size": len(vocab),
-            "source": args.source or "synthetic VOC-sized JPEGs",
-            "setup_seconds": {"images": gen_s, "engine_load": load_s},
-            "images": engine_res["images"],
-            "images_per_s": engine_res["images_per_s"],
-            "stages": engine_res["stages"],
-            "engine_overhead_fraction": engine_res["engine_overhead_fraction"],
-            "engine": engine_res,
-            "stub_device": overlap,
-            "resize_arithmetic": resize_arithmetic,
-            "naive": naive_res,
-            "naive_images_per_s": naive_res.get("images_per_s"),
-            "naive_images_per_s_with_saliency": naive_res.get("images_per_s_with_saliency"),
-        }
-        nv, nvs = naive_res.get("images_per_s"), naive_res.get("images_per_s_with_saliency")
-        ips = engine_res["images_per_s"]
-        result["ratio"] = ips / nv if ips and nv else None
-        result["ratio_vs_naive_with_saliency"] = ips / nvs if ips and nvs else None
-        del engine
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-        if args.stub_device_ms_per_image is not None:
-            result["ray"] = {"skipped": "--stub-device-ms-per-image"}
-        elif args.skip_ray:
-            result["ray"] = {"skipped": "--skip-ray"}
-        else:
-            result["ray"] = run_ray_pass(cfg, refs, vocab_path, workdir, args)
-        result["ray_actors"] = None
-        if args.ray_actors and "skipped" not in result["ray"]:
-            result["ray_actors"] = [run_ray_pass(cfg, refs, vocab_path, workdir, args, num_actors=n)
-                                    for n in args.ray_actors]
-        result["threads_per_actor"] = (result["ray"].get("threads_per_actor") if isinstance(result["ray"], dict)
-                                       else None)
-        result["scale"] = (run_scale_simulation(args.scale, workdir, vocab_path, shard_size=args.shard_size,
-                                                actors=args.scale_actors, ms_per_image=args.scale_ms_per_image)
-                           if args.scale else None)
-        result["manifest_scale"] = (run_manifest_scale(args.manifest_scale, workdir)
-                                    if args.manifest_scale else None)
-        result["lever_compare"] = None
-        if args.compare_levers > 0:
-            result["lever_compare"] = run_lever_compare(cfg, vocab, decode_first(refs, args.compare_levers)[0])
-        result["precision_compare"] = None
-        if args.compare_precision > 0:
-            result["precision_compare"] = run_precision_compare(cfg, vocab, decode_first(refs, args.compare_precision)[0])
+        refs, vocab_path, gen_s = prepare_data(args, vocab, workdir)
+        result = measure_engine(args, cfg, vocab, refs, workdir)
+        result["setup_seconds"] = {"images": gen_s, **result["setup_seconds"]}
+        result.update(measure_ray(args, cfg, refs, vocab_path, workdir))
+        result["scale"] = measure_scale(args, cfg, vocab_path, workdir)
+        result.update(measure_side_probes(args, cfg, vocab, refs, workdir))
         _print_report(result)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_json(result, args.json)
         return 0
     finally:
         if own_workdir:

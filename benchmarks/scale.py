@@ -26,13 +26,15 @@ from pathlib import Path
 
 from benchmarks import child_env
 
-__all__ = ["DEFAULT_MS_PER_IMAGE", "StandInProcessor", "make_empty_tree", "peak_rss_mib", "run_scale_simulation"]
+__all__ = ["DEFAULT_MS_PER_IMAGE", "StandInProcessor", "make_empty_tree", "peak_rss_mib", "run_request",
+           "run_scale_simulation"]
 
 #: Simulated device time per image: ~330 images/s, the H200 ceiling of the official
 #: protocol (shared/reference/performance.md), so the overhead fraction is the one of
 #: the fastest engine we have figures for.
 DEFAULT_MS_PER_IMAGE = 3.0
-#: Engine options of the simulated run (the engine itself never loads: see StandInProcessor).
+#: Engine options of the simulated run by default (the engine itself never loads: see
+#: StandInProcessor); ``python -m benchmarks --scale`` passes its own engine options instead.
 SCALE_ENGINE_ARGV = ["--model", "tiny-random", "--pretrained", "random", "--saliency", "none",
                      "--device", "cpu"]
 FILES_PER_FOLDER = 1000
@@ -94,17 +96,56 @@ class StandInProcessor:
         return ShardResult(task.shard_index, path, len(recs), 0, sha, time.perf_counter() - t0)
 
 
-def _driver(source: str, output: str, vocab: str, shard_size: int, actors: int, ms_per_image: float) -> dict:
-    """In a fresh process: the run's stages 1-4 with the stand-in; peak RSS per stage."""
-    from annotator import job
+def run_request(argv: Sequence[str]):
+    """The request that ``python -m annotator.run ARGV`` stands for, built by the run's
+    own parser and :meth:`annotator.request.RunRequest.from_args` (the simulation's one
+    call into the command line)."""
     from annotator.request import RunRequest
     from annotator.run import build_parser
 
+    return RunRequest.from_args(build_parser().parse_args(list(argv)))
+
+
+def _validate_without_weight_files(job, request) -> tuple[object, list[str]]:
+    """``job.validate``, except that weight files missing on this machine are recorded
+    rather than refused: the stand-in engine loads no weights, and a real configuration
+    (``--model ViT-B-32`` with its default ``--pretrained``) must be simulated offline.
+    The model, tag and saliency names are still checked by the run's own resolution,
+    which runs (and imports what it imports) exactly as in a run.
+
+    Returns:
+        ``(validated, missing)``: the stage's result and what each missing file is.
+    """
+    from annotator.models import ResolvedWeights
+    from annotator.models.weights import WeightsUnavailableError
+
+    missing: list[str] = []
+    real = job.resolve_weights
+
+    def names_checked(config):
+        try:
+            return real(config)
+        except WeightsUnavailableError as e:
+            missing.extend(m.what for m in e.missing)
+            return ResolvedWeights()
+
+    job.resolve_weights = names_checked
+    try:
+        return job.validate(request), missing
+    finally:
+        job.resolve_weights = real
+
+
+def _driver(source: str, output: str, vocab: str, shard_size: int, actors: int, ms_per_image: float,
+            engine_argv: Sequence[str]) -> dict:
+    """In a fresh process: the run's stages 1-4 with the stand-in; peak RSS per stage, and
+    whether the driver imported torch or open_clip (it needs neither: it runs no model)."""
+    from annotator import job
+
     imported = peak_rss_mib()
-    args = build_parser().parse_args(["--source", source, "--output", output, "--vocab", vocab, *SCALE_ENGINE_ARGV,
-                                      "--shard-size", str(shard_size), "--num-actors", str(actors), "--quiet"])
-    request = RunRequest.from_args(args)
-    checked = job.validate(request)
+    request = run_request(["--source", source, "--output", output, "--vocab", vocab, *engine_argv,
+                           "--shard-size", str(shard_size), "--num-actors", str(actors), "--quiet"])
+    checked, missing = _validate_without_weight_files(job, request)
     t0 = time.perf_counter()
     inputs = job.list_inputs(request, checked)
     listed_s, listed = time.perf_counter() - t0, peak_rss_mib()
@@ -121,7 +162,8 @@ def _driver(source: str, output: str, vocab: str, shard_size: int, actors: int, 
             "listing_s": listed_s, "annotate_s": annotate_s,
             "peak_rss_mib_after_imports": imported, "peak_rss_mib_after_listing": listed,
             "peak_rss_mib_after_manifest": opened_rss, "peak_rss_mib": peak_rss_mib(),
-            "scheduling": stats.to_json(), "driver_imported_torch": "torch" in sys.modules}
+            "scheduling": stats.to_json(), "weight_files_missing": missing,
+            "driver_imported_torch": "torch" in sys.modules, "driver_imported_open_clip": "open_clip" in sys.modules}
 
 
 def _reduce(output: str) -> dict:
@@ -148,21 +190,26 @@ def _in_fresh_process(call: str, *argv: str) -> dict:
     return json.loads(line[len("SCALE-PROBE "):])
 
 
-def _driver_entry(source: str, output: str, vocab: str, shard_size: str, actors: str, ms: str) -> dict:
-    return _driver(source, output, vocab, int(shard_size), int(actors), float(ms))
+def _driver_entry(source: str, output: str, vocab: str, shard_size: str, actors: str, ms: str,
+                  engine_argv_json: str) -> dict:
+    return _driver(source, output, vocab, int(shard_size), int(actors), float(ms), json.loads(engine_argv_json))
 
 
 def run_scale_simulation(counts: Sequence[int], workdir: Path, vocab_path: Path, *, shard_size: int,
-                         actors: int = 4, ms_per_image: float = DEFAULT_MS_PER_IMAGE) -> dict:
+                         actors: int = 4, ms_per_image: float = DEFAULT_MS_PER_IMAGE,
+                         engine_argv: Sequence[str] = SCALE_ENGINE_ARGV) -> dict:
     """The simulation for each N in ``counts`` (see the module docstring); the JSON the
-    benchmark reports under ``scale``."""
+    benchmark reports under ``scale``. ``engine_argv``: the engine options of the
+    simulated run (its configuration, checked names and driver imports; the stand-in
+    loads no model, so weight files missing here are only recorded)."""
     from benchmarks.probes import ray_unavailable_reason
 
     why = ray_unavailable_reason()
     if why:
         return {"skipped": why}
     out = {"shard_size": shard_size, "actors": actors, "ms_per_image": ms_per_image,
-           "engine": "stand-in (benchmarks.scale.StandInProcessor)", "runs": []}
+           "engine": "stand-in (benchmarks.scale.StandInProcessor)", "engine_options": " ".join(engine_argv),
+           "runs": []}
     for n in counts:
         src, dst = workdir / f"scale-{n}", workdir / f"scale-{n}-output"
         shutil.rmtree(dst, ignore_errors=True)
@@ -170,7 +217,7 @@ def run_scale_simulation(counts: Sequence[int], workdir: Path, vocab_path: Path,
         make_empty_tree(src, n)
         run = {"images_listed": n, "tree_s": time.perf_counter() - t0}
         run["driver"] = _in_fresh_process("_driver_entry", str(src), str(dst), str(vocab_path), str(shard_size),
-                                          str(actors), str(ms_per_image))
+                                          str(actors), str(ms_per_image), json.dumps(list(engine_argv)))
         if "error" not in run["driver"]:
             run["reduce"] = _in_fresh_process("_reduce", str(dst))
         out["runs"].append(run)

@@ -46,8 +46,35 @@ def test_bench_scale_flag_reports_the_simulation(tmp_path, monkeypatch):
     out = tmp_path / "b.json"
     assert bench.main(["--model", "toy", "--saliency", "toy", "--device", "cpu", "--images", "2", "--naive-images", "0",
                        "--skip-ray", "--scale", "100,1000", "--scale-actors", "3", "--json", str(out)]) == 0
+    argv = seen.pop("engine_argv")  # the simulated run is configured as the benchmark is
+    assert argv[argv.index("--model") + 1] == "toy" and argv[argv.index("--saliency") + 1] == "toy"
     assert seen == {"counts": (100, 1000), "shard_size": 64, "actors": 3, "ms_per_image": 3.0}
     assert json.loads(out.read_text())["scale"] == {"runs": []}
+
+
+def test_scale_only_simulates_a_real_configuration_without_its_weights(tmp_path):
+    """ViT-B-32 with its default tag and FOUND: no engine is loaded, the weight files
+    this machine lacks are recorded, and so is whether the driver imported torch or open_clip."""
+    pytest.importorskip("ray")
+    out = tmp_path / "scale.json"
+    assert bench.main(["--scale-only", "--scale", "120", "--model", "ViT-B-32", "--saliency", "found",
+                       "--device", "cpu", "--shard-size", "40", "--scale-actors", "1", "--scale-ms-per-image", "0",
+                       "--workdir", str(tmp_path / "w"), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["model"] == "ViT-B-32" and r["config"]["pretrained"] == "laion2b_s34b_b79k"
+    assert "--model ViT-B-32" in r["scale"]["engine_options"]
+    (run,) = r["scale"]["runs"]
+    d = run["driver"]
+    assert "error" not in d, d.get("error")
+    assert d["images"] == 120 and d["shards"] == 3 and isinstance(d["weight_files_missing"], list)
+    assert isinstance(d["driver_imported_torch"], bool) and isinstance(d["driver_imported_open_clip"], bool)
+    assert run["reduce"]["exit_code"] == 0
+    assert "torch" not in r and "engine" not in r  # no engine pass
+
+
+def test_scale_only_needs_scale():
+    with pytest.raises(SystemExit, match="--scale-only: expected --scale"):
+        bench.main(["--scale-only", "--model", "toy", "--saliency", "toy"])
 
 
 def test_every_lever_runs_and_reports_agreement():
