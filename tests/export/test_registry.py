@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from annotator.export import (
     EXPORTERS,
+    ExportError,
     ExportOptions,
     ExportResult,
     UnknownFormatError,
@@ -139,3 +141,145 @@ def test_cli_instances_polygons_and_labelstudio_objects(synthetic_output, tmp_pa
     tasks = json.loads((ls / "tasks.json").read_text())
     ids = [r["id"] for t in tasks for r in t["predictions"][0]["result"]]
     assert len(ids) == len(set(ids))
+
+
+# --------------------------------------------------- options a format honours (issue 20.4)
+
+#: A valid value for every option of the CLI (a new option must be added here).
+OPTION_VALUES = {
+    "--classes": ["cat"], "--min-area": ["1"], "--min-score": ["0.1"], "--partial": [],
+    "--storage-options": ["{}"], "--to": None,  # --to: the test's own folder
+    "--instances": [], "--polygon-tolerance": ["0.5"],
+    "--iscrowd": ["0"], "--images-root": ["imgs"], "--polygons": [], "--zip": [],
+    "--ls-from-name": ["tag"], "--ls-to-name": ["pic"], "--image-url-prefix": ["https://h/"],
+    "--model-version": ["v1"], "--push": ["http://127.0.0.1:9"],
+    "--project": ["p"], "--create-project": [], "--api-key": ["k"], "--page-size": ["10"],
+    "--confidence": [], "--yolo-images": ["copy"], "--val-fraction": ["0.5"], "--split-seed": ["3"],
+    "--hf-images": ["path"], "--dataset": ["d"], "--overwrite-dataset": [], "--semantic": [],
+}
+_PARSER_FLAGS = sorted(f for a in build_parser()._actions for f in a.option_strings
+                       if f.startswith("--") and f not in ("--help", "--format"))
+
+
+def test_the_walk_knows_every_option():
+    assert sorted(OPTION_VALUES) == _PARSER_FLAGS
+
+
+def _expected_refusal(fmt: str, flag: str) -> str | None:
+    """What the registry says about ``flag`` alone with ``--format fmt`` (None: taken)."""
+    from annotator.export.registry import PUSH_ONLY, flag as flag_of
+
+    entry = EXPORTERS[fmt]
+    dest = flag[2:].replace("-", "_")
+    if dest in PUSH_ONLY:
+        return "only with --push"
+    if dest == "to":
+        return None if entry.writes_folder else "--to is not honoured"
+    if not entry.takes(dest):
+        return f"{flag} is not honoured by --format {fmt}"
+    needed = entry.needs.get(dest)
+    if needed:
+        return f"only with {flag_of(needed)}"
+    return None
+
+
+@pytest.mark.parametrize("flag", sorted(OPTION_VALUES))
+@pytest.mark.parametrize("fmt", sorted(EXPORTERS))
+def test_every_format_against_every_option(fmt, flag, tmp_path, monkeypatch, capsys):
+    """Honoured: the CLI goes on to export (stubbed here); not honoured: exit 2, one
+    ``error:`` line naming the option and the formats that take it."""
+    import annotator.export.__main__ as cli
+    from annotator.export.registry import formats_taking
+
+    calls = []
+    stub = ExportResult(format=fmt, counts={"annotations": 1})
+    monkeypatch.setattr(cli, "export", lambda *a, **k: calls.append("export") or stub)
+    monkeypatch.setattr(cli, "prepare", lambda *a, **k: calls.append("prepare") or _Complete())
+    monkeypatch.setattr("annotator.export.ls_push.push", lambda *a, **k: calls.append("push") or stub)
+    value = [str(tmp_path / "to")] if flag == "--to" else OPTION_VALUES[flag]
+    argv = [str(tmp_path / "OUTPUT"), "--format", fmt, flag, *value]
+    if flag == "--push":
+        argv += ["--project", "p"]  # --push needs a project (and --project counts only with --push)
+    refusal = _expected_refusal(fmt, flag)
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    if refusal is None:
+        assert rc == 0, err
+        assert calls and "error" not in err
+        return
+    assert rc == 2 and not calls
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0] and refusal in lines[0], err
+    takers = formats_taking(flag[2:].replace("-", "_"), EXPORTERS)
+    if "not honoured by --format" in refusal:
+        assert (", ".join(takers) if takers else "no format takes it") in lines[0]
+
+
+class _Complete:
+    missing, listed, writer = 0, None, None
+
+
+def test_the_issue_example_masks_with_polygons(synthetic_output, capsys):
+    output, _, _ = synthetic_output
+    assert main([output, "--format", "masks", "--polygons"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --polygons is not honoured by --format masks; formats that take it: coco")
+    assert not (Path(output) / "exports").exists()
+
+
+def test_an_option_given_at_its_default_value_counts(synthetic_output, capsys):
+    output, _, _ = synthetic_output
+    assert main([output, "--format", "masks", "--iscrowd", "0"]) == 2
+    assert "--iscrowd" in capsys.readouterr().err
+
+
+def test_the_library_refuses_options_the_format_ignores(synthetic_output, tmp_path):
+    output, _, _ = synthetic_output
+    with pytest.raises(ExportError, match="--zip is not honoured by --format masks; formats that take it: coco"):
+        export(output, "masks", str(tmp_path / "m"), ExportOptions(zip=True))
+    with pytest.raises(ExportError, match="--polygon-tolerance is honoured by --format coco only with --polygons"):
+        export(output, "coco", str(tmp_path / "c"), ExportOptions(polygon_tolerance=0.0))
+    assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
+
+
+def test_every_option_help_names_its_default_and_its_formats():
+    from annotator.export.registry import COMMON_OPTIONS, formats_taking
+
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert "default" in action.help, action.option_strings
+        if action.dest in COMMON_OPTIONS or not formats_taking(action.dest, EXPORTERS):
+            continue
+        assert f"[{', '.join(formats_taking(action.dest, EXPORTERS))}]" in action.help, action.option_strings
+
+
+def test_instances_help_names_the_formats_that_split():
+    (action,) = [a for a in build_parser()._actions if "--instances" in a.option_strings]
+    takers = sorted(f for f, e in EXPORTERS.items() if e.takes("instances"))
+    assert "masks" not in takers and "yolo-semantic" not in takers and "coco" in takers
+    assert f"[{', '.join(takers)}]" in action.help
+
+
+# ------------------------------------------------ missing optional extras (issue 23.4)
+
+_EXTRAS = [(fmt, module, extra) for fmt, e in sorted(EXPORTERS.items()) for module, extra in e.extras]
+
+
+@pytest.mark.parametrize("fmt,module,extra", _EXTRAS, ids=[f"{f}-{m}" for f, m, _ in _EXTRAS])
+def test_a_missing_extra_is_exit_2_with_the_install_command(fmt, module, extra, synthetic_output, tmp_path,
+                                                            monkeypatch, capsys):
+    output, _, _ = synthetic_output
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")] + [module]:
+        monkeypatch.setitem(sys.modules, name, None)  # import fails: "halted; None in sys.modules"
+    argv = [output, "--format", fmt]
+    if EXPORTERS[fmt].writes_folder:
+        argv += ["--to", str(tmp_path / "to")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"pip install 'annotator[{extra}]'" in err, err
+    assert not (tmp_path / "to").exists()
+
+
+def test_the_labelstudio_format_declares_its_sdk():
+    assert ("label_studio_sdk", "labelstudio") in EXPORTERS["labelstudio"].extras
