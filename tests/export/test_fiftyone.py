@@ -123,7 +123,7 @@ def _check_detections(sample: dict, annotations: list, class_names: list[str]) -
     dets = sample["detections"]
     assert len(dets) == len(annotations)
     painted = np.zeros((h, w), np.int32)
-    for (label, box, mask, confidence, area), a in zip(dets, annotations):
+    for (label, box, mask, confidence, area), a in zip(dets, annotations, strict=True):
         assert label == a.category_name
         x, y, bw, bh = (int(v) for v in a.bbox_xywh)
         np.testing.assert_allclose(box, [x / w, y / h, bw / w, bh / h], rtol=0, atol=1e-12)
