@@ -100,14 +100,25 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             }
 
     cache = tempfile.mkdtemp(prefix="annotator-hf-")
+    # datasets' own progress bars would come between the summary (or the one error line)
+    # and the user, as no other format prints them.
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
     try:
-        ds = datasets.Dataset.from_generator(rows, features=features(class_names, options.hf_images), cache_dir=cache,
-                                             writer_batch_size=256)
+        try:
+            ds = datasets.Dataset.from_generator(rows, features=features(class_names, options.hf_images),
+                                                 cache_dir=cache, writer_batch_size=256)
+        except datasets.exceptions.DatasetGenerationError as e:
+            if isinstance(e.__cause__, OSError):  # a full disk: the OSError itself, not datasets' wrapper
+                raise e.__cause__ from None
+            raise
         ds.info.description = (f"Pre-labels by annotator {metadata.get('version', '')}: model "
                                f"{metadata.get('model')}, saliency {metadata.get('saliency')}, protocol "
                                f"{metadata.get('protocol')}, config {metadata.get('config_hash')}")
         ds.save_to_disk(to, storage_options=so)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()
     counts.update(run.counts())
     return ExportResult(format="hf", paths=[to], counts=counts, files_written=None)
