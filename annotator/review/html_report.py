@@ -3,22 +3,29 @@
 ``python -m annotator.report OUTPUT [--samples N] [--lowest N]`` (and
 :func:`write_report`, which the reducer calls) writes::
 
-    OUTPUT/previews/sample-<image_id>.jpg   overlays (image + translucent class colours +
-    OUTPUT/previews/lowest-<image_id>.jpg   legend), longest side <= 512 px,
-                                            drawn by :func:`annotator.review.overlay.render_overlay`
+    OUTPUT/previews/lowest-<image_id>.jpg      overlays (image + translucent class colours +
+    OUTPUT/previews/background-<image_id>.jpg  legend), longest side <= 512 px, drawn by
+    OUTPUT/previews/sample-<image_id>.jpg      :func:`annotator.review.overlay.render_overlay`
     OUTPUT/report.html                      one file, previews embedded as data: URIs
 
 The page holds the run configuration (credentials removed), per-class counts, pixels
-and mean scores, a histogram of image confidence (inline SVG), the lowest-confidence
-images, a sample of images, the scores of OUTPUT/metrics.json when present, and the
-failed images with their reasons. Every string that comes from the data (class names,
+and mean scores (swatches in :func:`annotator.review.palette.class_colors`' colours, which
+do not contradict colour-named classes), a histogram of image confidence (inline SVG),
+the lowest-confidence images, the background-only images, a sample of the other images
+(no image appears in two of these lists), the scores of OUTPUT/metrics.json when
+present, and the failed images with their reasons. Every string that comes from the data (class names,
 file names, error texts, metadata) is HTML-escaped and length-limited; the page also
 carries a Content-Security-Policy that forbids scripts.
 
 Rows are streamed once: memory holds the per-class totals, the histogram, the
-``samples + lowest`` selected rows and at most ``max_failures`` failure rows.
-Image confidence is :func:`annotator.export.image_score` (area-weighted mean of the
-annotation scores; mean of the confidence map for an image without annotations).
+``samples + 2 * lowest`` candidate rows and at most ``max_failures`` failure rows.
+
+Image confidence is the confidence of an image's FOREGROUND: the area-weighted mean of
+its annotation scores (:func:`annotator.storage.results.image_score`). An image labelled
+background only has none: it is neither confident nor unconfident, so it is kept out of
+the histogram and the lowest-confidence list, and shown in a list of its own ("nothing
+found": where a reviewer looks for missed objects), least certain background first
+(the mean of its confidence map).
 """
 
 from __future__ import annotations
@@ -86,6 +93,7 @@ class ReportStats:
         self.classes = ClassTally(self.num_classes)
 
     def add(self, record: Any, score: float | None, max_failures: int) -> None:
+        """Count one row; ``score`` is its foreground confidence (None: background only)."""
         self.rows += 1
         if record.status != "ok":
             self.errors += 1
@@ -102,7 +110,7 @@ class ReportStats:
             self.empty_images += 1
         for a in record.annotations:
             self.classes.add(a.category_id, a.area, a.score)
-        if score is not None:
+        if score is not None and record.annotations:
             self.histogram[min(int(score * HIST_BINS), HIST_BINS - 1)] += 1
 
 
@@ -146,7 +154,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequen
     """``header`` and ``rows`` must already be escaped HTML."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
+        + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -160,18 +169,21 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return _esc(v)
 
 
-def _histogram_svg(histogram: np.ndarray) -> str:
-    width, height, left, bottom, top = 640, 220, 40, 30, 20
-    plot_w, plot_h = width - left - 10, height - bottom - top
+def _histogram_svg(histogram: np.ndarray, background_only: int = 0) -> str:
+    """Bars of image confidence; every label inside the picture (margins fit the widest
+    tick label, half of it past each end of the axis, and the caption's descenders)."""
+    width, height, left, right, bottom, top = 660, 236, 48, 24, 46, 22
+    plot_w, plot_h = width - left - right, height - bottom - top
     peak = max(int(histogram.max()), 1)
     bar_w = plot_w / len(histogram)
     parts = [
-        (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-         'aria-label="histogram of image confidence">'),
+        (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'viewBox="0 0 {width} {height}" role="img" aria-label="histogram of image confidence">'),
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#000"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#000"/>',
         f'<text x="{left - 4}" y="{top + 4}" font-size="11" text-anchor="end">{peak}</text>',
         f'<text x="{left - 4}" y="{top + plot_h}" font-size="11" text-anchor="end">0</text>',
+        f'<text x="{left}" y="{top - 8}" font-size="11" text-anchor="middle">images</text>',
     ]
     for i, count in enumerate(histogram.tolist()):
         bar_h = plot_h * count / peak
@@ -184,9 +196,12 @@ def _histogram_svg(histogram: np.ndarray) -> str:
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = left + tick * plot_w
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle">{tick:.2f}</text>')
+    caption = "foreground confidence per image (area-weighted mean score)"
+    if background_only:
+        caption += f"; {background_only} background-only image{'s' if background_only != 1 else ''} not counted"
     parts.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 2}" font-size="11" text-anchor="middle">'
-        "image confidence (area-weighted mean score)</text></svg>"
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 10}" font-size="11" text-anchor="middle">'
+        f"{_esc(caption)}</text></svg>"
     )
     return "".join(parts)
 
@@ -194,10 +209,12 @@ def _histogram_svg(histogram: np.ndarray) -> str:
 def _figure(preview: tuple[bytes, str], record: Any, score: float | None, note: str | None) -> str:
     data, name = preview
     src = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-    caption = f"#{record.image_id} <code>{_esc(record.file_name)}</code> confidence {_fmt(score)}"
+    what = "confidence" if record.annotations else "background only, background confidence"
+    caption = f"#{record.image_id} <code>{_esc(record.file_name)}</code> {what} {_fmt(score)}"
     if note:
         caption += f'<br><span style="color:#a00">{_esc(note)}</span>'
-    return f'<figure><img src="{src}" alt="overlay of {_esc(record.file_name)}" data-preview="{_esc(name)}"><figcaption>{caption}</figcaption></figure>'
+    return (f'<figure><img src="{src}" alt="overlay of {_esc(record.file_name)}" data-preview="{_esc(name)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def _metrics_html(metrics: Mapping[str, Any]) -> str:
@@ -235,11 +252,12 @@ def _render_html(
     class_names: Sequence[str],
     stats: ReportStats,
     lowest_html: list[str],
+    background_html: list[str],
     sample_html: list[str],
     metrics: Mapping[str, Any] | None,
     max_failures: int,
 ) -> str:
-    colors = class_colors(len(class_names))
+    colors = class_colors(class_names)
     body = ['<h1>Annotation report</h1>']
     if stats.ok and stats.annotations == 0:
         body.append('<p class="warn">No annotations: every image was labelled background only. '
@@ -281,13 +299,17 @@ def _render_html(
     body.append('<div class="row"><div><h2>Classes</h2>' + _table(
         ["", "id", "class", "images", "pixels", "% of foreground", "mean score"], class_rows[:5000],
         numeric=(1, 3, 4, 5, 6)) + "</div>")
-    body.append("<div><h2>Image confidence</h2>" + _histogram_svg(stats.histogram) + "</div></div>")
+    body.append("<div><h2>Image confidence</h2>" + _histogram_svg(stats.histogram, stats.empty_images)
+                + "</div></div>")
     if metrics is not None:
         body.append("<h2>Scores against ground truth (metrics.json)</h2>" + _metrics_html(metrics))
     if lowest_html:
         body.append("<h2>Lowest-confidence images</h2><div class=\"grid\">" + "".join(lowest_html) + "</div>")
+    if background_html:
+        body.append("<h2>Background only: nothing found</h2><p>Check these for missed objects; the least "
+                    "certain background first.</p><div class=\"grid\">" + "".join(background_html) + "</div>")
     if sample_html:
-        body.append("<h2>Sample of images</h2><div class=\"grid\">" + "".join(sample_html) + "</div>")
+        body.append("<h2>Sample of the other images</h2><div class=\"grid\">" + "".join(sample_html) + "</div>")
     body.append("<h2>Failures</h2>")
     if stats.errors:
         body.append(_table(["reason", "images"], [(_esc(r, 64), str(n)) for r, n in
@@ -326,8 +348,9 @@ def write_report(
 
     Args:
         output: the run folder (local path or fsspec URL).
-        samples: number of images in the (deterministic, seeded) sample, >= 0.
-        lowest: number of lowest-confidence images shown, >= 0.
+        samples: number of images in the (deterministic, seeded) sample of the images not
+            shown in the other two lists, >= 0.
+        lowest: number of lowest-confidence images shown, and of background-only images, >= 0.
         storage_options: fsspec options for ``output``.
         image_storage_options: fsspec options to re-read the images (default: storage_options).
         max_failures: at most this many failure rows are listed (all are counted).
@@ -341,14 +364,20 @@ def write_report(
     image_so = image_storage_options if image_storage_options is not None else storage_options
 
     stats = ReportStats(num_classes=len(class_names))
-    lowest_keeper, sample_keeper = _Keeper(lowest), _Keeper(samples)
+    # The sample keeps enough candidates to still hold `samples` once the images shown
+    # in the other two lists are taken out: no image appears twice.
+    lowest_keeper, background_keeper = _Keeper(lowest), _Keeper(lowest)
+    sample_keeper = _Keeper(samples + 2 * lowest)
     for record in parts.iter_records(paths, storage_options):
-        score = image_score(record)
+        score = image_score(record)  # foreground confidence; background confidence when background only
         stats.add(record, score, max_failures)
         if record.status != "ok":
             continue
-        if score is not None:
-            lowest_keeper.offer(score, record.image_id, (record, score))
+        if record.annotations:
+            if score is not None:
+                lowest_keeper.offer(score, record.image_id, (record, score))
+        else:
+            background_keeper.offer(1.0 if score is None else score, record.image_id, (record, score))
         key = zlib.crc32(f"{seed}:{record.image_id}".encode()) / 2**32
         sample_keeper.offer(key, record.image_id, (record, score))
 
@@ -372,10 +401,15 @@ def write_report(
             out.append(_figure(preview, record, score, note))
         return out
 
-    lowest_html = figures("lowest", lowest_keeper.sorted())
-    sample_html = figures("sample", sorted(sample_keeper.sorted(), key=lambda rs: rs[0].image_id))
+    lowest_rows, background_rows = lowest_keeper.sorted(), background_keeper.sorted()
+    shown = {record.image_id for record, _ in lowest_rows + background_rows}
+    sample_rows = [rs for rs in sample_keeper.sorted() if rs[0].image_id not in shown][:samples]
+    lowest_html = figures("lowest", lowest_rows)
+    background_html = figures("background", background_rows)
+    sample_html = figures("sample", sorted(sample_rows, key=lambda rs: rs[0].image_id))
     metrics = _read_metrics(output, storage_options)
-    page = _render_html(metadata, class_names, stats, lowest_html, sample_html, metrics, max_failures)
+    page = _render_html(metadata, class_names, stats, lowest_html, background_html, sample_html, metrics,
+                        max_failures)
     report_path = join_url(output, REPORT_NAME)
     with fsspec.open(report_path, "w", encoding="utf-8", **so) as f:
         f.write(page)

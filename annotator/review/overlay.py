@@ -107,14 +107,15 @@ def render_overlay(
         resample = Image.BILINEAR if scale < 1.0 else Image.NEAREST
         base = np.asarray(Image.fromarray(rgb).resize(size_wh, resample=resample))
         weight = alpha
-    colors = class_colors(len(class_names))
+    colors = class_colors(class_names)
     painted = colorize_labels(small, colors).astype(np.float32)
     fg = (small > 0)[:, :, None]
     blended = np.where(fg, base * (1.0 - weight) + painted * weight, base).round().astype(np.uint8)
     return _add_legend(Image.fromarray(blended), record, class_names, colors, note), note
 
 
-def _add_legend(img: Image.Image, record: Any, class_names: Sequence[str], colors: list, note: str | None) -> Image.Image:
+def _add_legend(img: Image.Image, record: Any, class_names: Sequence[str], colors: list,
+                note: str | None) -> Image.Image:
     font = _font(12)
     entries = sorted(record.annotations, key=lambda a: -a.area)
     line_h, pad = 16, 4
@@ -125,7 +126,10 @@ def _add_legend(img: Image.Image, record: Any, class_names: Sequence[str], color
     x = pad
     shown = 0
     for a in entries:
-        label = f"{class_names[a.category_id][:40]} {a.score:.2f}" if a.category_id < len(class_names) else "?"
+        name = class_names[a.category_id] if a.category_id < len(class_names) else "?"
+        (name,) = _wrap(name[:200], font, width - 2 * pad - 24 - int(measure.textlength(" 0.00", font=font)),
+                        measure, max_lines=1) or ["?"]  # one item never wider than the strip
+        label = f"{name} {a.score:.2f}"
         item_w = 14 + int(measure.textlength(_printable(label), font=font)) + 10
         if x + item_w > width and lines[-1]:
             if len(lines) == 6:
@@ -138,8 +142,8 @@ def _add_legend(img: Image.Image, record: Any, class_names: Sequence[str], color
     texts = [f"+{len(entries) - shown} more classes"] if shown < len(entries) else []
     if not entries:
         texts.append("no class other than background")
-    if note:
-        texts.append(note[:120])
+    note_lines = _wrap(note, font, width - 2 * pad, measure) if note else []
+    texts += note_lines
     lines = [line for line in lines if line]
     strip_h = pad + line_h * (len(lines) + len(texts)) + pad
     out = Image.new("RGB", (width, img.height + strip_h), (255, 255, 255))
@@ -154,9 +158,33 @@ def _add_legend(img: Image.Image, record: Any, class_names: Sequence[str], color
             x += 14 + int(draw.textlength(_printable(label), font=font)) + 10
         y += line_h
     for text in texts:
-        _text(draw, (pad, y), text, font, (160, 0, 0) if text == (note or "")[:120] else (60, 60, 60))
+        _text(draw, (pad, y), text, font, (160, 0, 0) if text in note_lines else (60, 60, 60))
         y += line_h
     return out
+
+
+def _wrap(text: str, font: Any, width: int, measure: ImageDraw.ImageDraw, max_lines: int = 3) -> list[str]:
+    """``text`` broken into at most ``max_lines`` lines of at most ``width`` pixels (at
+    spaces, else anywhere), the last one ending in an ellipsis when text is left over."""
+    def fits(line: str) -> bool:
+        return measure.textlength(_printable(line), font=font) <= width
+
+    lines: list[str] = []
+    rest = " ".join(text.split())
+    while rest and len(lines) < max_lines:
+        cut = len(rest)
+        while cut > 1 and not fits(rest[:cut]):
+            cut -= 1
+        if cut < len(rest) and " " in rest[1:cut]:
+            cut = rest.rindex(" ", 1, cut)
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest and lines:
+        last = lines[-1]
+        while last and not fits(last + "\u2026"):
+            last = last[:-1]
+        lines[-1] = last + "\u2026"
+    return lines
 
 
 def _printable(text: str) -> str:

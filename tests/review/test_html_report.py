@@ -8,6 +8,9 @@ import base64
 import html.parser
 import io
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +56,7 @@ def test_report_is_self_contained_and_escaped(synthetic_output):
     tags = [t for t, _ in page.tags]
     assert "script" not in tags  # "<script>alert(1)</script>" class name stayed text
     imgs = [a for t, a in page.tags if t == "img"]
-    assert len(imgs) == 7  # 2 lowest + all 5 ok images as the sample
+    assert len(imgs) == 5  # 2 lowest, 1 background only, the 2 other ok images as the sample: each once
     for attrs in imgs:
         assert set(attrs) <= {"src", "alt", "data-preview"}  # no onerror smuggled in
         assert attrs["src"].startswith("data:image/jpeg;base64,")
@@ -81,7 +84,45 @@ def test_lowest_confidence_images_are_the_lowest(synthetic_output):
     assert lowest.index("missing.jpg") < lowest.index("onerror")
     assert "a/cat.jpg" not in lowest.split("Failures")[0]
     previews = sorted(p.name for p in (Path(output) / "previews").iterdir())
-    assert previews == ["lowest-00000002.jpg", "lowest-00000004.jpg"]
+    assert previews == ["background-00000003.jpg", "lowest-00000002.jpg", "lowest-00000004.jpg"]
+
+
+def _shown(text: str) -> dict[str, list[int]]:
+    """Image ids of each list of previews, in page order."""
+    sections = {"lowest": "Lowest-confidence images", "background": "Background only", "sample": "Sample of"}
+    out = {}
+    for kind, title in sections.items():
+        part = text.split(title, 1)[1].split("<h2>", 1)[0] if title in text else ""
+        out[kind] = [int(m) for m in re.findall(rf'data-preview="previews/{kind}-(\d+)\.jpg"', part)]
+    return out
+
+
+def test_background_only_images_are_not_confident(synthetic_output):
+    """c.png is labelled background only (background confidence 0.95): it is not in the
+    histogram of image confidence nor among the lowest (even when every image is asked
+    for), but in a list of its own, captioned as background only."""
+    output, _, _ = synthetic_output
+    text, _ = _page(write_report(output, samples=0, lowest=10))
+    shown = _shown(text)
+    assert shown["lowest"] == [4, 2, 5, 1]  # missing.jpg 0.31, XSS 0.54, e.png 0.62, a/cat.jpg 0.86
+    assert shown["background"] == [3]
+    background = text.split("Background only", 1)[1]
+    assert re.search(r"c\.png</code> background only, background confidence 0\.9[45]\d", background)  # 0.95, quantised
+    histogram = text.split("<h2>Image confidence</h2>", 1)[1].split("</svg>", 1)[0]
+    counts = [int(c) for c in re.findall(r"<title>[0-9.]+-[0-9.]+: (\d+)</title>", histogram)]
+    assert sum(counts) == 4 and counts[-1] == 0  # 0.95-1.00 holds nothing: c.png is not "confident"
+    assert "1 background-only image not counted" in histogram
+
+
+@pytest.mark.parametrize("samples,lowest", [(5, 2), (8, 8), (2, 1), (1, 0), (0, 3), (10, 10)])
+def test_no_image_in_two_lists(synthetic_output, samples, lowest):
+    output, _, _ = synthetic_output
+    text, _ = _page(write_report(output, samples=samples, lowest=lowest))
+    shown = _shown(text)
+    ids = [i for kind in shown.values() for i in kind]
+    assert len(ids) == len(set(ids)), shown
+    assert len(shown["lowest"]) == min(lowest, 4) and len(shown["background"]) == min(lowest, 1)
+    assert len(shown["sample"]) == min(samples, 5 - len(shown["lowest"]) - len(shown["background"]))
 
 
 def test_statistics(synthetic_output):
@@ -184,3 +225,56 @@ def test_empty_run_warns(tmp_path):
     parts.write_part([rec], str(tmp_path / "O" / "parts" / "part-00000.parquet"), {"vocabulary": names})
     text = Path(write_report(str(tmp_path / "O"))).read_text()
     assert "No annotations" in text
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+# Appended to a copy of report.html (without its CSP, which forbids scripts): every SVG
+# text's box (glyph ascent and descent included) must lie inside its SVG, and the page
+# must not scroll sideways at 1280 px; the findings replace the page's body.
+_LAYOUT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const bad = [];
+  for (const svg of document.querySelectorAll("svg")) {
+    const w = svg.width.baseVal.value, h = svg.height.baseVal.value;
+    for (const t of svg.querySelectorAll("text")) {
+      const b = t.getBBox();
+      if (b.x < 0 || b.y < 0 || b.x + b.width > w || b.y + b.height > h)
+        bad.push(`${t.textContent}: ${b.x.toFixed(1)},${b.y.toFixed(1)} ${b.width.toFixed(1)}x${b.height.toFixed(1)} in ${w}x${h}`);
+    }
+  }
+  const texts = document.querySelectorAll("svg text").length;
+  const overflow = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+  document.body.innerHTML = "<pre id=probe>" + JSON.stringify({bad, texts, overflow}) + "</pre>";
+});
+</script>"""
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+def test_nothing_is_clipped_in_chromium(synthetic_output, tmp_path):
+    """Rendered by headless Chromium at 1280 px: no axis label or caption of the histogram
+    falls outside its picture, and the page does not overflow sideways. The screenshot
+    is kept where $ANNOTATOR_REPORT_SCREENSHOT says (to look at it)."""
+    output, _, _ = synthetic_output
+    report = Path(write_report(output, samples=5, lowest=3))
+    page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", report.read_text(encoding="utf-8"))
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", _LAYOUT_PROBE + "</body>"), encoding="utf-8")
+    run = _chromium(["--window-size=1280,2000", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                    tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = json.loads(re.search(r"<pre id=\"probe\">(.*?)</pre>", run.stdout, re.S).group(1))
+    assert found["texts"] >= 8 and found["bad"] == [] and found["overflow"] <= 0, found
+    shot = tmp_path / "report.png"
+    run = _chromium([f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri()], tmp_path)
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    if os.environ.get("ANNOTATOR_REPORT_SCREENSHOT"):
+        Path(os.environ["ANNOTATOR_REPORT_SCREENSHOT"]).write_bytes(shot.read_bytes())

@@ -53,3 +53,24 @@ def test_overlay_rereads_a_local_hugging_face_dataset_row(tmp_path):
     img, note = render_overlay(rec, ["background", "thing"])
     assert note is None
     assert np.asarray(img)[0, 0, 1] == 200  # the image's green, not the grey fallback
+
+
+def test_legend_text_is_never_clipped(tmp_path):
+    """A long class name and a long note are shortened or wrapped to the strip: the
+    strip's right margin stays white (text running off the picture would darken it)."""
+    from annotator import records
+    from annotator.inputs.listing import ImageRef
+
+    names = ["background", "an extraordinarily long class name " * 4, "x" * 120]
+    labels = np.zeros((40, 40), np.int32)
+    labels[:20] = 1
+    labels[20:] = 2
+    ref = ImageRef(1, "gone.png", str(tmp_path / ("deep/" * 30) / "gone.png"))  # long "not readable" note
+    rec = records.ok_record(ref, labels, np.full(labels.shape, 0.5, np.float32), names)
+    img, note = render_overlay(rec, names)
+    assert note and len(note) > 100
+    arr = np.asarray(img)
+    strip = arr[256:]  # the image part is 256 px high (enlarged from 40)
+    assert strip.shape[0] >= 4 * 16  # two legend lines and wrapped note lines
+    assert (strip[:, -3:] == 255).all()
+    assert (strip[:, :40] < 200).any()  # and the strip does hold text
