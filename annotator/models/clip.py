@@ -8,11 +8,8 @@ float normalised -> (N, D), and ``encode_text(prompts)`` list[str] -> (P, D).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
-
-from annotator.models.weights import MissingWeight, network_reachable
 
 log = logging.getLogger(__name__)
 
@@ -47,76 +44,6 @@ class OpenClipBackend:
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(prompts).to(self.device)
         return self.model.encode_text(tokens)
-
-
-def open_clip_missing_weights(model: str, pretrained: str, weights_dir: str) -> tuple[str | None, MissingWeight | None]:
-    """Resolve ``pretrained`` (tag or file) to a local checkpoint path, downloading if possible."""
-    import open_clip
-    from open_clip import pretrained as oc_pretrained
-
-    option = f"--pretrained /path/to/checkpoint (an open_clip checkpoint of {model})"
-    if model not in open_clip.list_models():
-        raise ValueError(
-            f"--model: unknown open_clip model {model!r}; expected one of open_clip.list_models() "
-            f"(e.g. ViT-B-32, ViT-B-16) or the test models 'tiny-random', 'toy'"
-        )
-    if pretrained in ("random", "none", ""):
-        return None, None
-    p = Path(pretrained).expanduser()
-    if p.is_file():
-        return str(p), None
-    if any(ch in pretrained for ch in "/\\") or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        return None, MissingWeight(f"CLIP checkpoint {pretrained}", "file not found", option)
-    tags = oc_pretrained.list_pretrained_tags_by_model(model)
-    if pretrained not in tags:
-        raise ValueError(
-            f"--pretrained: unknown tag {pretrained!r} for {model}; expected one of {tags}, "
-            f"a local checkpoint file, or 'random'"
-        )
-    cfg = oc_pretrained.get_pretrained_cfg(model, pretrained)
-    url, flat = _manual_download(model, pretrained, cfg, weights_dir)
-    for f in (flat, flat.with_suffix(".bin"), flat.with_suffix(".pt")):
-        if f.is_file():  # a copy placed in --weights-dir by hand
-            return str(f), None
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            repo, fname = hub.rstrip("/").rsplit("/", 1) if hub.count("/") > 1 and not hub.endswith("/") else (hub.rstrip("/"), "")
-            for name in ([fname] if fname else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
-                hit = try_to_load_from_cache(repo, name, cache_dir=weights_dir)
-                if isinstance(hit, str):
-                    return hit, None
-        except Exception:  # cache layout differences: fall through to a download
-            pass
-        host = "huggingface.co"
-    else:
-        host = cfg.get("url", "https://unknown/").split("/")[2]
-    what = f"CLIP weights {model}/{pretrained}"
-    if not network_reachable(host):
-        return None, MissingWeight(what, f"{host} is unreachable (offline?) and no copy is in {weights_dir}",
-                                   option, url=url, save_as=str(flat))
-    try:
-        path = oc_pretrained.download_pretrained(cfg, cache_dir=weights_dir)
-        return path, None
-    except Exception as e:
-        return None, MissingWeight(what, f"download failed: {e}", option, url=url, save_as=str(flat))
-
-
-def _manual_download(model: str, pretrained: str, cfg: dict, weights_dir: str) -> tuple[str, Path]:
-    """(where a user fetches the checkpoint of ``model``/``pretrained`` by hand, the
-    path in ``weights_dir`` where that file is then found). The file keeps its format:
-    ``.safetensors`` from a Hugging Face repository, the URL's suffix otherwise
-    (``.bin``/``.pt`` copies are accepted under the same stem)."""
-    hub = (cfg.get("hf_hub") or "").rstrip("/")
-    stem = f"open_clip_{model}_{pretrained}"
-    if hub:
-        repo, fname = (hub, "open_clip_model.safetensors") if hub.count("/") == 1 else hub.rsplit("/", 1)
-        suffix = Path(fname).suffix or ".safetensors"
-        return f"https://huggingface.co/{repo}/resolve/main/{fname}", Path(weights_dir) / (stem + suffix)
-    url = cfg.get("url", "")
-    return url, Path(weights_dir) / (stem + (Path(url).suffix or ".pt"))
 
 
 def build_open_clip(model: str, checkpoint: str | None, device: torch.device, seed: int = 0) -> OpenClipBackend:

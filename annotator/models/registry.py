@@ -12,16 +12,21 @@ structure on a small random ViT) and ``toy`` (pixel saturation).
 
 Weights are resolved (found locally, or downloaded and verified) by
 :func:`resolve_weights` BEFORE any model is built, so that every missing file is reported
-at once; the builders only load what was resolved.
+at once; the builders only load what was resolved. Resolving imports neither torch nor
+open_clip (open_clip's model names and tags are read from
+:mod:`annotator.models.open_clip_names`): the driver validates a run of any model
+without them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from annotator.config import EngineConfig
+from annotator.models import open_clip_names
 from annotator.models import weights as W
 
 if TYPE_CHECKING:  # torch is imported by the builders only: the driver lists and schedules without it
@@ -187,10 +192,8 @@ def resolve_weights(config: EngineConfig) -> ResolvedWeights:
     """
     saliency = saliency_backend(config.saliency)
     out, missing = ResolvedWeights(), []
-    if clip_backend(config.model).open_clip_weights:
-        from annotator.models.clip import open_clip_missing_weights
-
-        out.clip, m = open_clip_missing_weights(config.model, config.pretrained, config.weights_dir)
+    if clip_backend(config.model).open_clip_weights:  # open_clip's names as data: no open_clip, no torch
+        out.clip, m = open_clip_names.resolve_open_clip_weights(config.model, config.pretrained, config.weights_dir)
         missing += [m] if m else []
     if config.pretrained != "random":  # benchmarks: random weights everywhere
         for spec in saliency.weights:

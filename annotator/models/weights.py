@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +52,8 @@ DINO_VITS8 = WeightSpec(
     also_accepted=("vit_small_patch8_224.dino.safetensors",),  # timm's copy, same tensors
 )
 # Older names, kept for callers and tests.
-FOUND_DECODER_URL, FOUND_DECODER_SHA256, FOUND_DECODER_FILE = FOUND_DECODER.url, FOUND_DECODER.sha256, FOUND_DECODER.file_name
+FOUND_DECODER_URL, FOUND_DECODER_SHA256 = FOUND_DECODER.url, FOUND_DECODER.sha256
+FOUND_DECODER_FILE = FOUND_DECODER.file_name
 DINO_URL, DINO_FILE = DINO_VITS8.url, DINO_VITS8.file_name
 DINO_TIMM_NAME = "vit_small_patch8_224.dino"
 #: Shown with every missing-weights error: the pipeline runs without any weights.
@@ -61,7 +64,7 @@ DRY_RUN_HINT = ("To try the pipeline without any weights, use the test models: -
 class WeightsUnavailableError(RuntimeError):
     """One or more weight files could not be found locally nor downloaded."""
 
-    def __init__(self, missing: list["MissingWeight"]):
+    def __init__(self, missing: list[MissingWeight]):
         self.missing = missing
         lines = ["model weights are not available (no local copy and no download possible):"]
         for m in missing:
@@ -105,18 +108,19 @@ def network_reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> boo
         return False
 
 
-def download_verified(url: str, dest: Path, sha256: str | None) -> Path:
-    """Download ``url`` to ``dest`` atomically; check ``sha256`` when given."""
+def download_verified(url: str, dest: Path, sha256: str | None, timeout_s: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` atomically (standard library only: no torch); check
+    ``sha256`` when given (a full hex digest, or the prefix of one that open_clip's
+    release URLs carry)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".part-")
     os.close(fd)
     try:
-        import torch
-
-        torch.hub.download_url_to_file(url, tmp, progress=False)
-        if sha256 is not None:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f, 1 << 20)
+        if sha256:
             got = sha256_file(tmp)
-            if got != sha256:
+            if not got.startswith(sha256.lower()):
                 raise WeightsUnavailableError(
                     [MissingWeight(url, f"sha256 mismatch: expected {sha256}, got {got}", "a verified local copy")]
                 )

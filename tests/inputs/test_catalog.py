@@ -107,3 +107,58 @@ print("TORCH", "torch" in sys.modules, len(opened.tasks))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "TORCH False 1" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_driver_of_an_open_clip_model_imports_neither_torch_nor_open_clip(tmp_path: Path):
+    """The whole driver of a run of a real open_clip model (``--model ViT-B-32
+    --pretrained openai``, with FOUND): building the request, validating it (the model
+    name, the tag and every weight file resolved), listing, opening the output, and the
+    merge, summary and report once the shards are written, in a fresh process that then
+    holds neither torch nor open_clip. The checkpoints are stand-in files placed where
+    the offline error says to put them (nothing is loaded here)."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 6), (200, 30 * i, 30)).save(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "vocab.txt").write_text("cat\ndog\n")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("open_clip_ViT-B-32_openai.safetensors", "dino_deitsmall8_pretrain.pth"):
+        (weights / name).write_bytes(b"stand-in")
+    found = Path(__file__).resolve().parents[3] / "shared" / "weights" / "found_decoder_weights.pt"
+    found_argv = ["--found-weights", str(found)] if found.is_file() else ["--saliency", "found-bkg"]
+    code = f"""
+import os, sys
+os.environ["ANNOTATOR_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+import numpy as np
+from annotator import job, records
+from annotator.request import RunRequest
+from annotator.run import build_parser
+from annotator.storage import parts
+
+args = build_parser().parse_args(["--source", {str(tmp_path / 'imgs')!r}, "--output", {str(tmp_path / 'out')!r},
+    "--vocab", {str(tmp_path / 'vocab.txt')!r}, "--model", "ViT-B-32", "--pretrained", "openai",
+    "--weights-dir", {str(weights)!r}, *{found_argv!r}, "--device", "cpu", "--shard-size", "2", "--quiet"])
+request = RunRequest.from_args(args)
+checked = job.validate(request)
+inputs = job.list_inputs(request, checked)
+opened = job.open_run_output(request, checked, inputs)
+for task in opened.pending:  # what the actors would write
+    labels = np.zeros((6, 8), np.int32)
+    labels[:3] = 1
+    recs = [records.ok_record(ref, labels, np.full((6, 8), 0.75, np.float32), checked.vocabulary.names)
+            for ref in task.refs]
+    path = parts.part_path(opened.options.output, task.shard_index)
+    sha = parts.write_part(recs, path, {{**opened.options.metadata, "shard_index": task.shard_index}})
+    opened.manifest.mark_finished(task.shard_index, path, len(recs), sha)
+opened.manifest.flush()
+result = job.finish(request, checked, inputs, None, 0.0)
+print("RESULT", result.exit_code, result.summary["images"], result.summary["run"]["model"],
+      checked.weights.clip.endswith("open_clip_ViT-B-32_openai.safetensors"))
+print("IMPORTED", sorted(m for m in ("torch", "open_clip", "torchvision") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert "RESULT 0 3 ViT-B-32 True" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "IMPORTED []" in out.stdout, out.stdout
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "coco.json").is_file()
