@@ -18,7 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write OUTPUT/report.html (self-contained) and OUTPUT/previews/*.jpg for a run folder.",
     )
     parser.add_argument("output", help="the run's OUTPUT folder (local path or fsspec URL)")
-    parser.add_argument("--samples", type=int, default=8, metavar="N", help="images in the random sample of the others (default 8)")
+    parser.add_argument("--samples", type=int, default=8, metavar="N",
+                        help="images in the random sample of the others (default 8)")
     parser.add_argument("--lowest", type=int, default=8, metavar="N",
                         help="lowest-confidence images shown, and as many background-only ones (default 8)")
     parser.add_argument("--max-failures", type=int, default=200, metavar="N",
