@@ -58,13 +58,26 @@ class Completeness:
 
 
 def live_lease(output: str, storage_options: dict | None = None) -> str | None:
-    """The holder of ``OUTPUT/.annotator.lock`` when it is alive, else None (no lease, a
-    stale one, or one that is not a lease document)."""
-    from annotator.storage.lock import STALE_S
+    """Who holds the output's lease now, read only, else None: the lock's own
+    ``current_holder`` (the fenced leases under ``OUTPUT/.annotator.lock/``), then a lease
+    of an older version (``.annotator.lock`` as one file) when its holder is alive (a
+    heartbeat younger than ``STALE_S``, and on this host a living process)."""
+    from annotator.storage import lock
 
+    current_holder = getattr(lock, "current_holder", None)
+    if current_holder is not None:
+        try:
+            held = current_holder(output, storage_options)
+        except (OSError, ValueError):
+            held = None
+        if held:
+            return held
     fs, root = url_to_fs(output, storage_options)
+    path = join_url(root, LOCK_NAME)
     try:
-        with fs.open(join_url(root, LOCK_NAME), "rb") as f:
+        if not fs.isfile(path):
+            return None
+        with fs.open(path, "rb") as f:
             doc = json.loads(f.read() or b"null")
     except (FileNotFoundError, ValueError, OSError):
         return None
@@ -74,14 +87,14 @@ def live_lease(output: str, storage_options: dict | None = None) -> str | None:
         age_s = time.time() - float(doc.get("heartbeat", 0))
     except (TypeError, ValueError):
         return None
-    if not -STALE_S < age_s < STALE_S:  # stale, or from a clock far in the future
+    if not -lock.STALE_S < age_s < lock.STALE_S:  # stale, or from a clock far in the future
         return None
     if doc.get("host") == socket.gethostname() and isinstance(doc.get("pid"), int):
         try:
             os.kill(doc["pid"], 0)
         except ProcessLookupError:
             return None  # the holder died on this host
-        except (PermissionError, OSError):
+        except OSError:
             pass
     return f"{doc.get('holder', 'another writer')} (last heartbeat {max(0.0, age_s):.0f} s ago)"
 
