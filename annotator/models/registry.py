@@ -92,6 +92,11 @@ def _open_clip(config: EngineConfig, weights: ResolvedWeights, device: torch.dev
     return clip.build_open_clip(config.model, weights.clip, device, seed=config.seed)
 
 
+def _embed_dim(vit: Any) -> int:
+    """The token width of a timm ViT (typed as a plain nn.Module by its builders)."""
+    return int(vit.embed_dim)
+
+
 def _random_decoder(config: EngineConfig, channels: int) -> torch.nn.Conv2d:
     import torch
 
@@ -107,8 +112,8 @@ def _found(config: EngineConfig, weights: ResolvedWeights, device: torch.device,
     vit = found.build_dino_vits8(sd, seed=config.seed)
     dec = None
     if config.saliency == "found":  # a random decoder only when weights were deliberately skipped
-        dec = found.load_found_decoder(weights.found) if weights.found else _random_decoder(config, vit.embed_dim)
-    return found.FoundSaliency(vit, dec, device, mode=config.saliency, max_side=config.saliency_max_side,
+        dec = found.load_found_decoder(weights.found) if weights.found else _random_decoder(config, _embed_dim(vit))
+    return found.FoundSaliency(vit, dec, device, mode=config.saliency, max_side=config.saliency_max_side or 0,
                                autocast_dtype=autocast_dtype, name=config.saliency)
 
 
@@ -116,8 +121,8 @@ def _found_tiny_random(config: EngineConfig, weights: ResolvedWeights, device: t
     from annotator.models import found
 
     vit = found.build_tiny_vit(seed=config.seed)
-    dec = _random_decoder(config, vit.embed_dim)
-    return found.FoundSaliency(vit, dec, device, mode="found", max_side=config.saliency_max_side,
+    dec = _random_decoder(config, _embed_dim(vit))
+    return found.FoundSaliency(vit, dec, device, mode="found", max_side=config.saliency_max_side or 0,
                                autocast_dtype=autocast_dtype, name=config.saliency)
 
 
