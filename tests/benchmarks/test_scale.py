@@ -54,7 +54,7 @@ def test_bench_scale_flag_reports_the_simulation(tmp_path, monkeypatch):
 
 def test_scale_only_simulates_a_real_configuration_without_its_weights(tmp_path):
     """ViT-B-32 with its default tag and FOUND: no engine is loaded, the weight files
-    this machine lacks are recorded, and so is whether the driver imported torch or open_clip."""
+    this machine lacks are recorded, and the driver imports neither torch nor open_clip."""
     pytest.importorskip("ray")
     out = tmp_path / "scale.json"
     assert bench.main(["--scale-only", "--scale", "120", "--model", "ViT-B-32", "--saliency", "found",
@@ -67,7 +67,7 @@ def test_scale_only_simulates_a_real_configuration_without_its_weights(tmp_path)
     d = run["driver"]
     assert "error" not in d, d.get("error")
     assert d["images"] == 120 and d["shards"] == 3 and isinstance(d["weight_files_missing"], list)
-    assert isinstance(d["driver_imported_torch"], bool) and isinstance(d["driver_imported_open_clip"], bool)
+    assert d["driver_imported_torch"] is False and d["driver_imported_open_clip"] is False
     assert run["reduce"]["exit_code"] == 0
     assert "torch" not in r and "engine" not in r  # no engine pass
 
