@@ -9,6 +9,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from annotator.errors import AnnotatorError
+
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_TEMPLATES = ("a photo of a {}",)
@@ -22,7 +24,7 @@ DEFAULT_SALIENCY_MAX_SIDE = {"full": 448, "official": 0}
 DEFAULT_SHARD_SIZE = 64
 
 
-class ConfigError(ValueError):
+class ConfigError(AnnotatorError, ValueError):
     """An option value that cannot be used; the message names expected and received."""
 
 

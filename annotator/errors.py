@@ -1,18 +1,109 @@
-"""How the commands fail: interruption by a signal, and one line for every error.
+"""How the commands fail: the project's own error types, one reporting function, and
+interruption by a signal.
 
-Every command maps what it cannot do to exit code 2 and one ``error:`` line naming the
-file and the cause (never a traceback); SIGINT and SIGTERM both stop a run the same way
-(``Interrupted``: the finished shards are recorded, the state is resumable).
+The taxonomy (README, "Failure behaviour"):
+
+- **exit 2, refused**: an error the project raises on purpose, an :class:`AnnotatorError`
+  (bad configuration: :class:`~annotator.config.ConfigError`; an output the run may not
+  write: :class:`RefusedOutputError`; missing weights: :class:`MissingWeightsError`;
+  storage I/O classified as such: :class:`StorageError`, transient or permanent; shards
+  that failed every attempt: :class:`FailedShardsError`). One ``error:`` line naming the
+  file and the cause, no traceback.
+- **exit 3, internal error**: anything else (a ``RuntimeError`` from our own code, a
+  ``KeyError``, ...): one ``error:`` line that names a crash log holding the traceback
+  (:func:`annotator.storage.crashlog.write_crash_report`: next to the output when there
+  is one, else in the temporary directory), so that it can be reported.
+- **130 / 143**: SIGINT / SIGTERM (:class:`Interrupted`).
+
+Every command ends in :func:`report_error` (``except Exception as e: return
+report_error(e, output, storage_options)``), so run, reduce, export and report follow
+the same rules.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+from typing import TextIO
 
 from annotator.storage.redact import redact_text
 
-__all__ = ["Interrupted", "describe_error", "install_interrupt_handlers", "is_expected_error"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERNAL",
+    "PERMANENT",
+    "TRANSIENT",
+    "AnnotatorError",
+    "FailedShardsError",
+    "Interrupted",
+    "MissingWeightsError",
+    "RefusedOutputError",
+    "StorageError",
+    "describe_error",
+    "exit_code_for",
+    "install_interrupt_handlers",
+    "is_expected_error",
+    "is_own_error",
+    "report_error",
+]
+
+#: Exit codes (README, "Failure behaviour").
+EXIT_ERROR, EXIT_INTERNAL = 2, 3
+#: The two kinds of :class:`StorageError`.
+TRANSIENT, PERMANENT = "transient", "permanent"
+
+
+class AnnotatorError(Exception):
+    """An error the project raises on purpose: exit 2 with one ``error:`` line (its
+    message), no traceback. Subclass it (first base) for every refusal the project makes;
+    anything that is not one is a bug (exit 3)."""
+
+    exit_code = EXIT_ERROR
+
+
+class RefusedOutputError(AnnotatorError):
+    """The output may not be written: in use by another writer, a lease lost to a new
+    holder, another run's manifest, a store without an atomic create."""
+
+
+class MissingWeightsError(AnnotatorError):
+    """Model weights that cannot be found, downloaded or verified."""
+
+
+class FailedShardsError(AnnotatorError):
+    """Shards that failed every attempt, or listed images left without a row."""
+
+
+class StorageError(AnnotatorError, OSError):
+    """Storage I/O that failed, classified: ``kind`` is :data:`TRANSIENT` (it outlasted the
+    retries: a timeout, a dropped connection, HTTP 5xx/429) or :data:`PERMANENT` (missing,
+    denied, full disk, HTTP 4xx); ``cause`` is the underlying error (also ``__cause__``).
+
+    Raised by the storage layer (:func:`annotator.storage.retry.retry`), wrapping the
+    client's error; its message names the operation and the cause. An ``OSError`` too,
+    so that code catching I/O errors still catches it."""
+
+    def __init__(self, what: str, cause: BaseException, kind: str, attempts: int = 1):
+        if kind not in (TRANSIENT, PERMANENT):  # a bug in the caller
+            raise ValueError(f"kind: expected {TRANSIENT!r} or {PERMANENT!r}, received {kind!r}")
+        self.what, self.cause, self.kind, self.attempts = what, cause, kind, attempts
+        after = f" (gave up after {attempts} attempts)" if kind == TRANSIENT and attempts > 1 else ""
+        super().__init__(f"{what}: {kind} storage error{after}: {describe_error(cause)}")
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == TRANSIENT
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its message; the cause stays behind
+        return (_rebuild_storage_error, (str(self), self.what, self.kind, self.attempts))
+
+
+def _rebuild_storage_error(message: str, what: str, kind: str, attempts: int) -> StorageError:
+    exc = StorageError.__new__(StorageError)
+    OSError.__init__(exc, message)
+    exc.what, exc.cause, exc.kind, exc.attempts = what, None, kind, attempts
+    return exc
 
 
 class Interrupted(KeyboardInterrupt):
@@ -36,18 +127,30 @@ def install_interrupt_handlers() -> None:
         signal.signal(sig, _raise_interrupted)
 
 
-def is_expected_error(exc: BaseException) -> bool:
-    """A refusal or an I/O failure (exit 2), as opposed to a bug (exit 3)."""
-    from annotator.config import ConfigError
+def is_own_error(exc: BaseException) -> bool:
+    """One of the project's own refusals (exit 2), as opposed to a bug (exit 3): an
+    :class:`AnnotatorError`, by type, never by its message."""
+    return isinstance(exc, AnnotatorError)
 
-    if isinstance(exc, (ConfigError, ValueError, OSError, RuntimeError, ImportError)):
+
+def exit_code_for(exc: BaseException) -> int:
+    """2 for an :class:`AnnotatorError`, 3 for anything else."""
+    return EXIT_ERROR if is_own_error(exc) else EXIT_INTERNAL
+
+
+def is_expected_error(exc: BaseException) -> bool:
+    """Deprecated (the commands move to :func:`report_error`, which uses
+    :func:`is_own_error`): the old rule, every ValueError/OSError/RuntimeError/ImportError
+    counted as a refusal. Kept until every command calls :func:`report_error`."""
+    if isinstance(exc, (AnnotatorError, ValueError, OSError, RuntimeError, ImportError)):
         return True
     return any(c.__name__ in ("ClientError", "NoCredentialsError", "BotoCoreError", "ArrowException")
                for c in type(exc).__mro__)
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line: the file involved (for an OSError) and the cause; credentials removed."""
+    """One line: the file involved (for an OSError) and the cause; credentials removed.
+    The project's own errors are their message; anything else is prefixed by its type."""
     if isinstance(exc, OSError) and exc.strerror:
         where = exc.filename if exc.filename is not None else ""
         text = f"{where}: {exc.strerror}" if where else exc.strerror
@@ -55,6 +158,39 @@ def describe_error(exc: BaseException) -> str:
             text += f" (and {exc.filename2})"
     else:
         text = str(exc) or type(exc).__name__
-        if not is_expected_error(exc) or isinstance(exc, OSError):
+        if not is_own_error(exc) and (not is_expected_error(exc) or isinstance(exc, OSError)):
             text = f"{type(exc).__name__}: {text}"
-    return redact_text(text.strip())
+    return " ".join(redact_text(text.strip()).split())  # one line
+
+
+def report_error(
+    exc: BaseException,
+    output: str | None = None,
+    storage_options: dict | None = None,
+    *,
+    stream: TextIO | None = None,
+) -> int:
+    """The end of every command's ``except Exception``: print one ``error:`` line and
+    return the exit code.
+
+    - an :class:`AnnotatorError`: its message; returns 2.
+    - anything else: the type and message, and the path of a crash log holding the
+      traceback (written next to ``output`` when given and reachable, else in the
+      temporary directory; see :func:`annotator.storage.crashlog.write_crash_report`);
+      returns 3.
+    """
+    from annotator.storage.crashlog import scrub_options_secrets, write_crash_report
+
+    stream = stream if stream is not None else sys.stderr
+    line = scrub_options_secrets(describe_error(exc), storage_options)
+    if is_own_error(exc):
+        print(f"error: {line}", file=stream)
+        return EXIT_ERROR
+
+    if not line.startswith(f"{type(exc).__name__}:"):
+        line = f"{type(exc).__name__}: {line}"
+    where = write_crash_report(exc, output, storage_options)
+    tail = (f"; an internal error (a bug): the traceback is in {where}, please report it" if where else
+            "; an internal error (a bug), and no crash log could be written; please report it")
+    print(f"error: {line}{tail}", file=stream)
+    return EXIT_INTERNAL

@@ -1,4 +1,15 @@
-"""Which image a shard was on when its worker process died, so that a retry skips it.
+"""Crash logs: which image a shard was on when its worker process died, so that a retry
+skips it (:class:`CrashLog`); and the crash report of an internal error, the traceback a
+user can send (:func:`write_crash_report`).
+
+Crash report: ``OUTPUT/annotator-crash-<UTC stamp>-<pid>.log`` (``layout.crash_report_name``)
+when the output exists and can be written, else the same name in the temporary
+directory; the command's one ``error:`` line names it (:func:`annotator.errors.report_error`).
+It holds the version, the command line, the time and the full traceback, with
+credentials removed (URLs' userinfo and signed queries, and the values of the secret
+keys of the storage options). Written atomically, like every file of a run.
+
+Shard crash logs:
 
 A shard whose actor died (segfault in a decoder, out of memory on one huge image, ...)
 is retried *carefully* (``ShardTask.careful``, set by the driver): one image at a time,
@@ -17,21 +28,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
+import socket
+import sys
+import tempfile
+import traceback
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from annotator.storage.layout import (
     CRASHLOG_NAME_RE,
     PARTS_DIR,
+    crash_report_name,
     crashlog_name,
     join_url,
     url_to_fs,
 )
 from annotator.storage.parts import atomic_write_bytes, parts_dir_names
+from annotator.storage.redact import SECRET_KEYS, redact_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CRASHED_REASON", "DEATHS_TO_SKIP", "CrashLog", "shards_with_logs"]
+__all__ = ["CRASHED_REASON", "DEATHS_TO_SKIP", "CrashLog", "crash_report_text", "scrub_options_secrets", "shards_with_logs",
+           "write_crash_report"]
 
 #: The error reason of an image skipped because the worker died on it.
 CRASHED_REASON = "worker-crashed"
@@ -39,6 +60,71 @@ CRASHED_REASON = "worker-crashed"
 DEATHS_TO_SKIP = 2
 
 
+def _secret_values(options: Any) -> list[str]:
+    """String values under secret-named keys of (nested) storage options."""
+    out: list[str] = []
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if isinstance(value, str) and len(value) >= 4 and any(k in str(key).lower() for k in SECRET_KEYS):
+                out.append(value)
+            else:
+                out += _secret_values(value)
+    elif isinstance(options, (list, tuple)):
+        for value in options:
+            out += _secret_values(value)
+    return out
+
+
+def crash_report_text(exc: BaseException, storage_options: dict | None = None) -> str:
+    """The crash report of ``exc``: who, when, the command line, the traceback; with
+    credentials removed."""
+    from annotator import __version__
+
+    lines = [
+        f"annotator {__version__} internal error: {type(exc).__name__}",
+        f"time: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+        f"command: {' '.join(sys.argv)}",
+        f"python {platform.python_version()} on {platform.platform()}, host {socket.gethostname()}, "
+        f"pid {os.getpid()}",
+        "",
+        *traceback.format_exception(type(exc), exc, exc.__traceback__),
+    ]
+    return scrub_options_secrets(redact_text("\n".join(line.rstrip("\n") for line in lines) + "\n"),
+                                 storage_options)
+
+
+def scrub_options_secrets(text: str, storage_options: dict | None) -> str:
+    """``text`` with the values of the storage options' secret keys replaced by REDACTED."""
+    for secret in _secret_values(storage_options):
+        text = text.replace(secret, "REDACTED")
+    return text
+
+
+def write_crash_report(exc: BaseException, output: str | None = None,
+                       storage_options: dict | None = None) -> str | None:
+    """Write :func:`crash_report_text` of ``exc`` next to ``output`` (when it exists and
+    can be written) or in the temporary directory; its path or URL (credentials
+    removed), or None when neither could be written."""
+    now = datetime.now(timezone.utc)
+    stamp = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
+    name = crash_report_name(stamp, os.getpid())
+    data = crash_report_text(exc, storage_options).encode("utf-8")
+    if output:
+        try:
+            fs, root = url_to_fs(output, storage_options)
+            if fs.isdir(root):
+                path = join_url(output, name)
+                atomic_write_bytes(path, data, storage_options, retries=0)
+                return redact_text(path)
+        except Exception as e:  # noqa: BLE001 - the output may be what failed: the temp dir then
+            log.debug("could not write the crash report under %s: %s", redact_text(output), e)
+    try:
+        path = os.path.join(tempfile.gettempdir(), name)
+        atomic_write_bytes(path, data, None, retries=0)
+        return path
+    except Exception as e:  # noqa: BLE001 - the error line says so
+        log.debug("could not write the crash report in %s: %s", tempfile.gettempdir(), e)
+        return None
 
 
 def shards_with_logs(output: str, storage_options: dict | None = None) -> set[int]:

@@ -13,7 +13,8 @@
       scheduling.json               SCHEDULING_NAME    the latest run's scheduler figures
       report.html, previews/        REPORT_NAME, PREVIEWS_DIR   (review.html_report)
       exports/FORMAT/               EXPORTS_DIR        (export)
-      .annotator.lock               LOCK_NAME          the lease of the one writer (storage.lock)
+      .annotator.lock/lease-N.json  LOCK_NAME, lease_name(n)   the fenced lease of the one writer (storage.lock)
+      annotator-crash-*.log         crash_report_name(...)     an internal error's traceback (storage.crashlog)
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ MERGED_RESULTS = (ANNOTATIONS_NAME, COCO_NAME, SUMMARY_NAME, METRICS_NAME, SCHED
                   PREVIEWS_DIR)
 PART_NAME_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 CRASHLOG_NAME_RE = re.compile(r"^\.crashlog-(\d{5,})\.json$")
+LEASE_NAME_RE = re.compile(r"^lease-(\d{8,})\.json$")
+CRASH_REPORT_PREFIX = "annotator-crash-"
+
+
+def lease_name(token: int) -> str:
+    """``lease-NNNNNNNN.json`` (at least eight digits): the lease with fencing token ``token``."""
+    return f"lease-{token:08d}.json"
+
+
+def crash_report_name(stamp: str, pid: int) -> str:
+    """``annotator-crash-<UTC stamp>-<pid>.log``: an internal error's traceback."""
+    return f"{CRASH_REPORT_PREFIX}{stamp}-{pid}.log"
 
 
 def part_name(shard_index: int) -> str:

@@ -9,6 +9,7 @@ import contextlib
 import posixpath
 
 from annotator.storage.layout import (
+    CRASH_REPORT_PREFIX,
     CRASHLOG_NAME_RE,
     LOCK_NAME,
     MANIFEST_NAME,
@@ -51,7 +52,7 @@ def foreign_entries(output: str, storage_options: dict | None = None) -> list[st
         names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(n for n in names if n != LOCK_NAME and not n.startswith(".write-probe-"))
+    return sorted(n for n in names if n != LOCK_NAME and not n.startswith((".write-probe-", CRASH_REPORT_PREFIX)))
 
 
 def remove_previous_results(output: str, storage_options: dict) -> None:

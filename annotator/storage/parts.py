@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from annotator.failpoints import failpoint
 from annotator.records import ImageRecord
 from annotator.records.schema import PART_ARROW_SCHEMA
 from annotator.storage.layout import (
@@ -97,11 +98,19 @@ def list_parts(output: str, storage_options: dict | None = None) -> list[str]:
 # ----------------------------------------------------------------------------- atomic write
 
 
-def atomic_write_bytes(path: str, data: bytes, storage_options: dict | None, retries: int) -> None:
-    """Write `data` to `path` via a temporary sibling and a move (see module docstring)."""
+def atomic_write_bytes(path: str, data: bytes, storage_options: dict | None, retries: int,
+                       *, point: str | None = None) -> None:
+    """Write `data` to `path` via a temporary sibling and a move (see module docstring).
+
+    Transient storage errors are retried `retries` times; what still fails is raised as
+    a :class:`~annotator.errors.StorageError` (transient or permanent) naming the path,
+    the client's error as its cause. ``point``: the failpoint each attempt passes
+    (:mod:`annotator.failpoints`)."""
     fs, target = url_to_fs(path, storage_options)
 
     def attempt() -> None:
+        if point is not None:
+            failpoint(point)
         fs.makedirs(posixpath.dirname(target), exist_ok=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
@@ -114,7 +123,7 @@ def atomic_write_bytes(path: str, data: bytes, storage_options: dict | None, ret
                     fs.rm(tmp)
             raise
 
-    retry(attempt, retries=retries, what=f"writing {path}")
+    retry(attempt, retries=retries, what=f"writing {path}", wrap=True)
 
 
 def part_sha256(path: str, storage_options: dict | None = None, chunk: int = 1 << 20) -> str:
@@ -141,7 +150,8 @@ def write_part(
     Rows are sorted by image_id (duplicates raise ValueError). `metadata` (run settings:
     vocabulary, model, config hash, ...) must be JSON-serialisable; it is stored under
     the Parquet key-value metadata key b"annotator". Transient storage errors are
-    retried `retries` times with exponential backoff.
+    retried `retries` times with exponential backoff; a write that still fails raises
+    :class:`~annotator.errors.StorageError`. Failpoint ``parts.write``: each attempt.
     """
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata: expected a JSON-serialisable dict, received {type(metadata).__name__}")
@@ -156,7 +166,7 @@ def write_part(
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS)
     data = sink.getvalue().to_pybytes()
-    atomic_write_bytes(path, data, storage_options, retries)
+    atomic_write_bytes(path, data, storage_options, retries, point="parts.write")
     return hashlib.sha256(data).hexdigest()
 
 

@@ -17,6 +17,7 @@ from annotator.storage.parts import (
     read_part_metadata,
     write_part,
 )
+from annotator.errors import StorageError
 from annotator.storage.retry import is_transient_storage_error, retry
 from tests.part_records import META
 from tests.part_records import make_records as _records
@@ -145,8 +146,10 @@ def test_write_part_gives_up_and_keeps_old_file(tmp_path, monkeypatch):
         raise TimeoutError("slow storage")
 
     monkeypatch.setattr(fs, "mv", failing_mv)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(StorageError) as info:  # the storage layer's own error, classified
         write_part(_records([1, 2]), path, META, retries=1)
+    assert (info.value.kind, info.value.attempts) == ("transient", 2)
+    assert isinstance(info.value.__cause__, TimeoutError) and path in str(info.value)
     assert Path(path).read_bytes() == before  # the old part is intact
     assert sorted(p.name for p in Path(path).parent.iterdir()) == ["part-00000.parquet"]  # tmp removed
 
