@@ -5,6 +5,8 @@ Layout written by :func:`export`::
     {to}/annotations/instances_default.json   (CVAT "COCO 1.0": annotations/instances_<subset>.json)
     {to}/coco.zip                             (with --zip: the same file, ready for CVAT upload)
     {to}/cvat_labels.json                     the labels for CVAT's label editor ("Raw" tab)
+    {to}/images/default/                      empty: CVAT's COCO layout, which datumaro's
+                                              coco_instances importer requires to exist
 
 JSON profile (see the README, "Use the output", and the tools' importers):
 
@@ -53,6 +55,7 @@ from annotator.storage.results import read_metadata, resolve_inputs
 
 __all__ = [
     "CVAT_LABELS_NAME",
+    "IMAGES_FOLDER",
     "JSON_RELATIVE_PATH",
     "ZIP_NAME",
     "categories",
@@ -62,6 +65,7 @@ __all__ = [
 ]
 
 JSON_RELATIVE_PATH = "annotations/instances_default.json"
+IMAGES_FOLDER = "images/default"
 ZIP_NAME = "coco.zip"
 CVAT_LABELS_NAME = "cvat_labels.json"
 _INFO_KEYS = ("model", "pretrained", "saliency", "protocol", "version", "config_hash")
@@ -288,6 +292,9 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             polygons=options.polygons,
             polygon_tolerance=options.polygon_tolerance,
         )
+    # CVAT's "COCO 1.0" layout has images/<subset>/ beside annotations/; datumaro (CVAT's
+    # importer) refuses the folder without it. Empty: the images stay where the run read them.
+    fs.makedirs(fsspec.core.url_to_fs(join_url(to, IMAGES_FOLDER), **so)[1], exist_ok=True)
     written = [json_path]
     labels_path = join_url(to, CVAT_LABELS_NAME)
     with fsspec.open(labels_path, "w", encoding="utf-8", **so) as fp:

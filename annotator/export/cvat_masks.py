@@ -35,7 +35,12 @@ __all__ = ["LABELMAP_NAME", "SUBSET_LIST", "export", "label_colours"]
 LABELMAP_NAME = "labelmap.txt"
 SUBSET_LIST = "ImageSets/Segmentation/default.txt"
 #: Objects per image that SegmentationObject's VOC palette can tell apart (0 = none, 255 = void).
+#: CVAT and datumaro read the object PNG as 8 bits (``load_image(..., dtype=uint8)`` with
+#: VOC's 256-colour palette), so a 16-bit object map is no way out: an image with more
+#: objects keeps its largest 254 in SegmentationObject (all stay in SegmentationClass),
+#: and the export warns, naming the images.
 MAX_OBJECTS = 254
+_NAMED = 5
 
 
 def label_colours(num_classes: int) -> list[tuple[int, int, int]]:
@@ -85,7 +90,8 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             r, g, b = lut[cid]
             fp.write(f"{class_names[cid]}:{r},{g},{b}::\n")
     counts = {"images": 0, "annotations": 0, "objects": 0, "skipped_error_rows": 0, "renamed": 0,
-              "images_with_too_many_objects": 0}
+              "images_with_too_many_objects": 0, "objects_left_out": 0}
+    crowded: list[str] = []
 
     with folder.fs.open(folder.path(SUBSET_LIST), "wb") as subset:
         for record in run.records():
@@ -107,6 +113,9 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             if split is not None:
                 if len(kept) > MAX_OBJECTS:
                     counts["images_with_too_many_objects"] += 1
+                    counts["objects_left_out"] += len(kept) - MAX_OBJECTS
+                    if len(crowded) < _NAMED:
+                        crowded.append(f"{record.file_name} ({len(kept)} objects)")
                 folder.write(f"SegmentationObject/{stem}.png", _png(objects, "P"))
                 counts["objects"] += min(len(kept), MAX_OBJECTS)
             subset.write((stem + "\n").encode("utf-8"))
@@ -114,5 +123,13 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
             counts["annotations"] += len(kept)
     counts.update(run.counts())
     files = 2 + counts["images"] * (2 if split is not None else 1)
+    warnings = []
+    if counts["images_with_too_many_objects"]:
+        n = counts["images_with_too_many_objects"]
+        warnings.append(
+            f"{n} image{'s' if n > 1 else ''} hold more than {MAX_OBJECTS} objects, which the 8-bit SegmentationObject "
+            f"of 'Segmentation mask 1.1' cannot tell apart: {counts['objects_left_out']} of the smallest objects were "
+            f"left out of SegmentationObject (they stay in SegmentationClass): {', '.join(crowded)}"
+            f"{' ...' if n > len(crowded) else ''}; --format coco --instances keeps every object")
     return ExportResult(format="cvat-masks", paths=[join_url(to, LABELMAP_NAME), to], counts=counts,
-                        files_written=files)
+                        files_written=files, warnings=warnings)

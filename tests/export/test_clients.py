@@ -52,8 +52,7 @@ def _coco(output: str, tmp_path: Path) -> Path:
 def test_datumaro_imports_masks(synthetic_output, tmp_path):
     dm = pytest.importorskip("datumaro")
     output, expected, class_names = synthetic_output
-    root = _coco(output, tmp_path)
-    (root / "images" / "default").mkdir(parents=True)  # this datumaro wants the images folder to exist
+    root = _coco(output, tmp_path)  # as exported: CVAT's layout, images/default/ beside annotations/
     dataset = dm.Dataset.import_from(str(root), "coco_instances")
     labels_cat = dataset.categories()[dm.AnnotationType.label]
     assert [label.name for label in labels_cat.items] == class_names[1:]

@@ -61,3 +61,32 @@ def test_a_class_name_with_a_colon_is_refused(tmp_path):
                      {"vocabulary": names, "config_hash": "x"})
     with pytest.raises(ExportError, match="':'"):
         export(str(tmp_path / "out"), "cvat-masks", str(tmp_path / "cvat"))
+
+
+def test_more_than_254_objects_is_loud(tmp_path, capsys):
+    """CVAT reads SegmentationObject as 8 bits: an image of 400 objects keeps its largest
+    254 there, and the export says so, naming the image (issue 23.4)."""
+    from annotator import records
+    from annotator.export.__main__ import main
+    from annotator.inputs.catalog import ImageRef
+    from annotator.storage import parts
+
+    names = ["background", "dot"]
+    labels = np.zeros((40, 40), np.int32)
+    labels[::2, ::2] = 1  # 400 one-pixel objects, none 8-connected to another
+    labels[0:3, 0:3] = 1  # ... one of them larger: kept first
+    rec = records.ok_record(ImageRef(1, "dots.png", "/dots.png"), labels, np.ones((40, 40), np.float32), names)
+    parts.write_part([rec], str(tmp_path / "out" / "parts" / "part-00000.parquet"),
+                     {"vocabulary": names, "config_hash": "x"})
+    to = tmp_path / "cvat"
+    assert main([str(tmp_path / "out"), "--format", "cvat-masks", "--instances", "--to", str(to)]) == 0
+    captured = capsys.readouterr()
+    assert "images_with_too_many_objects=1" in captured.out and "objects_left_out=" in captured.out
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert "dots.png" in warning and "254" in warning
+    from PIL import Image
+
+    objects = np.asarray(Image.open(to / "SegmentationObject" / "dots.png"))
+    assert objects.max() == 254 and (objects[0:3, 0:3] == 1).all()
+    n_objects = int(captured.out.split("annotations=")[1].split(",")[0])
+    assert f"objects_left_out={n_objects - 254}" in captured.out
