@@ -1,13 +1,34 @@
 """What makes two runs the same run: the configuration hash, the listing fingerprint,
-and, when they differ, which settings changed (for the refusal message)."""
+and, when they differ, which settings changed (for the refusal message).
+
+The configuration hash covers every weight file the engine loads: the run's identity
+holds ``"weights": weights_identity(describe_weights(config, resolved))`` (the CLIP
+checkpoint, DINO's and FOUND's files by their sha256), so a swapped file is a changed
+configuration, not a silent mix of two models' parts. A file's name and folder do not
+count (the same bytes moved elsewhere are the same run)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 
-__all__ = ["config_hash", "listing_fingerprint", "setting_differences"]
+__all__ = ["config_hash", "listing_fingerprint", "setting_differences", "weights_identity"]
+
+_SHA256_RE = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def weights_identity(described: Mapping[str, str]) -> dict[str, str]:
+    """The part of a run's identity that names its weights, from
+    :func:`annotator.models.describe_weights` (``{"clip": ..., "dino": ..., "found": ...}``):
+    a file (``name sha256:<hex>``, or ``tag (name sha256:<hex>)``) counts by its sha256
+    alone; anything else (an open_clip tag, ``random (seed N)``, ``none``) as written."""
+    out = {}
+    for key, text in described.items():
+        m = _SHA256_RE.search(str(text))
+        out[str(key)] = f"sha256:{m.group(1)}" if m else str(text)
+    return out
 
 
 def config_hash(d: dict) -> str:
