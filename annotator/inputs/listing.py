@@ -35,6 +35,7 @@ from typing import Any
 
 import fsspec
 
+from annotator.failpoints import failpoint
 from annotator.inputs.catalog import ImageRef, ImageRefs, ImageRefsBuilder
 from annotator.inputs.decode import ImageDecodeError
 from annotator.storage.redact import redact_uri, scrub_secrets, split_credentials
@@ -130,6 +131,7 @@ def list_images(source: str, storage_options: dict | None = None) -> ImageRefs:
     others: list[str] = []  # the first few other files (sorted), for the error message
     num_others = 0
     try:
+        failpoint("listing")  # ANNOTATOR_FAILPOINTS (annotator.failpoints): tests of a failed listing
         fs, path = local_or_url_fs(clean, options)
         local = isinstance(fs, LocalFileSystem)
         if local and os.path.isdir(path):
