@@ -148,7 +148,7 @@ def test_detections_match_the_run(fiftyone_env, tmp_path):
     output, expected, class_names = _toy_run(tmp_path)
     proc = _export(fiftyone_env, output, "toy-detections")
     assert proc.returncode == 0, proc.stderr
-    assert "fiftyone: wrote" in proc.stdout and "toy-detections" in proc.stdout
+    assert "fiftyone: dataset 'toy-detections' holds 6 samples" in proc.stdout
     got = _read(fiftyone_env, "toy-detections", tmp_path)
     assert not got["missing"] and got["persistent"]
     assert got["classes"] == {"prelabels": class_names[1:]}
@@ -169,13 +169,13 @@ def test_instances_and_filters(fiftyone_env, synthetic_output, tmp_path):
     """--instances: one detection per 8-connected object; --classes filters; the error
     row is no sample but is listed."""
     output, _, class_names = synthetic_output
-    proc = _export(fiftyone_env, output, "synthetic-instances", "--instances", "--classes", "cat,traffic light",
-                   "--to", str(tmp_path / "fo-maps"))
+    proc = _export(fiftyone_env, output, "synthetic-instances", "--instances", "--classes", "cat,traffic light")
     assert proc.returncode == 0, proc.stderr
-    assert "failed_images=1" in proc.stdout
-    failed = (tmp_path / "fo-maps" / "failed_images.tsv").read_text(encoding="utf-8").splitlines()
-    assert len(failed) == 2 and failed[1].split("\t")[:2] == ["6", "broken.jpg"]
+    assert "dataset 'synthetic-instances' holds 5 samples" in proc.stdout and "failed_images=1" in proc.stdout
+    assert "warning: 1 failed images are not samples: broken.jpg (corrupt)" in proc.stderr
     got = _read(fiftyone_env, "synthetic-instances", tmp_path)
+    (failed,) = got["info"]["failed_images"]
+    assert (failed["image_id"], failed["file_name"]) == (6, "broken.jpg") and failed["error"].startswith("corrupt")
     by_name = {s["file_name"]: s for s in got["samples"]}
     recs = _records(output)
     assert sorted(by_name) == sorted(r.file_name for r in recs if r.status == "ok")
@@ -192,7 +192,7 @@ def test_instances_and_filters(fiftyone_env, synthetic_output, tmp_path):
 
 def test_semantic_segmentation(fiftyone_env, synthetic_output, tmp_path):
     output, expected, class_names = synthetic_output
-    proc = _export(fiftyone_env, output, "synthetic-semantic", "--semantic", "--to", str(tmp_path / "sem"))
+    proc = _export(fiftyone_env, output, "synthetic-semantic", "--semantic")
     assert proc.returncode == 0, proc.stderr
     got = _read(fiftyone_env, "synthetic-semantic", tmp_path)
     assert got["mask_targets"] == {"prelabels": dict(enumerate(class_names))}
@@ -206,24 +206,27 @@ def test_semantic_segmentation(fiftyone_env, synthetic_output, tmp_path):
 
 def test_existing_dataset_refused_unless_overwrite(fiftyone_env, synthetic_output, tmp_path):
     output, _, _ = synthetic_output
-    assert _export(fiftyone_env, output, "again", "--to", str(tmp_path / "a")).returncode == 0
-    proc = _export(fiftyone_env, output, "again", "--to", str(tmp_path / "a"), "--classes", "cat")
+    assert _export(fiftyone_env, output, "again").returncode == 0
+    proc = _export(fiftyone_env, output, "again", "--classes", "cat")
     assert proc.returncode == 2
     assert "'again' already exists" in proc.stderr and "--overwrite-dataset" in proc.stderr
     assert "Traceback" not in proc.stderr
     first = _read(fiftyone_env, "again", tmp_path)
     assert any(d[0] == "dog" for s in first["samples"] for d in s["detections"])  # unchanged
-    # another dataset may not take over the maps the first one still uses
-    proc = _export(fiftyone_env, output, "other", "--to", str(tmp_path / "a"))
-    assert proc.returncode == 2 and "'again'" in proc.stderr, proc.stderr
-    proc = _export(fiftyone_env, output, "again", "--to", str(tmp_path / "a"), "--classes", "cat",
-                   "--overwrite-dataset")
+    proc = _export(fiftyone_env, output, "again", "--classes", "cat", "--overwrite-dataset")
     assert proc.returncode == 0, proc.stderr
     second = _read(fiftyone_env, "again", tmp_path)
     labels = {d[0] for s in second["samples"] for d in s["detections"]}
     assert labels == {"cat"} and len(second["samples"]) == len(first["samples"])
     assert not [n for n in second["datasets"] if "annotator-partial" in n]  # no temporary left
+    assert not (Path(output) / "exports").exists()  # nothing written to files
 
+
+def test_semantic_with_instances_refused(fiftyone_env, synthetic_output, tmp_path):
+    output, _, _ = synthetic_output
+    proc = _export(fiftyone_env, output, "nope", "--semantic", "--instances")
+    assert proc.returncode == 2 and "--instances is not honoured with --semantic" in proc.stderr
+    assert _read(fiftyone_env, "nope", tmp_path)["missing"]
 
 def test_missing_fiftyone_is_exit_2_with_the_install_command(synthetic_output, monkeypatch, capsys):
     """No database needed: fiftyone is made unimportable."""
