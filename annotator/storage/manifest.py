@@ -19,7 +19,6 @@ belongs to this configuration and holds the shard's expected number of rows.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -28,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from annotator.records.schema import SchemaValidationError, validate
+from annotator.storage.compatibility import OutputConflictError, RunIdentity, differences
 from annotator.storage.identity import (
     config_hash,
     listing_fingerprint,
-    setting_differences,
 )
 from annotator.storage.layout import (
     MANIFEST_NAME,
@@ -39,11 +38,10 @@ from annotator.storage.layout import (
     url_to_fs,
 )
 from annotator.storage.ownership import clear, foreign_entries
+from annotator.storage.part_audit import audit_unlisted_parts, digest_parts
 from annotator.storage.parts import (
     atomic_write_bytes,
     list_parts,
-    part_file_metadata,
-    part_index,
     part_sha256,
 )
 
@@ -61,10 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-
-
-class OutputConflictError(RuntimeError):
-    """The output folder holds results of a different configuration or input listing."""
 
 
 class ManifestError(ValueError):
@@ -267,38 +261,16 @@ class Manifest:
         rows (parts are written whole, by a temporary file and a move). Any other
         unlisted part is left alone: its shard runs again and overwrites it.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         listed = {url_to_fs(self.resolve(v["path"]), self.storage_options)[1] for v in self.finished.values()}
         adopted = []
-        for path in list_parts(self.output, self.storage_options):
-            fs, p = url_to_fs(path, self.storage_options)
-            if p in listed:
+        for part in audit_unlisted_parts(self.output, self.storage_options, listed, num_shards=self.num_shards,
+                                         config_hash=self.config_hash, expected_rows=expected_rows):
+            if part.why_not:
+                log.info("%s: not taken back (%s); its shard runs again", part.path, part.why_not)
                 continue
-            index = part_index(p)
-            why = None
-            try:
-                with fs.open(p, "rb") as f:
-                    data = f.read()  # once: for the footer and the digest
-                footer = pq.ParquetFile(pa.BufferReader(data))
-                meta = part_file_metadata(footer, path)
-                rows = footer.metadata.num_rows
-            except Exception as exc:  # noqa: BLE001 - an unreadable stray part is simply redone
-                why = f"unreadable ({type(exc).__name__}: {exc})"
-            else:
-                if not 0 <= index < self.num_shards:
-                    why = f"shard {index} is outside this run's {self.num_shards} shards"
-                elif meta.get("config_hash") != self.config_hash or meta.get("shard_index") != index:
-                    why = "written by another configuration"
-                elif rows != expected_rows(index):
-                    why = f"{rows} rows, expected {expected_rows(index)}"
-            if why:
-                log.info("%s: not taken back (%s); its shard runs again", path, why)
-                continue
-            self._add_entry(index, {"path": self._relative(path), "rows": int(rows),
-                                    "sha256": hashlib.sha256(data).hexdigest()})
-            adopted.append(index)
+            self._add_entry(part.shard_index, {"path": self._relative(part.path), "rows": part.rows,
+                                               "sha256": part.sha256})
+            adopted.append(part.shard_index)
         if adopted:
             self.save()
             log.info("took back %d finished part(s) missing from %s", len(adopted), MANIFEST_NAME)
@@ -328,30 +300,19 @@ class Manifest:
         written. A part that does not verify (a flipped byte, cut short, replaced by
         another run's or another shard's part) is forgotten, with a warning naming the
         file, so that its shard runs again and overwrites it."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        listed = sorted(self.finished_shards())
-
-        def digest(index: int) -> tuple[int, str | None, str]:
-            path = self.resolve(self.finished[str(index)]["path"])
-            try:
-                return index, part_sha256(path, self.storage_options), path
-            except OSError as e:
-                return index, None, f"unreadable ({e})"
-
+        listed = [(i, self.resolve(self.finished[str(i)]["path"])) for i in sorted(self.finished_shards())]
         ok = set()
-        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="verify") as pool:
-            for index, got, where in pool.map(digest, listed):
-                expected = self.finished[str(index)]["sha256"]
-                if got == expected:
-                    ok.add(index)
-                    continue
-                path = self.resolve(self.finished[str(index)]["path"])
-                why = where if got is None else f"sha256 {got[:12]}..., the manifest recorded {expected[:12]}..."
-                log.warning("%s does not match what was written (%s): its shard %d runs again",
-                            path, why, index)
-                del self.finished[str(index)]
-                self._dirty = True
+        for index, got, where in digest_parts(listed, self.storage_options, threads):
+            expected = self.finished[str(index)]["sha256"]
+            if got == expected:
+                ok.add(index)
+                continue
+            path = self.resolve(self.finished[str(index)]["path"])
+            why = where if got is None else f"sha256 {got[:12]}..., the manifest recorded {expected[:12]}..."
+            log.warning("%s does not match what was written (%s): its shard %d runs again",
+                        path, why, index)
+            del self.finished[str(index)]
+            self._dirty = True
         return ok
 
     def pending_shards(self) -> list[int]:
@@ -374,25 +335,14 @@ class Manifest:
 
         When the configuration hash, the listing fingerprint (or, if given, the shard
         layout) differ: returns False if `overwrite` (the caller then `clear`s the
-        output), else raises OutputConflictError saying what differs.
+        output), else raises OutputConflictError saying what differs
+        (:func:`annotator.storage.compatibility.differences`).
         """
-        diffs = []
-        if config_hash != self.config_hash:
-            changed = setting_differences(self.settings, settings) if self.settings is not None and settings else []
-            if changed:
-                diffs.append("other settings: " + ", ".join(changed))
-            else:
-                diffs.append(f"configuration hash {self.config_hash} (now {config_hash})")
-        if listing_fingerprint != self.listing_fingerprint:
-            if self.num_images is not None and num_images is not None and num_images != self.num_images:
-                diffs.append(f"another input listing: {self.num_images} images (now {num_images})")
-            else:
-                diffs.append(f"another input listing: other file names (listing fingerprint "
-                             f"{self.listing_fingerprint}, now {listing_fingerprint})")
-        if num_shards is not None and num_shards != self.num_shards:
-            diffs.append(f"{self.num_shards} shards (now {num_shards})")
-        if shard_size is not None and shard_size != self.shard_size:
-            diffs.append(f"shard size {self.shard_size} (now {shard_size})")
+        diffs = differences(
+            RunIdentity(self.config_hash, self.listing_fingerprint, self.num_shards, self.shard_size, self.settings,
+                        self.num_images),
+            RunIdentity(config_hash, listing_fingerprint, num_shards, shard_size, settings, num_images),
+        )
         if not diffs:
             return True
         if overwrite:
