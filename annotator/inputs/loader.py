@@ -32,8 +32,8 @@ How it is fast
   the pool works through images in order.
 - On CUDA (when torchvision is importable) JPEGs are decoded on the GPU in one batched
   ``torchvision.io.decode_jpeg(list, device="cuda")`` call per batch (nvJPEG), by a
-  separate assembler thread. Only files where that is certain to give the same
-  picture as :func:`decode_image` take this path: baseline (non-progressive) 8-bit
+  separate assembler thread (:mod:`annotator.inputs.jpeg_gpu`). Only files where that
+  is certain to give the same picture as :func:`decode_image` take this path: baseline (non-progressive) 8-bit
   YCbCr/grey JPEGs that end with an EOI marker, with no EXIF orientation other than 1,
   within ``max_pixels``. Everything else, and any image the GPU fails to decode (or
   decodes to an unexpected size), is decoded on the CPU, so bad files still become
@@ -48,12 +48,10 @@ No Ray, no CUDA needed: on a CPU machine only the thread pool is used.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import os
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -62,9 +60,14 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
 from annotator.inputs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from annotator.inputs.jpeg_gpu import (
+    EncodedJpeg,
+    batched_jpeg_available,
+    decode_jpeg_batch,
+    jpeg_fast_path_size_hw,
+)
 
 __all__ = [
     "DecodedImage",
@@ -77,9 +80,6 @@ __all__ = [
 
 #: What a batch entry holds: (H, W, 3) uint8 numpy, (3, H, W) uint8 tensor, or the error.
 DecodedImage = Union[np.ndarray, torch.Tensor, ImageDecodeError]
-
-_EXIF_ORIENTATION_TAG = 0x0112
-
 
 @dataclass
 class LoaderStats:
@@ -119,66 +119,6 @@ def image_size_hw(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
     if isinstance(image, torch.Tensor):
         return int(image.shape[1]), int(image.shape[2])
     return int(image.shape[0]), int(image.shape[1])
-
-
-def batched_jpeg_available() -> bool:
-    """True when ``torchvision.io.decode_jpeg`` can be imported."""
-    try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except Exception:  # ImportError, or a torchvision built against another torch
-        return False
-    return True
-
-
-def jpeg_fast_path_size_hw(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int] | None:
-    """(height, width) when ``data`` may go to the batched (GPU) JPEG decoder, else None.
-
-    Reads the header only. Accepted: a JPEG that ends with an EOI marker (trailing
-    zero bytes allowed; anything else could be truncated and must get PIL's error),
-    PIL mode RGB (YCbCr-coded) or L, 8 bits per sample, not progressive, not an Adobe
-    file with untransformed RGB, no EXIF orientation other than 1, at most
-    ``max_pixels`` pixels. Anything doubtful returns None (the CPU path decides).
-    """
-    if len(data) < 4 or bytes(data[:3]) != b"\xff\xd8\xff":
-        return None
-    end = len(data)
-    while end > 2 and data[end - 1] == 0:
-        end -= 1
-    if bytes(data[end - 2 : end]) != b"\xff\xd9":
-        return None
-    try:
-        img = Image.open(io.BytesIO(bytes(data)))
-    except Exception:
-        return None
-    with img:
-        info = img.info
-        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-            return None
-        if info.get("progressive") or info.get("progression"):
-            return None
-        if getattr(img, "bits", 8) != 8 or getattr(img, "layers", 3 if img.mode == "RGB" else 1) not in (1, 3):
-            return None
-        if img.mode == "RGB" and "adobe" in info and info.get("adobe_transform") == 0:
-            return None
-        width, height = img.size
-        if width < 1 or height < 1 or width * height > max_pixels:
-            return None
-        try:
-            orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-        except Exception:
-            return None
-        if orientation != 1:
-            return None
-    return height, width
-
-
-@dataclass
-class _Encoded:
-    """An image left encoded for the batched decoder."""
-
-    data: bytes
-    name: str
-    size_hw: tuple[int, int]
 
 
 def _default_name(item: Any) -> str:
@@ -308,7 +248,7 @@ class ImageLoader:
         self._add(decode_s=time.perf_counter() - t0, cpu_decoded=1)
         return out
 
-    def _load_one(self, item: Any) -> np.ndarray | torch.Tensor | ImageDecodeError | _Encoded:
+    def _load_one(self, item: Any) -> np.ndarray | torch.Tensor | ImageDecodeError | EncodedJpeg:
         """Worker thread: read, then decode on the CPU or leave encoded for the batch decoder."""
         if self._closed:
             return ImageDecodeError("unreadable", "loader closed")
@@ -328,44 +268,20 @@ class ImageLoader:
             size_hw = jpeg_fast_path_size_hw(data, self.max_pixels)
             self._add(decode_s=time.perf_counter() - t1)
             if size_hw is not None:
-                return _Encoded(bytes(data), name, size_hw)
+                return EncodedJpeg(bytes(data), name, size_hw)
         return self._cpu_decode(data, name)
 
-    def _decode_batch(self, encoded: list[_Encoded]) -> list[torch.Tensor | None]:
+    def _decode_batch(self, encoded: list[EncodedJpeg]) -> list[torch.Tensor | None]:
         """Batched torchvision decode; None where it failed or gave an unexpected shape."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        # torchvision >= 0.29 warns that its image codecs are deprecated (still present)
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
         dev = self.device if self.device.type == "cuda" else torch.device("cpu")
-        tensors = [torch.frombuffer(bytearray(e.data), dtype=torch.uint8) for e in encoded]
-        t0 = time.perf_counter()
-        try:
-            out = list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=dev))
-        except Exception:  # one bad file fails the whole call: retry one by one
-            out = []
-            for t in tensors:
-                try:
-                    out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=dev))
-                except Exception:
-                    out.append(None)
-        if dev.type == "cuda":
-            torch.cuda.current_stream(dev).synchronize()
-        self._add(batch_decode_s=time.perf_counter() - t0)
-        checked: list[torch.Tensor | None] = []
-        for e, t in zip(encoded, out):
-            ok = (
-                isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 3
-                and tuple(t.shape) == (3, *e.size_hw)
-            )
-            checked.append(t if ok else None)
-        return checked
+        decoded, seconds = decode_jpeg_batch(encoded, dev)
+        self._add(batch_decode_s=seconds)
+        return decoded
 
     def _finish(self, start: int, futures: list[Future]) -> list[tuple[int, DecodedImage]]:
         """Assembler: wait for a batch's images, batch-decode JPEGs, upload to the device."""
         results = [f.result() for f in futures]
-        enc = [j for j, r in enumerate(results) if isinstance(r, _Encoded)]
+        enc = [j for j, r in enumerate(results) if isinstance(r, EncodedJpeg)]
         cuda = self.device.type == "cuda"
         stream_ctx = torch.cuda.stream(self._stream) if cuda and self._stream is not None else contextlib.nullcontext()
         with stream_ctx:
