@@ -87,7 +87,8 @@ class StorageError(AnnotatorError, OSError):
     def __init__(self, what: str, cause: BaseException, kind: str, attempts: int = 1):
         if kind not in (TRANSIENT, PERMANENT):  # a bug in the caller
             raise ValueError(f"kind: expected {TRANSIENT!r} or {PERMANENT!r}, received {kind!r}")
-        self.what, self.cause, self.kind, self.attempts = what, cause, kind, attempts
+        self.what, self.kind, self.attempts = what, kind, attempts
+        self.cause: BaseException | None = cause
         after = f" (gave up after {attempts} attempts)" if kind == TRANSIENT and attempts > 1 else ""
         super().__init__(f"{what}: {kind} storage error{after}: {describe_error(cause)}")
 

@@ -5,7 +5,7 @@ Off by default. The environment variable ``ANNOTATOR_FAILPOINTS`` turns them on;
 read once, when this module is imported (Ray workers inherit it from the driver's
 environment, or from ``ray start``'s on another node)::
 
-    ANNOTATOR_FAILPOINTS='engine.forward=torch.cuda.OutOfMemoryError:CUDA out of memory*2;parts.write=OSError(ENOSPC):disk full'
+    ANNOTATOR_FAILPOINTS='engine.forward=torch.cuda.OutOfMemoryError:CUDA out of memory*2;parts.write=OSError(EIO)'
 
 Grammar: entries separated by ``;``, each ``POINT=TYPE[(ERRNO)][:MESSAGE][*COUNT]``
 
@@ -109,7 +109,7 @@ class Failpoint:
             exc = OSError(self.errno, self.message)
         else:
             exc = _BUILTIN_TYPES[self.error_type](self.message)
-        exc.failpoint = self.point  # type: ignore[attr-defined]  # which point raised it
+        setattr(exc, "failpoint", self.point)  # which point raised it  # noqa: B010
         return exc
 
 

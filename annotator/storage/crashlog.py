@@ -35,7 +35,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from annotator.storage.layout import (
@@ -51,8 +51,8 @@ from annotator.storage.redact import SECRET_KEYS, redact_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CRASHED_REASON", "DEATHS_TO_SKIP", "CrashLog", "crash_report_text", "scrub_options_secrets", "shards_with_logs",
-           "write_crash_report"]
+__all__ = ["CRASHED_REASON", "DEATHS_TO_SKIP", "CrashLog", "crash_report_text", "scrub_options_secrets",
+           "shards_with_logs", "write_crash_report"]
 
 #: The error reason of an image skipped because the worker died on it.
 CRASHED_REASON = "worker-crashed"
@@ -82,7 +82,7 @@ def crash_report_text(exc: BaseException, storage_options: dict | None = None) -
 
     lines = [
         f"annotator {__version__} internal error: {type(exc).__name__}",
-        f"time: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+        f"time: {datetime.now(UTC).isoformat(timespec='seconds')}",
         f"command: {' '.join(sys.argv)}",
         f"python {platform.python_version()} on {platform.platform()}, host {socket.gethostname()}, "
         f"pid {os.getpid()}",
@@ -105,7 +105,7 @@ def write_crash_report(exc: BaseException, output: str | None = None,
     """Write :func:`crash_report_text` of ``exc`` next to ``output`` (when it exists and
     can be written) or in the temporary directory; its path or URL (credentials
     removed), or None when neither could be written."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     stamp = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
     name = crash_report_name(stamp, os.getpid())
     data = crash_report_text(exc, storage_options).encode("utf-8")

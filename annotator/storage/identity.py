@@ -82,10 +82,10 @@ def _list_change(name: str, before: object, now: object, shown: int = 10) -> str
     whose record changed (e.g. a class's synonyms), or that only the order changed.
     """
     keys_before, keys_now = _names(before), _names(now)
-    if keys_before is None or keys_now is None:
+    if keys_before is None or keys_now is None or not isinstance(before, list) or not isinstance(now, list):
         return None
-    items_before = dict(zip(keys_before, before))  # type: ignore[arg-type]
-    items_now = dict(zip(keys_now, now))  # type: ignore[arg-type]
+    items_before = dict(zip(keys_before, before, strict=True))
+    items_now = dict(zip(keys_now, now, strict=True))
     added = [k for k in keys_now if k not in items_before]
     removed = [k for k in keys_before if k not in items_now]
     changed = [k for k in keys_now if k in items_before and items_before[k] != items_now[k]]

@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import fsspec
 import fsspec.asyn
@@ -337,7 +337,7 @@ class OutputLock:
             if doc is not None:
                 self._refuse_unless_stale(top, doc)
             target = top + 1
-        self._acquired = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._acquired = datetime.now(UTC).isoformat(timespec="seconds")
         self.token = target
         try:
             created = _create_exclusive(self.fs, self._leases.path(target), self._doc(), self.best_effort)
@@ -422,7 +422,7 @@ class OutputLock:
                     log.error("%s", self._lost)
                     return
                 self._beat += 1
-                _overwrite(self.fs, self._leases.path(self.token), self._doc())
+                _overwrite(self.fs, self.path, self._doc())
                 self._last_refresh = time.monotonic()
             except Exception as e:  # noqa: BLE001 - a missed heartbeat is retried next time
                 log.warning("could not refresh the lease of %s: %s", self.shown, e)

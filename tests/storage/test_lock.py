@@ -148,7 +148,8 @@ def test_a_lease_with_a_heartbeat_in_the_future_does_not_lock_the_output_forever
     monkeypatch.setattr(lock_mod, "STALE_S", 0.5)
     fs, root = fsspec.core.url_to_fs(out, **(options or {}))
     doc = {"holder": "a run on a machine whose clock is a year ahead", "token": 1, "nonce": "x", "beat": 7,
-           "host": "elsewhere", "pid": 1, "wall_time": time.time() + 365 * 86400, "heartbeat": time.time() + 365 * 86400}
+           "host": "elsewhere", "pid": 1, "wall_time": time.time() + 365 * 86400,
+           "heartbeat": time.time() + 365 * 86400}
     fs.makedirs(f"{root}/{LOCK_NAME}", exist_ok=True)
     fs.pipe_file(f"{root}/{LOCK_NAME}/{lease_name(1)}", json.dumps(doc).encode())
     with OutputLock(out, options, what="annotator.run") as lock:

@@ -61,7 +61,8 @@ def test_message_words_do_not_decide():
     assert storage_error_kind(denied) == PERMANENT
     assert storage_error_kind(s3fs_error("AccessDenied", 403, "timeout-notes.jpg: 503 throttled")) == PERMANENT
     # a 503 whose message sounds final: transient
-    assert storage_error_kind(client_error("ServiceUnavailable", 503, "Access denied; not found; forbidden")) == TRANSIENT
+    final = client_error("ServiceUnavailable", 503, "Access denied; not found; forbidden")
+    assert storage_error_kind(final) == TRANSIENT
     # words alone, on an error that is not the storage's, decide nothing
     assert not is_transient_storage_error(RuntimeError("An error occurred (503) when calling GetObject: SlowDown"))
     assert not is_transient_storage_error(ValueError("timed out"))
