@@ -7,6 +7,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
+from annotator.errors import StorageError
 from annotator.records.schema import PART_ARROW_SCHEMA, validate_row
 from annotator.storage.manifest import Manifest, clear, open_output
 from annotator.storage.parts import (
@@ -17,7 +18,6 @@ from annotator.storage.parts import (
     read_part_metadata,
     write_part,
 )
-from annotator.errors import StorageError
 from annotator.storage.retry import is_transient_storage_error, retry
 from tests.part_records import META
 from tests.part_records import make_records as _records
