@@ -1,8 +1,9 @@
 """The benchmark suite of ``annotator``: not part of the package, never installed with it.
 
 Run from the repository root: ``python -m benchmarks`` (end-to-end throughput; ``--scale``,
-``--compare-levers``, ``--ray-actors``, ``--compare-precision``) and
-``python -m benchmarks.exports`` (every exporter's time and peak memory).
+``--compare-levers``, ``--ray-actors``, ``--compare-precision``; ``--scale-only`` for the
+scale simulation alone), ``python -m benchmarks.exports`` (every exporter's time and peak
+memory) and ``python -m benchmarks.encode`` (the record encoders' time per image).
 """
 
 from __future__ import annotations

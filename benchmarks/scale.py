@@ -8,7 +8,14 @@ place of the engine on the actors (:class:`StandInProcessor`: no read, a real ro
 a real part per shard after ``ms_per_image`` of simulated device time). Then
 ``python -m annotator.reduce OUTPUT --no-report`` merges the parts in another fresh
 process. Reported per N: the driver's peak RSS at each stage, its overhead per shard
-as a fraction of shard time, and the reducer's peak RSS and seconds.
+as a fraction of shard time, whether it imported torch or open_clip, and the reducer's
+peak RSS and seconds.
+
+The simulated run is configured by engine options (``engine_argv``: the benchmark's own,
+e.g. ``--model ViT-B-32`` with its default ``--pretrained``), built into a
+:class:`~annotator.request.RunRequest` by the run's own parser (:func:`run_request`).
+Model and tag names are checked as in a run; weight files missing on this machine are
+recorded, not refused, since the stand-in loads no model.
 """
 
 from __future__ import annotations
