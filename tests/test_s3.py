@@ -219,7 +219,8 @@ def test_s3_part_that_cannot_be_written_is_reported_then_rerun(ray_session, moto
     assert rc == 2, err
     assert "1 shard(s) failed on every attempt" in err
     names = sorted(truth)
-    assert f"shard 1 (3 images, {names[3]} .. {names[5]}): OSError" in err
+    part = f"{out}/parts/part-00001.parquet"
+    assert f"shard 1 (3 images, {names[3]} .. {names[5]}): StorageError: writing {part}: transient" in err
     assert "Service Unavailable" in err
     assert len(injector.requests("PUT", part_rx)) == MAX_SHARD_ATTEMPTS * 4  # attempts x (1 + 3 storage retries)
     manifest = json.loads(fs.cat("annotator-out-2/run/manifest.json"))

@@ -179,6 +179,7 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes, bes
 
 
 def _is_conflict(exc: BaseException) -> bool:
+    """A create that lost to another: HTTP 409/412 (botocore's ClientError, gcsfs' HttpError)."""
     e: BaseException | None = exc
     while e is not None:
         response = getattr(e, "response", None)
@@ -186,6 +187,8 @@ def _is_conflict(exc: BaseException) -> bool:
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
             code = (response.get("Error") or {}).get("Code")
             return status in (409, 412) or code in ("ConditionalRequestConflict", "PreconditionFailed")
+        if not isinstance(e, OSError) and getattr(e, "code", None) in (409, 412):
+            return True
         e = e.__cause__
     return False
 
