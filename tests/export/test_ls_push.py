@@ -125,10 +125,12 @@ def test_push_imports_predictions_once_and_they_decode_to_our_masks(label_studio
             got[mask] = class_names.index(r["value"]["brushlabels"][0])
         assert (got == labels).all(), name
 
-    # again: idempotent, nothing imported, nothing duplicated
+    # again: idempotent, nothing imported, nothing duplicated, and no false "no annotations"
     assert main(argv) == 0
-    again = capsys.readouterr().out
+    captured = capsys.readouterr()
+    again = captured.out
     assert "imported=0" in again and "skipped_existing=6" in again
+    assert "warning" not in captured.err, captured.err
     assert len(_tasks(url, token, project_id)) == len(expected)
 
 
@@ -140,7 +142,9 @@ def test_push_errors_are_one_line_without_the_token(label_studio, tmp_path, caps
     err = capsys.readouterr().err
     assert "'nonesuch'" in err and "--create-project" in err and token not in err
     assert main([output, "--format", "labelstudio", "--push", url, "--project", "x", "--api-key", "wrong"]) == 2
-    assert "failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "failed (HTTP 401: " in err, err
+    assert "headers" not in err and "wrong" not in err
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     assert main([output, "--format", "labelstudio", "--push", url, "--project", "x"]) == 2
     assert "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
@@ -149,4 +153,37 @@ def test_push_errors_are_one_line_without_the_token(label_studio, tmp_path, caps
 def test_push_needs_the_labelstudio_format(tmp_path, capsys):
     output, _, _ = build_toy_run_output(tmp_path)
     assert main([output, "--format", "coco", "--push", "http://127.0.0.1:9", "--project", "x"]) == 2
-    assert "--format labelstudio" in capsys.readouterr().err
+    assert "--push is not honoured by --format coco; formats that take it: labelstudio" in capsys.readouterr().err
+
+
+def _project_with_config(url: str, token: str, title: str, config: str) -> int:
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=url, api_key=token).projects.create(title=title, label_config=config).id
+
+
+@pytest.mark.parametrize("config,lacking", [
+    # the case: a project whose labels are cat, dog
+    ('<View><Image name="image" value="$image"/><BrushLabels name="label" toName="image">'
+     '<Label value="cat"/><Label value="dog"/></BrushLabels></View>', ["exported classes as <Label value=...>"]),
+    ('<View><Image name="img" value="$image"/><RectangleLabels name="label" toName="img">'
+     '<Label value="cat"/></RectangleLabels></View>',
+     ['<BrushLabels name="label" toName="image">', '<Image name="image">']),
+], ids=["missing-classes", "other-tags"])
+def test_push_checks_the_projects_config_before_it_writes(config, lacking, label_studio, tmp_path, capsys,
+                                                         monkeypatch):
+    url, token = label_studio
+    output, _, class_names = build_toy_run_output(tmp_path)
+    title = f"cfg-{secrets.token_hex(4)}"
+    project_id = _project_with_config(url, token, title, config)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
+    assert main([output, "--format", "labelstudio", "--push", url, "--project", str(project_id)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Nothing was imported" in err[0], err
+    for phrase in lacking:
+        assert phrase in err[0], err
+    if "exported classes" in lacking[0]:  # the run's classes (red, green, ...): none is cat or dog
+        assert f"{len(class_names) - 1} of the {len(class_names) - 1} exported classes" in err[0]
+        for name in class_names[1:]:
+            assert repr(name) in err[0], name
+    assert _tasks(url, token, project_id) == []
