@@ -260,3 +260,167 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def document_root(tmp_path_factory):
+    """The README recipe's layout: a toy run over ``ROOT/data/images`` (nested folders),
+    Label Studio's local-files document root = ``ROOT/data`` (the parent), set in the
+    environment before the push test's server fixture starts its server, with the
+    model-on-loopback switch of the README."""
+    from tests.export.conftest import build_toy_run_output
+
+    root = tmp_path_factory.mktemp("ls-files")
+    output, expected, class_names = build_toy_run_output(root)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED", "true")
+    patch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(root / "data"))
+    # Label Studio 1.23 refuses a model on a loopback or private address unless told (README)
+    # (the model's URL, and the /webhook that Label Studio registers with it)
+    patch.setenv("ML_BLOCK_LOCAL_IP", "false")
+    patch.setenv("SSRF_PROTECTION_ENABLED", "false")
+    yield root, output, expected, class_names
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def real_label_studio(document_root, request):
+    """(url, token, document_root info) of a real server that serves local files."""
+    from tests.export import test_ls_push
+
+    if test_ls_push._server_binary() is None:
+        require_client("label-studio", "no server installed (set LABEL_STUDIO_BIN, or run .ci/run, which installs it "
+                                       "in .label-studio-venv)")
+    url, token = request.getfixturevalue("label_studio")
+    return url, token, document_root
+
+
+from tests.export.test_ls_push import label_studio  # noqa: E402,F401 - the push test's server fixture, reused
+
+
+class LS:
+    """Label Studio's REST API, as a user's script calls it."""
+
+    def __init__(self, url: str, token: str):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=120)
+
+    def __call__(self, method: str, path: str, expect: int | tuple = (200, 201), **kwargs):
+        r = self.http.request(method, path, **kwargs)
+        assert r.status_code in ((expect,) if isinstance(expect, int) else expect), f"{method} {path}: {r.text[:500]}"
+        return r.json() if r.content else None
+
+    def project(self, title: str, class_names: list[str]) -> int:
+        return self("POST", "/api/projects", json={"title": title, "label_config": labeling_config(class_names)})["id"]
+
+    def tasks(self, project: int) -> list[dict]:
+        return self("GET", "/api/tasks", params={"project": project, "page_size": 100, "fields": "all"})["tasks"]
+
+
+def _served_backend(url: str, token: str):
+    """Our backend on a loopback port (uvicorn in a thread); yields its URL and the engine."""
+    import uvicorn
+
+    from annotator.inputs.vocab import load_vocabulary
+    from tests.synthetic import write_vocab
+
+    class Served:
+        def __enter__(self):
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as d:
+                vocab = load_vocabulary(write_vocab(Path(d) / "vocab.txt"))
+            self.engine = Engine(EngineConfig(model="toy", saliency="toy", pretrained="toy", device="cpu"), vocab)
+            backend = LabelStudioBackend(self.engine, ImageFetcher(url, token), BackendOptions(), META)
+            port = _free_port()
+            self.server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1", port=port,
+                                                        log_level="warning"))
+            self.thread = threading.Thread(target=self.server.run, daemon=True)
+            self.thread.start()
+            while not self.server.started:
+                assert self.thread.is_alive(), "uvicorn exited"
+                time.sleep(0.05)
+            self.url = f"http://127.0.0.1:{port}"
+            return self
+
+        def __exit__(self, *exc):
+            self.server.should_exit = True
+            self.thread.join(30)
+
+    return Served()
+
+
+def test_real_label_studio_readme_local_files_recipe(real_label_studio, capsys, monkeypatch):
+    """README, Label Studio, steps 3-5 as written: the document root is the parent of the
+    images folder (a storage equal to it is refused), the storage is the folder, the
+    export's prefix names it; every pushed task's image is then served by Label Studio."""
+    from annotator.export.__main__ import main as export_main
+
+    url, token, (root, output, expected, _) = real_label_studio
+    api = LS(url, token)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
+    assert export_main([output, "--format", "labelstudio", "--push", url, "--project", "recipe", "--create-project",
+                        "--image-url-prefix", "/data/local-files/?d=images/"]) == 0
+    project = int(capsys.readouterr().out.split("project=")[1].split(")")[0].split(",")[0])
+    same = api("POST", "/api/storages/localfiles", expect=400,
+               json={"project": project, "path": str(root / "data"), "use_blob_urls": True, "title": "root"})
+    assert "cannot be the same" in json.dumps(same)
+    api("POST", "/api/storages/localfiles", json={"project": project, "path": str(root / "data" / "images"),
+                                                   "use_blob_urls": True, "recursive_scan": True, "title": "images"})
+    tasks = api.tasks(project)
+    assert len(tasks) == len(expected)
+    for task in tasks:
+        image_url = task["data"]["image"]
+        assert image_url.startswith("/data/local-files/?d=images/")
+        served = api.http.get(image_url)
+        assert served.status_code == 200, image_url
+        name = image_url.split("?d=images/", 1)[1]
+        assert served.content == (root / "data" / "images" / name).read_bytes()
+
+
+def test_real_label_studio_connects_the_backend_and_stores_our_masks(real_label_studio):
+    """Label Studio itself calls /setup and /predict: tasks from local storage, an upload
+    and a missing file; what it stores decodes to the engine's labels, the missing file
+    gets no prediction."""
+    from annotator.inputs.decode import decode_image
+
+    url, token, (root, _, expected, class_names) = real_label_studio
+    api = LS(url, token)
+    project = api.project("model", class_names)
+    storage = api("POST", "/api/storages/localfiles", json={
+        "project": project, "path": str(root / "data" / "images"), "use_blob_urls": True, "recursive_scan": True,
+        "title": "images"})
+    api("POST", f"/api/storages/localfiles/{storage['id']}/sync")
+    upload_name = sorted(expected)[0]
+    with open(root / "data" / "images" / upload_name, "rb") as f:
+        api("POST", f"/api/projects/{project}/import", files={"file": ("upload.png", f, "image/png")})
+    api("POST", f"/api/projects/{project}/import", json=[{"image": "/data/local-files/?d=images/nonesuch.png"}])
+    tasks = api.tasks(project)
+    assert len(tasks) == len(expected) + 2
+
+    with _served_backend(url, token) as served:
+        ml = api("POST", "/api/ml", json={"url": served.url, "project": project, "title": "annotator"})
+        assert ml.get("state") in (None, "CO"), ml
+        api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
+            json={"selectedItems": {"all": True, "excluded": []}})
+        predictions = api("GET", "/api/predictions", params={"project": project})
+        engine = served.engine
+
+    by_task = {p["task"]: p for p in predictions}
+    checked = 0
+    for task in tasks:
+        image = task["data"]["image"]
+        if "nonesuch" in image:
+            assert task["id"] not in by_task  # the bad image: no prediction, the others unaffected
+            continue
+        if image.startswith("/data/upload/"):
+            path = root / "data" / "images" / upload_name
+        else:
+            path = root / "data" / "images" / image.split("?d=images/", 1)[1]
+        prediction = by_task[task["id"]]
+        assert prediction["model_version"] == "annotator-test:toy/toy+toy"
+        assert 0.0 <= prediction["score"] <= 1.0
+        labels = engine.predict([decode_image(path.read_bytes())])[0].labels_hw
+        assert (_decode(prediction, class_names, labels.shape) == labels).all(), image
+        checked += 1
+    assert checked == len(expected) + 1
