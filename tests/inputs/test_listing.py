@@ -10,11 +10,12 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
 from fsspec.spec import AbstractFileSystem
 from PIL import Image
 
-from annotator.inputs.decode import ImageDecodeError, decode_image
 from annotator.inputs import hf
+from annotator.inputs.decode import ImageDecodeError, decode_image
 from annotator.inputs.hf import HFSource, list_hf_dataset
 from annotator.inputs.listing import (
     IMAGE_EXTENSIONS,
@@ -236,8 +237,9 @@ def flaky():
     yield FlakyFS
 
 
-class ReadTimeoutError(Exception):
-    """Like botocore's: not an OSError, recognised by its name."""
+def _client_error(code: str, status: int) -> ClientError:
+    """A real botocore ClientError (botocore comes with moto, the test extra)."""
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
 
 
 def test_transient_error_retried_then_succeeds(flaky):
@@ -260,7 +262,7 @@ def test_transient_error_that_persists_is_reported(flaky):
     [
         (FileNotFoundError("no such key"), "missing", 1),
         (PermissionError("denied"), "unreadable", 1),
-        (ReadTimeoutError("Read timeout on endpoint URL"), "unreadable", 3),
+        (ReadTimeoutError(endpoint_url="http://bucket.example"), "unreadable", 3),
         (ConnectionResetError("reset by peer"), "unreadable", 3),
     ],
 )
@@ -279,13 +281,14 @@ def test_read_error_classes(flaky, error, reason, calls):
         (ConnectionError(), True),
         (OSError("SlowDown: please reduce your request rate"), True),
         (OSError(5, "Input/output error"), True),
-        (RuntimeError("An error occurred (503) when calling GetObject"), True),
-        (RuntimeError("Throttling: Rate exceeded"), True),
+        (_client_error("ServiceUnavailable", 503), True),
+        (_client_error("Throttling", 400), True),
         (FileNotFoundError("x"), False),
         (PermissionError("x"), False),
         (IsADirectoryError("x"), False),
         (OSError(40, "Too many levels of symbolic links"), False),
-        (RuntimeError("An error occurred (403) Forbidden"), False),
+        (_client_error("AccessDenied", 403), False),
+        (RuntimeError("An error occurred (503) when calling GetObject"), False),  # words decide nothing
         (ValueError("bad argument"), False),
     ],
 )
