@@ -3,9 +3,13 @@ the FiftyOne App (``fo.launch_app(fo.load_dataset(NAME))``).
 
 One sample per ok image of the run, with these fields:
 
-- ``filepath``: the source image's uri as the run recorded it (a local path, or a bucket
-  URL); ``metadata``: ``fo.ImageMetadata`` with the run's width and height (FiftyOne
-  need not open the image); ``image_id``, ``file_name``: the run's ids;
+- ``filepath``: the source image as the run read it (a local path), or, with
+  ``--images-root FOLDER``, ``FOLDER/file_name`` (a local copy or mount of the source:
+  open-source FiftyOne reads media from local paths only, and turns ``s3://b/k`` into
+  ``$PWD/s3:/b/k``; a bucket URL is kept as it is only by a FiftyOne whose storage layer
+  keeps it, such as FiftyOne Enterprise, and refused otherwise, naming
+  ``--images-root``); ``metadata``: ``fo.ImageMetadata`` with the run's width and height
+  (FiftyOne need not open the image); ``image_id``, ``file_name``: the run's ids;
 - ``prelabels``: ``fo.Detections``, one ``fo.Detection`` per class mask (per object
   with ``--instances``): ``label`` = the class name, ``bounding_box`` = the tight box
   relative to the image ``[x/W, y/H, w/W, h/H]``, ``mask`` = the boolean mask cropped
@@ -38,6 +42,7 @@ refused unless ``overwrite_dataset``. ``--classes``, ``--min-area``, ``--min-sco
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 
@@ -88,6 +93,22 @@ class FiftyOneResult(ExportResult):
             of = f" of {self.listed_images}" if self.listed_images is not None else ""
             line += f"; partial: {self.missing_rows}{of} listed images have no row"
         return line
+
+
+def _filepath(record, images_root: str) -> str:
+    """The sample's ``filepath`` (see the module docstring)."""
+    from fiftyone.core.storage import normalize_path
+
+    if images_root:
+        return os.path.abspath(os.path.join(os.path.expanduser(images_root), record.file_name))
+    uri = record.uri
+    if uri.startswith("file://"):
+        return os.path.abspath(uri[len("file://"):])
+    if "://" in uri and normalize_path(uri) != uri:
+        raise ExportError(f"image {redact_text(uri)!r} is not on a local disk, and this FiftyOne reads media from "
+                          "local paths only; copy or mount the source locally and pass --images-root FOLDER "
+                          "(the images' file names are joined to it)")
+    return os.path.abspath(uri) if "://" not in uri else uri
 
 
 def _detection(fo, annotation, width: int, height: int):
@@ -144,7 +165,7 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
                 continue
             kept = keep.apply(split(record))
             sample = fo.Sample(
-                filepath=record.uri,
+                filepath=_filepath(record, options.images_root),
                 metadata=fo.ImageMetadata(width=record.width, height=record.height),
                 image_id=record.image_id,
                 file_name=record.file_name,

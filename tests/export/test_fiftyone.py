@@ -237,3 +237,28 @@ def test_missing_fiftyone_is_exit_2_with_the_install_command(synthetic_output, m
     assert main([output, "--format", "fiftyone", "--dataset", "x"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'annotator[fiftyone]'" in err and "Traceback" not in err
+
+
+def test_bucket_images_need_a_local_images_root(fiftyone_env, synthetic_output, tmp_path):
+    """Open-source FiftyOne reads media from local paths only (it would turn s3://b/k into
+    $PWD/s3:/b/k): a bucket source is refused, naming --images-root, which maps the
+    images' file names onto a local copy or mount."""
+    import dataclasses
+
+    from tests.export.conftest import METADATA
+
+    output, _, _ = synthetic_output
+    recs = [dataclasses.replace(r, uri=f"s3://bucket/images/{r.file_name}") for r in _records(output)]
+    bucket_run = tmp_path / "BUCKET_RUN"
+    parts.write_part(recs, str(bucket_run / "parts" / "part-00000.parquet"), METADATA)
+    proc = _export(fiftyone_env, str(bucket_run), "from-bucket")
+    assert proc.returncode == 2 and "--images-root" in proc.stderr and "s3://bucket/images/" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    got = _read(fiftyone_env, "from-bucket", tmp_path)
+    assert got["missing"] and not [n for n in got["datasets"] if "from-bucket" in n]  # nothing half-made
+    mount = tmp_path / "mnt" / "images"
+    proc = _export(fiftyone_env, str(bucket_run), "from-bucket", "--images-root", str(mount))
+    assert proc.returncode == 0, proc.stderr
+    got = _read(fiftyone_env, "from-bucket", tmp_path)
+    assert sorted(s["filepath"] for s in got["samples"]) == sorted(
+        str(mount / r.file_name) for r in recs if r.status == "ok")
