@@ -11,7 +11,8 @@ highest token.
   ``open(..., 'x')``), a conditional put ``If-None-Match: *`` on S3 and compatible stores
   (s3fs ``pipe_file(mode='create')``; a store that ignores the header is not safe), a
   generation precondition (``ifGenerationMatch=0``) on GCS through a gcsfs whose
-  ``pipe_file`` takes ``mode='create'``. Any other store is refused (exit 2) unless the
+  ``pipe_file`` takes ``mode='create'`` (an s3fs without that mode: its botocore client's
+  ``put_object(..., IfNoneMatch='*')``). Any other store is refused (exit 2) unless the
   user accepts a **best-effort** lease (``best_effort=True`` or ``ANNOTATOR_BEST_EFFORT_LEASE=1``):
   write, wait ``SETTLE_S``, read back, which two racing writers can both pass.
 - **Heartbeat**: the holder rewrites its own lease every ``HEARTBEAT_S`` seconds with an
@@ -118,13 +119,19 @@ def _pipe_takes_create(fs: fsspec.AbstractFileSystem) -> bool:
     return own is not None and own is not base and "mode" in inspect.signature(own).parameters
 
 
+def _s3_client_create(fs: fsspec.AbstractFileSystem) -> bool:
+    """An s3fs whose ``pipe_file`` has no ``mode``: its botocore client does the
+    conditional put itself (``put_object(..., IfNoneMatch='*')``)."""
+    return bool(_protocols(fs) & {"s3", "s3a"}) and hasattr(fs, "call_s3") and not _pipe_takes_create(fs)
+
+
 def supports_atomic_create(fs: fsspec.AbstractFileSystem) -> bool:
     """Local disks, S3 (s3fs), GCS (a gcsfs with ``pipe_file(mode='create')``), memory://."""
     protos = _protocols(fs)
     if _is_local(fs) or "memory" in protos:
         return True
     if protos & {"s3", "s3a", "gs", "gcs"}:
-        return _pipe_takes_create(fs)
+        return _pipe_takes_create(fs) or _s3_client_create(fs)
     return False
 
 
@@ -161,7 +168,12 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes, bes
             return True
     if supports_atomic_create(fs):
         try:
-            fs.pipe_file(path, data, mode="create")  # S3: If-None-Match: *; GCS: ifGenerationMatch=0
+            if _s3_client_create(fs):
+                bucket, key, _ = fs.split_path(path)
+                fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                fs.invalidate_cache(path)
+            else:
+                fs.pipe_file(path, data, mode="create")  # S3: If-None-Match: *; GCS: ifGenerationMatch=0
             return True
         except FileExistsError:
             return False

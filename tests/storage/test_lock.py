@@ -201,6 +201,15 @@ def test_a_store_without_atomic_create_is_refused_unless_best_effort(monkeypatch
         assert lock.token == 1
 
 
+def test_an_s3fs_without_create_mode_uses_its_botocore_client(s3_options, monkeypatch):
+    monkeypatch.setattr(lock_mod, "_pipe_takes_create", lambda fs: False)  # as an older s3fs
+    out = f"s3://lock-bucket/old-s3fs-{time.monotonic_ns()}"
+    with OutputLock(out, s3_options, what="first") as lock:
+        assert lock.token == 1
+        assert lock_mod._create_exclusive(lock.fs, lock.path, b"{}", best_effort=False) is False  # refused
+        assert json.loads(lock.fs.cat_file(lock.path))["holder"] == lock.holder  # untouched
+
+
 def test_memory_store_is_supported():
     with OutputLock("memory://lock-test/out", what="a") as lock:
         with pytest.raises(OutputLockedError):
