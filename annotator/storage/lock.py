@@ -9,10 +9,10 @@ highest token.
   writers racing for the same token exactly one wins and the other is refused naming it:
   an exclusive create on a local disk (a hard link of a complete temporary file, else
   ``open(..., 'x')``), a conditional put ``If-None-Match: *`` on S3 and compatible stores
-  (s3fs ``pipe_file(mode='create')``; a store that ignores the header is not safe), a
-  generation precondition (``ifGenerationMatch=0``) on GCS through a gcsfs whose
-  ``pipe_file`` takes ``mode='create'`` (an s3fs without that mode: its botocore client's
-  ``put_object(..., IfNoneMatch='*')``). Any other store is refused (exit 2) unless the
+  (s3fs ``pipe_file(mode='create')``, or with an s3fs without that mode the botocore
+  client it holds, ``put_object(..., IfNoneMatch='*')``; a store that ignores the header
+  is not safe), a generation precondition (``ifGenerationMatch=0``) on GCS through a
+  gcsfs whose ``pipe_file`` takes ``mode='create'``. Any other store is refused (exit 2) unless the
   user accepts a **best-effort** lease (``best_effort=True`` or ``ANNOTATOR_BEST_EFFORT_LEASE=1``):
   write, wait ``SETTLE_S``, read back, which two racing writers can both pass.
 - **Heartbeat**: the holder rewrites its own lease every ``HEARTBEAT_S`` seconds with an
