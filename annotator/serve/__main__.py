@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_from_args
 

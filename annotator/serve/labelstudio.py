@@ -55,9 +55,10 @@ import os
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import numpy as np
@@ -128,7 +129,7 @@ def parse_label_config(xml: str) -> ProjectSchema:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise SchemaError(f"label config: expected XML, received unparsable text ({exc})") from None
-    images = {el.get("name"): el.get("value", "") for el in root.iter() if el.tag == "Image"}
+    images = {el.get("name", ""): el.get("value", "") for el in root.iter() if el.tag == "Image"}
     seen = []
     for el in root.iter():
         if el.tag != "BrushLabels":
@@ -140,7 +141,7 @@ def parse_label_config(xml: str) -> ProjectSchema:
             if not value.startswith("$") or len(value) < 2:
                 raise SchemaError(f'label config: expected <Image name="{to_name}" value="$key">, '
                                   f"received value={value!r}")
-            labels = tuple(lab.get("value") for lab in el.iter() if lab.tag == "Label" and lab.get("value"))
+            labels = tuple(str(lab.get("value")) for lab in el.iter() if lab.tag == "Label" and lab.get("value"))
             return ProjectSchema(el.get("name", ""), to_name, value[1:], labels)
     if seen:
         raise SchemaError(f"label config: expected a <BrushLabels toName=...> naming an <Image>, received toName "
@@ -228,7 +229,7 @@ class ImageFetcher:
             return {"Authorization": f"Token {key}"}
         with self._lock:  # a personal access token is a refresh token: exchange it once
             if self._access is None or refresh:
-                r = self._client.post(self.label_studio_url + "/api/token/refresh", json={"refresh": key})
+                r = self._client.post(f"{self.label_studio_url}/api/token/refresh", json={"refresh": key})
                 if r.status_code != 200:
                     raise ImageFetchError("unreadable", f"Label Studio refused the token (HTTP {r.status_code} "
                                                         "from /api/token/refresh)")
@@ -415,7 +416,7 @@ class LabelStudioBackend:
         if ok:
             with self._engine_lock:
                 preds = self._run_engine([im for _, (im, _) in ok], [ref.file_name for _, (_, ref) in ok])
-            for (i, (_, ref)), pred in zip(ok, preds):
+            for (i, (_, ref)), pred in zip(ok, preds, strict=True):
                 answers[i] = self._error(pred) if isinstance(pred, Exception) else self._prediction(ref, pred, schema,
                                                                                                   classes)
         self.counts["task_errors"] += sum(1 for a in answers if a and "error" in a)
@@ -453,7 +454,7 @@ class LabelStudioBackend:
                 return [ImageFetchError("corrupt", f"the model failed on this image: {type(exc).__name__}: {exc}")]
             log.warning("batch of %d failed (%s: %s); one image at a time", len(images), type(exc).__name__, exc)
             out = []
-            for im, name in zip(images, names):
+            for im, name in zip(images, names, strict=True):
                 out += self._run_engine([im], [name])
             return out
 
@@ -537,6 +538,8 @@ def create_app(backend: LabelStudioBackend):
         try:
             doc = await body(request)
             tasks = doc.get("tasks")
+            if not isinstance(tasks, list):
+                raise ValueError(f"tasks: expected a list of tasks, received {type(tasks).__name__}")
             label_config = doc.get("label_config") or ""
             backend.schema(label_config)  # refuse a bad config before queueing
         except ValueError as exc:

@@ -154,7 +154,7 @@ def test_predict_reads_every_kind_of_url_and_answers_our_masks(engine):
     results = response.json()["results"]
     assert len(results) == len(tasks)
     names = ["img0.png", "img1.png", "img2.png", "img3.png", "img0.png"]
-    for name, prediction in zip(names, results):
+    for name, prediction in zip(names, results, strict=True):
         assert prediction["model_version"] == "annotator-test:toy/toy+toy"
         assert 0.0 <= prediction["score"] <= 1.0
         expected = _expected(engine, name)
@@ -298,7 +298,7 @@ def real_label_studio(document_root, request):
 from tests.export.test_ls_push import label_studio  # noqa: E402,F401 - the push test's server fixture, reused
 
 
-class LS:
+class LabelStudioAPI:
     """Label Studio's REST API, as a user's script calls it."""
 
     def __init__(self, url: str, token: str):
@@ -357,7 +357,7 @@ def test_real_label_studio_readme_local_files_recipe(real_label_studio, capsys, 
     from annotator.export.__main__ import main as export_main
 
     url, token, (root, output, expected, _) = real_label_studio
-    api = LS(url, token)
+    api = LabelStudioAPI(url, token)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
     assert export_main([output, "--format", "labelstudio", "--push", url, "--project", "recipe", "--create-project",
                         "--image-url-prefix", "/data/local-files/?d=images/"]) == 0
@@ -385,7 +385,7 @@ def test_real_label_studio_connects_the_backend_and_stores_our_masks(real_label_
     from annotator.inputs.decode import decode_image
 
     url, token, (root, _, expected, class_names) = real_label_studio
-    api = LS(url, token)
+    api = LabelStudioAPI(url, token)
     project = api.project("model", class_names)
     storage = api("POST", "/api/storages/localfiles", json={
         "project": project, "path": str(root / "data" / "images"), "use_blob_urls": True, "recursive_scan": True,
