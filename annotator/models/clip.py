@@ -46,12 +46,41 @@ class OpenClipBackend:
         return self.model.encode_text(tokens)
 
 
-def build_open_clip(model: str, checkpoint: str | None, device: torch.device, seed: int = 0) -> OpenClipBackend:
-    """Create an open_clip model (random init when ``checkpoint`` is None) on ``device``."""
+def is_torchscript_archive(path: str) -> bool:
+    """``path`` is a TorchScript archive (OpenAI's released ``ViT-B-32.pt`` and the like):
+    a zip holding ``<name>/code/``; ``torch.load(weights_only=True)`` refuses those."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except OSError:
+        return False
+
+
+def build_open_clip(model: str, checkpoint: str | None, device: torch.device, seed: int = 0,
+                    pretrained: str | None = None) -> OpenClipBackend:
+    """Create an open_clip model (random init when ``checkpoint`` is None) on ``device``.
+
+    ``pretrained`` is the tag ``checkpoint`` was resolved from (``openai``, ...): open_clip
+    applies a tag's ``quick_gelu`` only when it downloads the tag itself, never to a file,
+    so it is forced here when the tag was trained with QuickGELU
+    (:func:`annotator.models.open_clip_names.needs_quick_gelu`); otherwise OpenAI's
+    weights would run with plain GELU. A TorchScript archive (OpenAI's own ``.pt``
+    files) is rebuilt from its state dict by open_clip's ``load_openai_model``, which
+    always uses QuickGELU, as those models were trained."""
     import open_clip
 
+    from annotator.models.open_clip_names import needs_quick_gelu
+
     torch.manual_seed(seed)
-    m = open_clip.create_model(model, pretrained=checkpoint, device="cpu")
+    if checkpoint and is_torchscript_archive(checkpoint):
+        m = open_clip.load_openai_model(checkpoint, precision="fp32", device="cpu")
+    else:
+        m = open_clip.create_model(model, pretrained=checkpoint, device="cpu",
+                                   force_quick_gelu=needs_quick_gelu(model, pretrained))
     return OpenClipBackend(m, open_clip.get_tokenizer(model), device)
 
 

@@ -57,6 +57,8 @@ def table_from_open_clip() -> dict[str, Any]:
         for tag in oc_pretrained.list_pretrained_tags_by_model(model):
             cfg = oc_pretrained.get_pretrained_cfg(model, tag)
             models[model][tag] = {"hf_hub": cfg.get("hf_hub", ""), "url": cfg.get("url", "")}
+            if cfg.get("quick_gelu"):  # trained with QuickGELU: open_clip applies it only for its own tag download
+                models[model][tag]["quick_gelu"] = True
     return {"open_clip_version": installed_version(), "models": models}
 
 
@@ -88,9 +90,21 @@ def pretrained_tags(model: str) -> list[str]:
 
 
 def pretrained_source(model: str, tag: str) -> dict[str, str]:
-    """``{"hf_hub": ..., "url": ...}`` of ``model``/``tag`` (``{}`` when unknown); tags are
+    """``{"hf_hub": ..., "url": ..., ["quick_gelu": True]}`` of ``model``/``tag`` (``{}`` when unknown); tags are
     matched as open_clip matches them (case and ``-``/``_`` ignored)."""
     return _models().get(model, {}).get(tag.lower().replace("-", "_"), {})
+
+
+def needs_quick_gelu(model: str, pretrained: str | None) -> bool:
+    """``model``/``pretrained`` is a tag whose weights were trained with QuickGELU (OpenAI's
+    CLIP and some LAION/YFCC runs). open_clip applies it from the tag's config only when
+    it downloads the tag itself; given the resolved checkpoint FILE it builds the model
+    with plain GELU unless ``force_quick_gelu`` is passed, which :func:`annotator.models.
+    clip.build_open_clip` does when this says so. False for files and unknown tags (a
+    ``*-quickgelu`` model name carries the setting in its own config)."""
+    if not pretrained:
+        return False
+    return bool(pretrained_source(model, pretrained).get("quick_gelu"))
 
 
 def check_names(model: str, pretrained: str) -> None:

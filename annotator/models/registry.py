@@ -89,7 +89,7 @@ def _toy_clip(config: EngineConfig, weights: ResolvedWeights, device: torch.devi
 def _open_clip(config: EngineConfig, weights: ResolvedWeights, device: torch.device):
     from annotator.models import clip
 
-    return clip.build_open_clip(config.model, weights.clip, device, seed=config.seed)
+    return clip.build_open_clip(config.model, weights.clip, device, seed=config.seed, pretrained=config.pretrained)
 
 
 def _embed_dim(vit: Any) -> int:
