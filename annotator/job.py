@@ -371,31 +371,97 @@ def exclude_output(refs: ImageRefs, output: str) -> ImageRefs:
     return kept.build()
 
 
-def filter_image_list(refs: ImageRefs, path: str, source_root: str | None = None) -> ImageRefs:
-    """The images named in ``--image-list`` (id, relative path, or stem per line). An
-    entry that matches no listed file still gets its row: a ``missing`` error (so that a
-    VOC ``val.txt`` never shrinks the evaluation set unnoticed). No entry matching any
-    file is a ConfigError (the wrong list or the wrong source)."""
-    wanted = list(dict.fromkeys(ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()
-                                if ln.strip()))
+#: How an ``--image-list`` entry names an image by its id (a bare number is a name).
+IMAGE_LIST_ID_PREFIX = "id:"
+
+
+def image_list_entries(path: str) -> list[str]:
+    """The entries of ``--image-list`` ``path``: one per non-blank line, stripped, the
+    first of repeated ones kept. ConfigError for an unreadable or empty file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--image-list {path}: expected a UTF-8 text file, got {type(e).__name__}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    wanted = list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip()))
     if not wanted:
-        raise ConfigError(f"--image-list {path}: expected one id or path per line, got an empty file")
+        raise ConfigError(f"--image-list {path}: expected one relative path, stem or id:N per line, "
+                          "got an empty file")
+    return wanted
 
-    def keys(r: ImageRef) -> set[str]:
-        stem = r.file_name.rsplit(".", 1)[0]
-        return {str(r.image_id), r.file_name, stem, stem.rsplit("/", 1)[-1]}
 
-    wanted_set = set(wanted)
-    out, matched, max_id = ImageRefsBuilder(), set(), 0
+def image_list_keys(file_name: str) -> set[str]:
+    """The entries that name the image ``file_name`` (its path relative to the source):
+    the path itself, the path without its extension, and the file's stem (VOC's
+    ``ImageSets/*.txt`` lists bare stems)."""
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name.rsplit("/", 1)[-1] else file_name
+    return {file_name, stem, stem.rsplit("/", 1)[-1]}
+
+
+def filter_image_list(refs: ImageRefs, path: str, source_root: str | None = None) -> ImageRefs:
+    """The images named in ``--image-list``: one entry per line, a relative path
+    (``JPEGImages/a.jpg``), a path without its extension, or a bare stem (``a``); an
+    image id only in the explicit form ``id:N`` (a bare ``2`` is the file ``2``, never
+    the image whose id is 2).
+
+    Each entry means one image: an entry that names two images of the source (``a``
+    for ``a.jpg`` and ``a.png``, or for ``x/a.jpg`` and ``y/a.jpg``) is a ConfigError
+    naming both; an entry that is the relative path of a file names that file alone.
+    A path or stem entry that matches no listed file still gets its row: a
+    ``missing`` error (so that a VOC ``val.txt`` never shrinks the evaluation set
+    unnoticed); an ``id:N`` that is no image's id is a ConfigError. No entry matching
+    any file is a ConfigError (the wrong list or the wrong source)."""
+    wanted = image_list_entries(path)
+    by_id: dict[int, str] = {}
+    names: set[str] = set()
+    for w in wanted:
+        if w.startswith(IMAGE_LIST_ID_PREFIX):
+            number = w[len(IMAGE_LIST_ID_PREFIX):].strip()
+            if not number.isdigit():
+                raise ConfigError(f"--image-list {path}: expected id:N with N a whole number, got {w!r}")
+            by_id[int(number)] = w
+        else:
+            names.add(w)
+
+    matches: dict[str, list[ImageRef]] = {}  # entry -> the images it names
+    exact: dict[str, ImageRef] = {}  # entry -> the image whose relative path it is
+    max_id = 0
     for r in refs:
         max_id = max(max_id, r.image_id)
-        hit = keys(r) & wanted_set
-        if hit:
-            out.add(r.file_name, r.uri, image_id=r.image_id, index=r.index)
-            matched |= hit
+        hit = image_list_keys(r.file_name) & names
+        if r.image_id in by_id:
+            hit.add(by_id[r.image_id])
+        for entry in hit:
+            seen = matches.setdefault(entry, [])
+            if len(seen) < 2:
+                seen.append(r)
+        if r.file_name in names:  # a path means that file, whatever stems resemble it
+            exact[r.file_name] = r
+    chosen: dict[int, ImageRef] = {}
+    ambiguous = []
+    for entry, found in matches.items():
+        if entry in exact:
+            found = [exact[entry]]
+        if len(found) > 1:
+            ambiguous.append((entry, found))
+        chosen[found[0].image_id] = found[0]
+    if ambiguous:
+        entry, found = ambiguous[0]
+        more = f" ({len(ambiguous) - 1} more entries like it)" if len(ambiguous) > 1 else ""
+        raise ConfigError(f"--image-list {path}: expected each entry to name one image, got {entry!r} naming "
+                          f"both {found[0].file_name!r} and {found[1].file_name!r}{more}; write the relative "
+                          f"path (with its extension) or id:N")
+    out = ImageRefsBuilder()
+    for image_id in sorted(chosen):  # listing order, the full listing's ids kept
+        r = chosen[image_id]
+        out.add(r.file_name, r.uri, image_id=r.image_id, index=r.index)
     if not len(out):
         raise ConfigError(f"--image-list {path}: none of its {len(wanted)} entries matches an image of the source")
-    unmatched = [w for w in wanted if w not in matched]
+    lost_ids = [w for w in by_id.values() if w not in matches]
+    if lost_ids:
+        raise ConfigError(f"--image-list {path}: {lost_ids[0]} is no image's id (ids go from 1 to {max_id})"
+                          + (f", nor are {len(lost_ids) - 1} more" if len(lost_ids) > 1 else ""))
+    unmatched = [w for w in wanted if w in names and w not in matches]
     if unmatched and source_root is None:  # a Hugging Face dataset: its rows are read by index
         log.warning("--image-list %s: %d of its entries match no row of the dataset (e.g. %s)", path,
                     len(unmatched), unmatched[0])

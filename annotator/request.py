@@ -90,7 +90,7 @@ class ReadSpec:
     hf_dataset: str | None = None
     hf_split: str | None = None
     hf_image_column: str | None = None
-    #: only these images: a file with one image_id, relative path or stem per line
+    #: only these images: a file with one relative path, stem or id:N per line
     image_list: str | None = None
     #: files larger than this are refused before they are read (an 'unreadable' row)
     max_bytes: int = DEFAULT_MAX_BYTES

@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true",
                     help="replace an existing output made with another configuration or listing")
     io.add_argument("--image-list", default=None, metavar="FILE",
-                    help="only these images: one image_id, relative path or stem per line "
-                         "(e.g. VOC's ImageSets/Segmentation/val.txt; default: every image of the source)")
+                    help="only these images: one relative path, stem, or id:N (an image id) per line; an entry "
+                         "naming two images is refused (e.g. VOC's ImageSets/Segmentation/val.txt; default: every "
+                         "image of the source)")
     io.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
                     help="refuse image files larger than this before reading them (an 'unreadable' row); "
                          "only regular files are read (default: 1 GiB)")

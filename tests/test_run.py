@@ -438,7 +438,7 @@ def test_memory_source_in_process(tmp_path):
 def test_image_list_selects_images(e2e, tmp_path, capsys):
     names = sorted(e2e["labels"])
     # one entry per accepted form: image_id, relative path, stem with folders, bare stem
-    entries = ["2", names[10], names[20].rsplit(".", 1)[0], Path(names[30]).stem]
+    entries = ["id:2", names[10], names[20].rsplit(".", 1)[0], Path(names[30]).stem]
     image_list = tmp_path / "val.txt"
     image_list.write_text("\n".join(entries) + "\n\n")
     out = tmp_path / "out"
