@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="iscrowd written on every annotation (default 0; 1 = 'ignore region' to COCO evaluation, but some "
              "readers such as supervision only decode RLE then)")
     add(coco, "--images-root", default="", metavar="PREFIX",
-        help="folder or URL prefix joined before every images[].file_name (default: none)")
+        help="folder or URL prefix joined before every image's file name: coco's images[].file_name; fiftyone's "
+             "filepath, a local copy or mount of a source in a bucket (default: none)")
     add(coco, "--polygons", action="store_true",
         help="segmentation as polygons (holes joined by keyhole cuts) instead of RLE (default: off, RLE)")
     add(coco, "--zip", action="store_true",
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a lost mount: the previous export stays
-        print(f"error: writing the {args.format} export failed ({exc.strerror or exc}); {kept}", file=sys.stderr)
+        print(f"error: the {args.format} export failed ({exc.strerror or exc}); {kept}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"error: interrupted; {kept}", file=sys.stderr)
