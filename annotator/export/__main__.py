@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a lost mount: the previous export stays
-        print(f"error: writing the {args.format} export failed ({exc.strerror or exc}); {kept}", file=sys.stderr)
+        print(f"error: the {args.format} export failed ({exc.strerror or exc}); {kept}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"error: interrupted; {kept}", file=sys.stderr)

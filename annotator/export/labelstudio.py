@@ -260,7 +260,6 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
         fp.write(labeling_config(class_names, options.ls_from_name, options.ls_to_name, keep_ids))
     tasks_path = join_url(to, TASKS_NAME)
     with fsspec.open(tasks_path, "w", encoding="utf-8", **so) as fp:
-        counts = write_tasks_json(
-            parts.iter_records(paths, dict(options.storage_options) if options.storage_options else None), class_names, fp, options, model_version
-        )
+        rows = parts.iter_records(paths, dict(options.storage_options) if options.storage_options else None)
+        counts = write_tasks_json(rows, class_names, fp, options, model_version)
     return ExportResult(format="labelstudio", paths=[tasks_path, config_path], counts=counts)

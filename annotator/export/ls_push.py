@@ -32,6 +32,7 @@ from annotator.export.labelstudio import (
     labeling_config,
     task_for_record,
 )
+from annotator.export.registry import MissingExtraError, install_command
 
 __all__ = ["API_KEY_ENV", "DEFAULT_PAGE_SIZE", "check_config", "push"]
 
@@ -43,7 +44,8 @@ def _client(url: str, api_key: str):
     try:
         from label_studio_sdk import LabelStudio
     except ImportError as exc:  # the SDK is the labelstudio extra
-        raise ImportError(f"pushing to Label Studio needs its SDK: pip install 'annotator[labelstudio]' ({exc})") from exc
+        raise MissingExtraError(
+            f"pushing to Label Studio needs its SDK ({exc}): {install_command('labelstudio')}") from exc
     return LabelStudio(base_url=url.rstrip("/"), api_key=api_key)
 
 
@@ -100,7 +102,8 @@ def check_config(label_config: str, from_name: str, to_name: str, classes: list[
     brush = named.get(from_name)
     targets = [t.strip() for t in (brush.get("toName") or "").split(",")] if brush is not None else []
     if brush is None or brush.tag != "BrushLabels" or to_name not in targets:
-        got = f" (it has <{brush.tag} name=\"{from_name}\" toName=\"{brush.get('toName')}\">)" if brush is not None else ""
+        got = (f" (it has <{brush.tag} name=\"{from_name}\" toName=\"{brush.get('toName')}\">)"
+               if brush is not None else "")
         missing.append(f"<BrushLabels name=\"{from_name}\" toName=\"{to_name}\">{got}")
     image = named.get(to_name)
     if image is None or image.tag != "Image":

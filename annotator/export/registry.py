@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from annotator.export.common import ExportError, ExportOptions, ExportResult
@@ -97,7 +98,7 @@ class Exporter:
     """
 
     run: ExportFn
-    honours: frozenset[str] = field(default_factory=frozenset)
+    honours: AbstractSet[str] = frozenset()
     needs: Mapping[str, str] = field(default_factory=dict)
     extras: tuple[tuple[str, str], ...] = ()
     writes_folder: bool = True

@@ -24,7 +24,8 @@ import os
 import posixpath
 import shutil
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -72,7 +73,7 @@ class Staging:
         marker = posixpath.join(self._fs_path, MARKER_NAME)
         with self.fs.open(marker, "w", encoding="utf-8") as f:
             json.dump({"format": self._format,
-                       "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}, f)
+                       "written": datetime.now(UTC).isoformat(timespec="seconds")}, f)
             f.write("\n")
         try:
             if _is_local(self.fs):
@@ -110,7 +111,7 @@ class Staging:
             pass
 
 
-def open_staging(target: str, format: str, storage_options: dict | None = None, *,
+def open_staging(target: str, format: str, storage_options: Mapping[str, Any] | None = None, *,
                  replaceable: bool = False) -> Staging:
     """Check ``target`` and create a staging folder beside it (before any work).
 

@@ -94,7 +94,7 @@ class _Layout:
             self.counts[_place_image(record.uri, image_path, self.folder.fs, self.image_so,
                                      self.options.yolo_images)] += 1
 
-    def write_yaml(self, to: str, names: list[str], extra: list[str] = ()) -> str:
+    def write_yaml(self, to: str, names: list[str], extra: tuple[str, ...] = ()) -> str:
         data_yaml = join_url(to, DATA_YAML)
         # Where the dataset will be once published (it is written in a staging folder).
         root_shown = os.path.abspath(final_location(self.folder.root)) if "://" not in to else final_location(to)
@@ -172,7 +172,7 @@ def export_semantic(output: str, to: str, options: ExportOptions) -> ExportResul
         layout.add(record, "masks", ".png", _gray_png(labels))
         layout.counts["annotations"] += len(kept)
         layout.counts["empty_images"] += not kept
-    data_yaml = layout.write_yaml(to, [class_names[cid] for cid in exported], ["masks_dir: masks"])
+    data_yaml = layout.write_yaml(to, [class_names[cid] for cid in exported], ("masks_dir: masks",))
     return layout.result("yolo-semantic", data_yaml, to, keep.counts())
 
 

@@ -28,14 +28,14 @@ def test_labeling_config_lists_classes_escaped():
     brush = root.find("BrushLabels")
     assert brush.get("name") == "brush" and brush.get("toName") == "img"
     labels = brush.findall("Label")
-    assert [l.get("value") for l in labels] == names[1:]
+    assert [label.get("value") for label in labels] == names[1:]
     colors = class_colors(len(names))
-    assert [l.get("background") for l in labels] == [hex_color(colors[i]) for i in range(1, len(names))]
+    assert [label.get("background") for label in labels] == [hex_color(colors[i]) for i in range(1, len(names))]
 
 
 def test_labeling_config_subset():
     root = ET.fromstring(ls.labeling_config(["background", "a", "b", "c"], class_ids=[3, 1]))
-    assert [l.get("value") for l in root.iter("Label")] == ["a", "c"]
+    assert [label.get("value") for label in root.iter("Label")] == ["a", "c"]
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,7 @@ def test_missing_sdk_is_a_clear_error(monkeypatch, synthetic_output, tmp_path):
     assert not (tmp_path / "ls").exists()
     # the hint installs within the project's own pin (pyproject's labelstudio extra)
     import tomllib
+
     from packaging.requirements import Requirement
 
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -128,7 +129,7 @@ def test_filters_and_model_version(synthetic_output, tmp_path):
     assert tasks[0]["data"]["image"] == "s3://b/a/cat.jpg"
     assert result.counts["filtered_area"] == 1  # the one-pixel cat of e.png
     root = ET.parse(result.paths[1]).getroot()
-    assert [l.get("value") for l in root.iter("Label")] == ["cat"]
+    assert [label.get("value") for label in root.iter("Label")] == ["cat"]
 
 
 def test_mask_rle_round_trip_edge_cases():

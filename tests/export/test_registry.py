@@ -167,7 +167,8 @@ def test_the_walk_knows_every_option():
 
 def _expected_refusal(fmt: str, flag: str) -> str | None:
     """What the registry says about ``flag`` alone with ``--format fmt`` (None: taken)."""
-    from annotator.export.registry import PUSH_ONLY, flag as flag_of
+    from annotator.export.registry import PUSH_ONLY
+    from annotator.export.registry import flag as flag_of
 
     entry = EXPORTERS[fmt]
     dest = flag[2:].replace("-", "_")
