@@ -10,23 +10,37 @@ Usable without Ray (benchmarks, notebooks)::
     preds = engine.predict([rgb_uint8_hwc, ...], names=["a.jpg", ...])
 
 Each :class:`Prediction` is at the image's ORIGINAL resolution.
+
+The pieces, each in its own module: which device and precision, moving images on and
+results off it, timing the stages (:mod:`annotator.device`); the crops, the encoders and
+the per-scale grids (:mod:`annotator.core.multiscale`); the per-pixel decision at the
+output resolution for each protocol (:mod:`annotator.core.decision`). :class:`Engine`
+holds the models and runs the stages in order.
 """
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from annotator.config import ConfigError, EngineConfig
-from annotator.core import guidance, multiscale
+from annotator.config import EngineConfig
+from annotator.core import multiscale
+from annotator.core.decision import decide
 from annotator.core.geometry import scale_grids, total_patches
+from annotator.device import (  # also re-exported: callers import these from annotator.engine
+    StageTimer,
+    autocast,
+    class_stats_torch,
+    cpu_bf16_supported,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    to_chw_uint8,
+)
 from annotator.inputs.vocab import Vocabulary
 from annotator.models import (
     ResolvedWeights,
@@ -35,6 +49,17 @@ from annotator.models import (
     resolve_weights,
 )
 from annotator.models.registry import clip_backend
+
+__all__ = [
+    "Engine",
+    "Prediction",
+    "class_stats_torch",
+    "cpu_bf16_supported",
+    "precision_name",
+    "resolve_device",
+    "resolve_precision",
+    "to_chw_uint8",
+]
 
 
 @dataclass
@@ -53,92 +78,14 @@ class Prediction:
     class_stats: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def class_stats_torch(labels: torch.Tensor, conf: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, W) integer labels + (H, W) float confidence on any device -> per class
-    (pixel count (K,) int64, confidence sum (K,) float64), like ``records.class_stats_numpy``."""
-    flat = labels.reshape(-1).long()
-    return (torch.bincount(flat, minlength=num_classes),
-            torch.bincount(flat, weights=conf.reshape(-1).double(), minlength=num_classes))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; validates explicit CUDA requests."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
-    return dev
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX), where
-    bf16 autocast about doubles the encoders' speed; elsewhere bf16 is emulated and slower."""
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(torch.cpu, probe, None)  # torch's own detection (private, so guarded)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:  # noqa: BLE001 - a probe that fails means "unknown": try the next
-            pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: str, device: torch.device, protocol: str = "full",
-                      test_model: bool = False) -> torch.dtype | None:
-    """Autocast dtype for the encoders (None = fp32).
-
-    ``auto``: bf16 on CUDA; on a CPU, bf16 where the CPU has it natively
-    (:func:`cpu_bf16_supported`) and fp32 elsewhere, and always fp32 under
-    ``--protocol official`` on a CPU (parity with the released fp32 code) and for the
-    test models (``test_model``: their outputs must not depend on the machine). ``bf16``
-    is honoured on any CPU; ``fp16`` needs CUDA.
-    """
-    if device.type == "cpu":
-        if precision == "fp16":
-            raise ConfigError("--precision fp16: expected a CUDA device for fp16, got the CPU "
-                              "(use bf16 or fp32 there)")
-        if precision == "bf16":
-            return torch.bfloat16
-        if precision == "auto" and protocol != "official" and not test_model and cpu_bf16_supported():
-            return torch.bfloat16
-        return None
-    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """``bf16``, ``fp16`` or ``fp32``: what the encoders ran at (for metadata and benchmarks)."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-
-
-def to_chw_uint8(image, device: torch.device) -> torch.Tensor:
-    """(H, W, 3) uint8 numpy or (3, H, W) uint8 tensor -> (3, H, W) uint8 on ``device``."""
-    if isinstance(image, torch.Tensor):
-        t = image
-        if t.dim() != 3 or t.shape[0] != 3 or t.dtype != torch.uint8:
-            raise ValueError(f"expected a (3, H, W) uint8 tensor, got {tuple(t.shape)} {t.dtype}")
-        return t.to(device, non_blocking=True)
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {a.shape} {a.dtype}")
-    a = np.ascontiguousarray(a)
-    if not a.flags.writeable:  # torch refuses read-only memory; decoders may hand us one
-        a = a.copy()
-    return torch.from_numpy(a).to(device).permute(2, 0, 1)
-
-
 class Engine:
-    """CLIP-DIY on one device. Models are loaded once; text embeddings once per vocabulary."""
+    """CLIP-DIY on one device. Models are loaded once; text embeddings once per vocabulary.
+
+    :meth:`predict` runs the stages in order: upload and resize to the square input,
+    crops -> CLIP -> per-scale grids (:meth:`patch_scores`), saliency on the original
+    images, the per-pixel decision at the output resolution, download. ``timings[stage]``
+    sums each stage's seconds.
+    """
 
     def __init__(
         self,
@@ -168,24 +115,12 @@ class Engine:
         #: Per-class pixel counts and confidence sums computed on the device (a GPU) rather
         #: than by the CPU encoders, which hold the GIL for them.
         self.device_class_stats = self.device.type == "cuda"
-        self.timings: dict[str, float] = defaultdict(float)
+        self._timer = StageTimer(self.device, profile)
+        self.timings: dict[str, float] = self._timer.timings
         self.set_vocabulary(vocabulary)
 
-    # ----------------------------------------------------------------- helpers
-    @contextmanager
-    def _stage(self, name: str):
-        if self.profile and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.profile and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] += time.perf_counter() - t0
-
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(device_type=self.device.type, enabled=False)
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     @torch.inference_mode()
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
@@ -210,40 +145,29 @@ class Engine:
         per_chunk = max(1, self.config.crop_chunk // self.patches_per_image)
         out = []
         for i in range(0, b, per_chunk):
-            with self._stage("crops"):
+            with self._timer.stage("crops"):
                 crops = multiscale.cut_crops(
                     small_b3ss[i : i + per_chunk], self.grids, self.clip.input_size, self.clip.mean, self.clip.std,
                     exact=self.exact_resize,
                 )
                 if self.autocast_dtype is not None:
                     crops = crops.to(self.autocast_dtype)
-            with self._stage("clip"), self._autocast():
+            with self._timer.stage("clip"), self._autocast():
                 emb = self.clip.encode_image(crops)
             out.append(multiscale.patch_scores(emb, self.text_kd))
         return torch.cat(out).view(b, self.patches_per_image, -1)
 
     def _decide_one(self, maps: list[torch.Tensor], sal: torch.Tensor | None, size_hw: tuple[int, int]):
-        cfg = self.config
-        if cfg.protocol == "official":
-            side = cfg.input_size
-            m = multiscale.dense_scores(maps, self.scale_weights, (side, side))
-            s = None
-            if sal is not None:
-                s = F.interpolate(sal[None, None].float(), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
-            labels, conf = guidance.guided_decision(m, s, self.logit_scale)
-            both = torch.stack([labels.float(), conf])[None]
-            both = F.interpolate(both, size=size_hw, mode="nearest")[0]
-            return both[0].to(torch.int32), both[1]
-        s_full = None
-        if sal is not None:
-            s_full = F.interpolate(sal[None, None].float(), size=size_hw, mode="bilinear", align_corners=False)[0, 0]
-        labels = torch.empty(size_hw, dtype=torch.int32, device=self.device)
-        conf = torch.empty(size_hw, dtype=torch.float32, device=self.device)
-        for y0, y1 in guidance.band_rows(len(self.vocabulary), size_hw):
-            m = multiscale.dense_scores(maps, self.scale_weights, size_hw, rows=(y0, y1))
-            lab, cf = guidance.guided_decision(m, None if s_full is None else s_full[y0:y1], self.logit_scale)
-            labels[y0:y1], conf[y0:y1] = lab, cf
-        return labels, conf
+        return decide(maps, sal, size_hw, protocol=self.config.protocol, input_size=self.config.input_size,
+                      num_classes=len(self.vocabulary), scale_weights=self.scale_weights,
+                      logit_scale=self.logit_scale)
+
+    def _download(self, lab: torch.Tensor, cf: torch.Tensor) -> Prediction:
+        stats = None
+        if self.device_class_stats:
+            pixels, sums = class_stats_torch(lab, cf, len(self.vocabulary))
+            stats = (pixels.cpu().numpy(), sums.cpu().numpy())
+        return Prediction(lab.cpu().numpy(), cf.float().cpu().numpy(), stats)
 
     # ----------------------------------------------------------------- API
     @torch.inference_mode()
@@ -265,29 +189,15 @@ class Engine:
             for i in range(0, len(images), bs):
                 out += self.predict(images[i : i + bs], None if names is None else names[i : i + bs])
             return out
-        # Stage: upload and resize to the square input
-        with self._stage("upload"):
+        stage = self._timer.stage
+        with stage("upload"):
             tensors = [to_chw_uint8(im, self.device) for im in images]
             small = torch.stack([multiscale.resize_input(t, self.config.input_size, self.exact_resize) for t in tensors])
-        # Stage: crops -> CLIP -> per-scale grids
         maps_b = multiscale.scale_maps(self.patch_scores(small), self.grids)
-        # Stage: saliency on the original images
-        with self._stage("saliency"):
+        with stage("saliency"):
             sal = self.saliency(tensors, list(names) if names is not None else None) if self.saliency else [None] * len(tensors)
-        # Stage: guidance and the per-pixel decision at the output resolution
-        results = []
-        with self._stage("guidance"):
-            for i, t in enumerate(tensors):
-                size_hw = (int(t.shape[1]), int(t.shape[2]))
-                labels, conf = self._decide_one([m[i] for m in maps_b], sal[i], size_hw)
-                results.append((labels, conf))
-        with self._stage("download"):
-            k = len(self.vocabulary)
-            out = []
-            for lab, cf in results:
-                stats = None
-                if self.device_class_stats:
-                    pixels, sums = class_stats_torch(lab, cf, k)
-                    stats = (pixels.cpu().numpy(), sums.cpu().numpy())
-                out.append(Prediction(lab.cpu().numpy(), cf.float().cpu().numpy(), stats))
-            return out
+        with stage("guidance"):
+            results = [self._decide_one([m[i] for m in maps_b], sal[i], (int(t.shape[1]), int(t.shape[2])))
+                       for i, t in enumerate(tensors)]
+        with stage("download"):
+            return [self._download(lab, cf) for lab, cf in results]

@@ -107,7 +107,7 @@ def test_device_and_precision_errors():
 def test_cpu_precision_auto_follows_the_cpu(monkeypatch, supported):
     """auto = bf16 on a CPU with native bf16 (AVX-512 BF16/AMX), fp32 elsewhere; fp32 under
     the official protocol and for the test models; bf16 asked for is honoured."""
-    import annotator.engine as E
+    import annotator.device as E
 
     monkeypatch.setattr(E, "cpu_bf16_supported", lambda: supported)
     cpu = torch.device("cpu")
