@@ -150,3 +150,38 @@ def test_the_default_target_replaces_an_export_of_an_older_version(synthetic_out
     stale.write_bytes(b"old")
     assert main([output, "--format", "masks"]) == 0
     assert not stale.exists() and (stale.parent / "labels.txt").exists()
+
+
+_SIGINT_SCRIPT = """
+import os, signal, sys
+from fsspec.implementations.local import LocalFileOpener
+from annotator.export.__main__ import main
+
+writes = 0
+
+def write(opener, data, *args):
+    global writes
+    writes += 1
+    if writes == 3:
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, in the middle of the export
+    return opener.f.write(data, *args)
+
+LocalFileOpener.write = write
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_real_sigint_is_exit_130_with_the_previous_export_intact(synthetic_output, tmp_path):
+    import subprocess
+    import sys
+
+    output, _, _ = synthetic_output
+    to = tmp_path / "exports" / "masks"
+    assert main([output, "--format", "masks", "--to", str(to), "--confidence"]) == 0
+    before = _files(to)
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _SIGINT_SCRIPT, output, "--format", "masks", "--to", str(to)],
+                         capture_output=True, text=True, cwd=repo, timeout=300)
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [f"error: interrupted; {to} was left as it was"]
+    assert _files(to) == before and _leftovers(to.parent) == []
