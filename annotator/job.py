@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from annotator import __version__
 from annotator.config import ConfigError, EngineConfig
@@ -30,7 +29,7 @@ from annotator.inputs.listing import list_images, resolve_source
 from annotator.inputs.vocab import Vocabulary, load_vocabulary
 from annotator.models import ResolvedWeights, describe_weights, resolve_weights
 from annotator.records.metadata import RunMetadata
-from annotator.request import SAMPLES_DIR, RunRequest
+from annotator.request import SAMPLES_DIR, RunRequest, image_list_entries
 from annotator.shards.task import (
     RunOptions,
     SchedulingStats,
@@ -145,7 +144,7 @@ def list_inputs(request: RunRequest, checked: Validated) -> Inputs:
     read, output = request.read, request.write.output
     if read.hf_dataset:
         hf = list_hf_dataset(read.hf_dataset, read.hf_split, read.hf_image_column)
-        inputs = Inputs(hf.refs(), f"hf:{read.hf_dataset}:{hf.split}", checked.storage_options, hf)
+        inputs = Inputs(hf.refs(), request.source_description(hf.split), checked.storage_options, hf)
     else:
         source, source_opts = resolve_source(read.source or str(SAMPLES_DIR), checked.storage_options)
         inputs = Inputs(list_images(source, source_opts), redact_uri(source), source_opts)
@@ -169,13 +168,9 @@ def open_run_output(request: RunRequest, checked: Validated, inputs: Inputs) -> 
     """Stage 3: open or resume ``--output``; decide which shards are left to run."""
     read, write, shard_size = request.read, request.write, request.schedule.shard_size
     max_pixels = read.max_pixels or DEFAULT_MAX_PIXELS
-    identity = {
-        "engine": checked.engine.identity(),
-        "vocabulary": checked.vocabulary.to_json(),
-        "source": inputs.description,
-        "max_pixels": max_pixels,
-        "gt": read.gt,
-    }
+    described = describe_weights(checked.engine, checked.weights)  # hashes weight files given by hand: once
+    identity = request.identity(vocabulary=checked.vocabulary.to_json(), source=inputs.description,
+                                weights=described)
     chash = config_hash(identity)
     tasks = make_shards(inputs.refs, shard_size, inputs.hf)
     manifest = open_output(
@@ -192,7 +187,8 @@ def open_run_output(request: RunRequest, checked: Validated, inputs: Inputs) -> 
     for i in sorted(shards_with_logs(write.output, checked.storage_options) - done_before):
         if i < len(tasks):
             tasks[i].careful = True  # its worker died in an earlier run: one image at a time
-    options = RunOptions(output=write.output, metadata=run_metadata(checked, inputs, chash, len(tasks)).to_json(),
+    metadata = run_metadata(checked, inputs, chash, len(tasks), described)
+    options = RunOptions(output=write.output, metadata=metadata.to_json(),
                          storage_options=inputs.storage_options or None,
                          output_storage_options=checked.storage_options,
                          max_pixels=max_pixels, max_bytes=read.max_bytes,
@@ -264,9 +260,12 @@ def finish(request: RunRequest, checked: Validated, inputs: Inputs, stats: Sched
 # ----------------------------------------------------------------------------- helpers
 
 
-def run_metadata(checked: Validated, inputs: Inputs, chash: str, num_shards: int) -> RunMetadata:
-    """The run metadata stored in every part's footer (and shown by the report)."""
-    described = describe_weights(checked.engine, checked.weights)
+def run_metadata(checked: Validated, inputs: Inputs, chash: str, num_shards: int,
+                 described: dict[str, str] | None = None) -> RunMetadata:
+    """The run metadata stored in every part's footer (and shown by the report);
+    ``described``: :func:`annotator.models.describe_weights` when already computed."""
+    if described is None:
+        described = describe_weights(checked.engine, checked.weights)
     return RunMetadata(
         vocabulary=checked.vocabulary.names,
         vocabulary_prompts=checked.vocabulary.to_json(),
@@ -373,21 +372,6 @@ def exclude_output(refs: ImageRefs, output: str) -> ImageRefs:
 
 #: How an ``--image-list`` entry names an image by its id (a bare number is a name).
 IMAGE_LIST_ID_PREFIX = "id:"
-
-
-def image_list_entries(path: str) -> list[str]:
-    """The entries of ``--image-list`` ``path``: one per non-blank line, stripped, the
-    first of repeated ones kept. ConfigError for an unreadable or empty file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--image-list {path}: expected a UTF-8 text file, got {type(e).__name__}: "
-                          f"{getattr(e, 'strerror', None) or e}") from None
-    wanted = list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip()))
-    if not wanted:
-        raise ConfigError(f"--image-list {path}: expected one relative path, stem or id:N per line, "
-                          "got an empty file")
-    return wanted
 
 
 def image_list_keys(file_name: str) -> set[str]:

@@ -40,16 +40,54 @@ from pathlib import Path
 from typing import Any
 
 from annotator.config import DEFAULT_SHARD_SIZE, ConfigError, EngineConfig
+from annotator.inputs.decode import DEFAULT_MAX_PIXELS
 from annotator.inputs.listing import DEFAULT_MAX_BYTES
 from annotator.storage.redact import redact_uri, split_credentials
 
-__all__ = ["DEFAULT_OUTPUT", "SAMPLES_DIR", "GT_FORMATS", "ModelSpec", "ReadSpec", "RunRequest", "ScheduleSpec",
-           "WriteSpec"]
+__all__ = ["DEFAULT_OUTPUT", "SAMPLES_DIR", "GT_FORMATS", "NOT_ROW_AFFECTING", "ModelSpec", "ReadSpec", "RunRequest",
+           "ScheduleSpec", "WriteSpec", "image_list_entries"]
 
 #: The sample photographs (and their vocabulary) shipped with the package: the default source.
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 DEFAULT_OUTPUT = "annotator-output"
 GT_FORMATS = ("coco", "voc-png", "hf-column")
+
+
+#: ``annotator.run``'s options (argparse ``dest``) that change no row, and why: the
+#: others are each in :meth:`RunRequest.identity` (``tests/test_request.py`` walks the
+#: parser and checks that every option is in one or the other).
+NOT_ROW_AFFECTING = {
+    "num_actors": "how many actors run the shards",
+    "address": "which Ray cluster runs them",
+    "quiet": "the progress bar",
+    "no_report": "report.html and the previews, written after the rows",
+    "overwrite": "what to do with an output of another configuration",
+    "max_failure_rate": "the verdict (the exit code), not the rows",
+    "storage_options": "credentials and endpoints: never stored",
+    "output": "where the rows go",
+    "device": "where the engine runs (the precision, which changes rows, is in the identity)",
+    "batch_size": "images per engine step",
+    "shard_size": "the parts' layout, checked by the manifest itself",
+    "weights_dir": "where weights are looked up: the files count by their sha256 ('weights')",
+    "dino_weights": "a weight file's place: it counts by its sha256 ('weights.dino')",
+    "found_weights": "a weight file's place: it counts by its sha256 ('weights.found')",
+    "vocab": "the vocabulary file's place: its classes and prompts count ('vocabulary')",
+}
+
+
+def image_list_entries(path: str) -> list[str]:
+    """The entries of ``--image-list`` ``path``: one per non-blank line, stripped, the
+    first of repeated ones kept. ConfigError for an unreadable or empty file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--image-list {path}: expected a UTF-8 text file, got {type(e).__name__}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    wanted = list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip()))
+    if not wanted:
+        raise ConfigError(f"--image-list {path}: expected one relative path, stem or id:N per line, "
+                          "got an empty file")
+    return wanted
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -193,6 +231,53 @@ class RunRequest:
 
     def __post_init__(self) -> None:
         _check_types(self)
+
+    def source_description(self, hf_split: str | None = None) -> str:
+        """The source as shown and recorded: the URL or path without credentials, or
+        ``hf:NAME:SPLIT`` (``hf_split``: the split resolved by the listing)."""
+        read = self.read
+        if read.hf_dataset:
+            return f"hf:{redact_uri(read.hf_dataset)}:{hf_split or read.hf_split or ''}"
+        return redact_uri(read.source or str(SAMPLES_DIR))
+
+    def identity(self, *, vocabulary: list | None = None, source: str | None = None,
+                 weights: dict[str, str] | None = None) -> dict:
+        """Every setting that changes a row, as JSON: what the run's configuration hash
+        covers (a finished run re-run with any of them changed is refused, never
+        resumed with the old rows). The options that change no row are
+        :data:`NOT_ROW_AFFECTING`.
+
+        Contents count, not names: the vocabulary's classes and prompts (read from
+        ``model.vocab`` unless ``vocabulary`` is given), the image list's entries
+        (sha256), the weight files' sha256 (``weights``: from
+        :func:`annotator.models.describe_weights`, reduced by
+        :func:`annotator.storage.identity.weights_identity`; left out when None).
+        ``source``: the listing's description (resolved Hugging Face split); default
+        :meth:`source_description`. Credentials never appear (URLs are redacted)."""
+        import hashlib
+
+        from annotator.inputs.vocab import load_vocabulary
+        from annotator.storage.identity import weights_identity
+
+        read = self.read
+        if vocabulary is None:
+            vocabulary = load_vocabulary(self.model.vocab).to_json()
+        entries = image_list_entries(read.image_list) if read.image_list else None
+        identity = {
+            "engine": self.model.engine.identity(),  # model, tag, templates, saliency (precomputed: its source),
+            "vocabulary": vocabulary,                 # geometry, protocol, precision, seed
+            "source": source if source is not None else self.source_description(),
+            "hf_image_column": read.hf_image_column,
+            "image_list": (None if entries is None else
+                           "sha256:" + hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()),
+            "max_bytes": read.max_bytes,
+            "max_pixels": read.max_pixels or DEFAULT_MAX_PIXELS,
+            "gt": redact_uri(read.gt) if read.gt else None,
+            "gt_format": read.gt_format,
+        }
+        if weights is not None:
+            identity["weights"] = weights_identity(weights)
+        return identity
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunRequest:

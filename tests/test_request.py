@@ -178,3 +178,90 @@ def test_the_python_api_is_imported_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def _identity_argv(action, tmp_path: Path) -> list[str]:
+    """The option with a value other than its default that the identity can read."""
+    opt = action.option_strings[-1]
+    if opt == "--image-list":
+        (tmp_path / "list.txt").write_text("a.png\n")
+        return [opt, str(tmp_path / "list.txt")]
+    if opt == "--vocab":  # the same classes elsewhere: not a change of the run
+        copy = tmp_path / "same-vocab.txt"
+        copy.write_bytes(Path(build_parser().get_default("vocab")).read_bytes())
+        return [opt, str(copy)]
+    return _argv(action)
+
+
+def test_every_option_is_in_the_identity_or_listed_as_not_changing_rows(tmp_path):
+    """Walks every option of ``annotator.run``: changing it changes the run's identity
+    (the configuration hash), or it is in NOT_ROW_AFFECTING and changes nothing there."""
+    from annotator.request import NOT_ROW_AFFECTING
+
+    parser = build_parser()
+    actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert set(NOT_ROW_AFFECTING) <= {a.dest for a in actions}, "NOT_ROW_AFFECTING names an option that is gone"
+    for action in actions:
+        companions = COMPANIONS.get(action.option_strings[-1], [])
+        base = RunRequest.from_args(parser.parse_args(companions)).identity()
+        changed = RunRequest.from_args(parser.parse_args([*companions, *_identity_argv(action, tmp_path)])).identity()
+        name = "/".join(action.option_strings)
+        if action.dest in NOT_ROW_AFFECTING:
+            assert changed == base, f"{name} is listed as not changing rows but changes the identity"
+        else:
+            assert changed != base, f"{name} changes no setting of the identity and is not in NOT_ROW_AFFECTING"
+
+
+def test_contents_count_in_the_identity_not_names(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("x.png\ny.png\n")
+    second.write_text("x.png\n\n  y.png\n")  # the same entries
+    ids = [RunRequest(read=ReadSpec(image_list=str(p))).identity()["image_list"] for p in (first, second)]
+    assert ids[0] == ids[1] and ids[0].startswith("sha256:")
+    second.write_text("x.png\n")
+    assert RunRequest(read=ReadSpec(image_list=str(second))).identity()["image_list"] != ids[0]
+    other_vocab = write_vocab(tmp_path / "v.txt")
+    assert (RunRequest(model=ModelSpec(vocab=str(other_vocab))).identity()["vocabulary"]
+            != RunRequest().identity()["vocabulary"])
+    weights = {"clip": "openai", "dino": f"dino.pth sha256:{'a' * 64}"}
+    moved = {"clip": "openai", "dino": f"elsewhere.pth sha256:{'a' * 64}"}
+    assert RunRequest().identity(weights=weights) == RunRequest().identity(weights=moved)
+    assert RunRequest().identity(weights=weights)["weights"]["dino"] == f"sha256:{'a' * 64}"
+
+
+def test_a_finished_run_refuses_a_changed_row_setting(dataset, tmp_path, ray_session, capsys):
+    """A finished run re-run with any setting of its identity changed is refused (exit 2,
+    the setting named), never resumed with its old rows; nothing in it is touched."""
+    listing = tmp_path / "list.txt"
+    names = sorted(p.relative_to(dataset["images"]).as_posix() for p in Path(dataset["images"]).rglob("*.png"))
+    listing.write_text("\n".join(names[:5]) + "\n")
+    out = tmp_path / "out"
+    argv = ["--source", str(dataset["images"]), "--vocab", str(dataset["vocab"]), "--model", "toy",
+            "--saliency", "toy", "--device", "cpu", "--output", str(out), "--shard-size", "4", "--num-actors", "1",
+            "--quiet", "--no-report", "--image-list", str(listing)]
+    assert main(argv) == 0, capsys.readouterr().err
+    manifest = (out / "manifest.json").read_bytes()
+    parts = {p.name: p.read_bytes() for p in (out / "parts").iterdir()}
+    capsys.readouterr()
+    changes = {
+        "max_bytes": ["--max-bytes", "1000"],
+        "max_pixels": ["--max-pixels", "1000"],
+        "engine.templates": ["--templates", "a picture of a {}"],
+        "engine.input_size": ["--input-size", "128", "--patch-sizes", "128,64"],
+        "gt_format": ["--gt", str(dataset["gt"]), "--gt-format", "voc-png"],
+    }
+    for key, extra in changes.items():
+        rc = main([*argv, *extra])
+        err = capsys.readouterr().err
+        assert rc == 2, (key, err)
+        assert key in err and "error:" in err, (key, err)
+    # the image list's entries, the same images named another way
+    listing.write_text("\n".join(n.rsplit(".", 1)[0] for n in names[:5]) + "\n")
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "image_list" in err, err
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert {p.name: p.read_bytes() for p in (out / "parts").iterdir()} == parts
