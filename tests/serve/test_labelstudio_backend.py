@@ -241,11 +241,13 @@ def test_the_config_chooses_names_labels_and_data_key(engine):
 def test_cli_refuses_without_the_extra_and_with_bad_options(tmp_path, monkeypatch, capsys):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("red\nblue\n", encoding="utf-8")
-    monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)
-    assert serve_main.main(["labelstudio", "--vocab", str(vocab), "--model", "toy", "--saliency", "toy"]) == 2
+    import uvicorn  # noqa: F401 - in sys.modules, so that the context below puts the same module back
+
+    with monkeypatch.context() as patch:  # the extra missing
+        patch.setitem(__import__("sys").modules, "uvicorn", None)
+        assert serve_main.main(["labelstudio", "--vocab", str(vocab), "--model", "toy", "--saliency", "toy"]) == 2
     err = capsys.readouterr().err
     assert "pip install" in err and "annotator[serve]" in err and len(err.strip().splitlines()) == 1
-    monkeypatch.delitem(__import__("sys").modules, "uvicorn")
     assert serve_main.main(["labelstudio", "--vocab", str(tmp_path / "none.txt"), "--model", "toy"]) == 2
     assert "none.txt" in capsys.readouterr().err
     assert serve_main.main(["labelstudio", "--vocab", str(vocab), "--model", "toy", "--saliency", "toy",
