@@ -15,10 +15,16 @@ with the package (only the models' weights):
 
 The models: ViT-B-32 with random weights; DINO ViT-S/8 with random weights and FOUND's
 released decoder file when ``../shared/weights`` has it (a random decoder otherwise).
-Random text towers give near-identical embeddings to prompts of equal token length, so
-the class embeddings are set from the test images' own patch embeddings (their mean plus
-one principal direction per class), and the test checks that classes are far apart and
-that the reference's top-2 margins are well above float rounding before it compares.
+A random text tower's class embeddings say nothing about the test images (ViT-B-32's
+are 0.24-0.40 apart, and every pixel might take one class), so the class embeddings are
+set from the test images' own patch embeddings (their mean plus one principal direction
+per class), and the test checks that no two classes are closer than 0.3, naming any that
+are, before it compares.
+
+What the README claims is what is asserted: every pixel equal to the reference's label,
+except pixels where the reference itself ties (its top-2 guided scores within float
+rounding, so that either label is the released code's answer); those are counted and
+their classes named, and there must be almost none.
 """
 
 import copy
@@ -106,7 +112,8 @@ def reference_found(vit, decoder, img):
 
 
 def reference_labels(patch_emb, text_kd, saliency_hw, size_hw):
-    """Guided softmax argmax at 256, resized to ``size_hw`` with nearest; also the top-2 margin."""
+    """Guided softmax argmax at 256, resized to ``size_hw`` with nearest; also the guided
+    scores (K, 256, 256)."""
     maps = []
     for emb in patch_emb:
         n = int(math.isqrt(emb.shape[0]))
@@ -117,9 +124,32 @@ def reference_labels(patch_emb, text_kd, saliency_hw, size_hw):
         s = torch.from_numpy(cv2.resize(saliency_hw, (256, 256), interpolation=cv2.INTER_LINEAR))
         m = torch.cat([m[:1] * (1 - s), m[1:] * s])
     labels = m.softmax(0).argmax(0).numpy().astype(np.uint8)
-    top2 = m.topk(2, dim=0).values
     full = cv2.resize(labels, size_hw[::-1], interpolation=cv2.INTER_NEAREST)
-    return full, (top2[0] - top2[1]).numpy()
+    return full, m
+
+
+#: Top-2 guided scores closer than this (scores are about 0.01..0.35) are a tie: float
+#: rounding, not the method, decides between the two classes.
+TIE_MARGIN = 1e-6
+
+
+def tied_class_pairs(text_kd, names, min_distance=1e-3):
+    """Pairs of class names whose embeddings are (nearly) the same: ``[(a, b, distance)]``."""
+    dist = torch.cdist(text_kd.float(), text_kd.float())
+    return [(names[i], names[j], float(dist[i, j])) for i in range(len(names)) for j in range(i + 1, len(names))
+            if dist[i, j] < min_distance]
+
+
+def reference_ties(m_khw, names):
+    """Pixels (256x256 bool) where the reference's top-2 guided scores tie, and per pair of
+    class names how many pixels tie between them."""
+    top2 = m_khw.topk(2, dim=0)
+    tied = ((top2.values[0] - top2.values[1]) < TIE_MARGIN).numpy()
+    pairs = {}
+    for a, b in zip(top2.indices[0].numpy()[tied], top2.indices[1].numpy()[tied]):
+        key = tuple(sorted((names[a], names[b])))
+        pairs[key] = pairs.get(key, 0) + 1
+    return tied, pairs
 
 
 def spread_text_embeddings(patch_embs, k, seed=0):
@@ -149,12 +179,30 @@ def engine_and_reference():
     return engine, images, patch_embs
 
 
+def test_ties_are_detected_and_named():
+    """The two tie checks the comparison relies on, on made-up data: equal class
+    embeddings are named as a pair; pixels whose top-2 scores are within float rounding
+    are found and counted per pair of class names."""
+    names = ["background", "cat", "dog", "car"]
+    t = F.normalize(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 1, 1e-5], [0, 0, 1]]), dim=-1)
+    assert [(a, b) for a, b, _ in tied_class_pairs(t, names)] == [("cat", "dog")]
+    m = torch.zeros(4, 2, 3)
+    m[1] = 0.3
+    m[2] = 0.3  # cat and dog tie on every pixel ...
+    m[2, 0, 0] = 0.31  # ... but this one, where dog wins clearly
+    m[2, 1, 2] = 0.2
+    m[3, 1, 2] = 0.3 + 5e-7  # car edges cat out within rounding: a tie of car and cat
+    tied, pairs = reference_ties(m, names)
+    assert tied.sum() == 5 and not tied[0, 0]
+    assert pairs == {("cat", "dog"): 4, ("car", "cat"): 1}
+
+
 @pytest.mark.slow
 def test_class_embeddings_do_not_tie(engine_and_reference):
     engine, _, _ = engine_and_reference
-    t = engine.text_kd
-    dist = torch.cdist(t, t) + torch.eye(len(t)) * 10
-    assert dist.min() > 0.3, f"class embeddings too close: min distance {dist.min():.4f}"
+    classes = ["background", *NAMES]
+    assert not tied_class_pairs(engine.text_kd, classes, min_distance=0.3), \
+        f"class embeddings too close (name, name, distance): {tied_class_pairs(engine.text_kd, classes, 0.3)}"
 
 
 @pytest.mark.slow
@@ -168,15 +216,26 @@ def test_official_protocol_matches_the_released_inference(engine_and_reference, 
         preds = engine.predict(images, names=[f"img{i}.jpg" for i in range(len(images))])
     finally:
         engine.saliency = saliency
+    classes = ["background", *NAMES]
     figures = {}
     for img, emb, pred in zip(images, patch_embs, preds):
         size_hw = img.shape[:2]
         sal = reference_found(saliency.vit, saliency.decoder, img) if with_saliency else None
-        ref, margin = reference_labels(emb, engine.text_kd, sal, size_hw)
+        ref, m = reference_labels(emb, engine.text_kd, sal, size_hw)
         assert len(np.unique(ref)) >= 3, "a near-constant reference would prove nothing"
-        assert np.median(margin) > 1e-3 and (margin < 1e-6).mean() < 1e-3, "classes tie: float rounding would decide"
-        figures[size_hw] = float((ref.astype(np.int32) == pred.labels_hw).mean())
+        tied_256, tied_pairs = reference_ties(m, classes)
+        assert tied_256.mean() < 1e-3, f"{size_hw}: the reference ties on {tied_256.mean():.2%} of pixels: {tied_pairs}"
+        tied = cv2.resize(tied_256.astype(np.uint8), size_hw[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+        differ = ref.astype(np.int32) != pred.labels_hw
+        untied_differ = differ & ~tied
+        ys, xs = np.nonzero(untied_differ)
+        assert not untied_differ.any(), (
+            f"{size_hw}: {untied_differ.sum()} pixels differ from the reference where it does not tie, first at "
+            f"{list(zip(ys[:5].tolist(), xs[:5].tolist()))}: reference {ref[ys[:5], xs[:5]].tolist()}, "
+            f"official {pred.labels_hw[ys[:5], xs[:5]].tolist()}")
+        figures[size_hw] = {"agreement": float((~differ).mean()), "tied_pixels": int(tied.sum()),
+                            "tied_classes": tied_pairs, "differing_tied_pixels": int(differ.sum())}
     record_property("agreement", figures)
     print(f"\nofficial vs literal reference ({'with' if with_saliency else 'without'} saliency):",
-          {f"{h}x{w}": f"{a:.5f}" for (h, w), a in figures.items()})
-    assert min(figures.values()) >= 0.999, figures
+          {f"{h}x{w}": f"{f['agreement']:.5f} (ties: {f['tied_pixels']} px {f['tied_classes']})"
+           for (h, w), f in figures.items()})
