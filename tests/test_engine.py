@@ -40,7 +40,8 @@ def test_without_saliency_the_toy_model_is_much_worse():
     assert res["toy"] > res["none"] + 0.2, res
 
 
-def test_cpu_is_deterministic_and_batch_independent():
+def test_cpu_is_deterministic():
+    """Two engines built alike give the same outputs for the same batches."""
     data = [make_image(seed)[0] for seed in range(5)]
     cfg = EngineConfig(model="tiny-random", saliency="found-tiny-random", pretrained="random", device="cpu", batch_size=2)
     e1 = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights())
@@ -49,6 +50,56 @@ def test_cpu_is_deterministic_and_batch_independent():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.labels_hw, y.labels_hw)
         np.testing.assert_array_equal(x.confidence_hw, y.confidence_hw)
+
+
+def spread_class_embeddings(engine, images):
+    """Random text towers give near-identical embeddings to prompts of equal token
+    length (every pixel would be background): set the class embeddings from the images'
+    own patch embeddings instead, their mean plus one principal direction per class."""
+    import torch.nn.functional as F
+
+    from annotator.core import multiscale
+    from annotator.engine import to_chw_uint8
+
+    with torch.inference_mode():
+        small = torch.stack([multiscale.resize_input(to_chw_uint8(im, engine.device), engine.config.input_size)
+                             for im in images])
+        crops = multiscale.cut_crops(small, engine.grids, engine.clip.input_size, engine.clip.mean, engine.clip.std)
+        emb = F.normalize(engine.clip.encode_image(crops).float(), dim=-1)
+        mean = emb.mean(0)
+        _, _, v = torch.linalg.svd(emb - mean, full_matrices=False)
+        spread = (emb - mean).norm(dim=1).mean()
+        engine.text_kd = F.normalize(mean + 1.5 * spread * v[: len(engine.text_kd)], dim=-1)
+
+
+@pytest.mark.parametrize("protocol", ["full", "official"])
+def test_batch_independence(protocol):
+    """An image's outputs do not depend on what it is batched with. Alone, and in a
+    batch of images of other sizes at any position, its labels are byte-identical and its
+    confidence equal. Batched with an image of its own size, FOUND runs both in one
+    backbone call, whose float sums may differ in the last bit: the labels are still
+    byte-identical, the confidence equal to float32 rounding amplified by the logit
+    scale (measured: 1.4e-6 relative on 1.4% of pixels)."""
+    cfg = EngineConfig(model="tiny-random", saliency="found-tiny-random", pretrained="random", device="cpu",
+                       batch_size=8, protocol=protocol)
+    engine = Engine(cfg, Vocabulary.from_names(["cat", "dog", "car"]), weights=ResolvedWeights())
+    target = make_image(11, size_hw=(150, 210))[0]
+    others = [make_image(20, size_hw=(97, 301))[0], make_image(22, size_hw=(256, 256))[0],
+              make_image(23, size_hw=(333, 120))[0]]
+    same_size = make_image(21, size_hw=(150, 210))[0]
+    spread_class_embeddings(engine, [target, others[0]])
+    (alone,) = engine.predict([target], names=["t.jpg"])
+    assert len(np.unique(alone.labels_hw)) >= 3, "a near-constant label map would prove nothing"
+    cases = [(others[:p] + [target] + others[p:], p, True) for p in (0, 1, 3)]
+    cases.append(([others[0], same_size, target, others[2]], 2, False))
+    for batch, position, exact in cases:
+        mixed = engine.predict(batch, names=[f"{i}.jpg" for i in range(len(batch))])[position]
+        assert mixed.labels_hw.dtype == alone.labels_hw.dtype and mixed.labels_hw.shape == alone.labels_hw.shape
+        assert mixed.labels_hw.tobytes() == alone.labels_hw.tobytes(), f"labels differ at batch position {position}"
+        if exact:
+            np.testing.assert_array_equal(mixed.confidence_hw, alone.confidence_hw)
+        else:
+            np.testing.assert_allclose(mixed.confidence_hw, alone.confidence_hw, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "png"])
@@ -73,11 +124,49 @@ def test_precomputed_saliency_rejects_out_of_range(tmp_path):
         engine.predict([make_image(0)[0]], names=["a.png"])
 
 
-def test_large_image_is_done_in_bands_and_matches_official_on_toy():
+def test_large_image_is_done_in_several_bands_equal_to_one():
+    """The full protocol decides a large image in row bands: forced to 10 bands of 97
+    rows (the last one shorter), it gives exactly the labels and confidence of one band
+    over the whole image, and both recover the known masks."""
+    from annotator.core import guidance
+
     rgb, lab = make_image(5, size_hw=(900, 1400))
-    full = toy_engine().predict([rgb])[0]
-    assert full.labels_hw.shape == (900, 1400)
-    assert (full.labels_hw == lab).mean() > 0.97
+    engine = toy_engine()
+    real_band_rows = guidance.band_rows
+    seen: list[list[tuple[int, int]]] = []
+
+    def bands_of(rows):
+        def band_rows(num_classes, size_hw, max_elements=None):
+            bands = real_band_rows(num_classes, size_hw, max_elements=num_classes * size_hw[1] * rows)
+            seen.append(bands)
+            return bands
+        return band_rows
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guidance, "band_rows", bands_of(900))
+        whole = engine.predict([rgb])[0]
+        mp.setattr(guidance, "band_rows", bands_of(97))
+        banded = engine.predict([rgb])[0]
+    assert seen[0] == [(0, 900)]
+    assert len(seen[1]) == 10 and seen[1][0] == (0, 97) and seen[1][-1] == (873, 900)
+    assert all(a[1] == b[0] for a, b in zip(seen[1], seen[1][1:]))  # contiguous, no row twice
+    assert banded.labels_hw.shape == (900, 1400)
+    np.testing.assert_array_equal(banded.labels_hw, whole.labels_hw)
+    np.testing.assert_array_equal(banded.confidence_hw, whole.confidence_hw)
+    assert (banded.labels_hw == lab).mean() > 0.97
+    # every band holds some of the image's classes: the bands are not all background
+    assert sum(len(np.unique(banded.labels_hw[y0:y1])) > 1 for y0, y1 in seen[1]) >= 5
+
+
+def test_default_bands_bound_the_class_tensor():
+    """Without forcing: a (K, band, W) float32 tensor stays under 2**24 elements, so a
+    large photograph is decided in several bands."""
+    from annotator.core import guidance
+
+    bands = guidance.band_rows(81, (3000, 4000))
+    assert len(bands) > 1 and bands[0][0] == 0 and bands[-1][1] == 3000
+    assert all(81 * (y1 - y0) * 4000 <= 1 << 24 for y0, y1 in bands)
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
 
 
 @pytest.mark.parametrize(
@@ -121,11 +210,40 @@ def test_cpu_precision_auto_follows_the_cpu(monkeypatch, supported):
     assert engine.precision == "fp32"
 
 
-def test_cpu_bf16_detection_answers():
-    """The probe returns a bool on any machine (torch's own probe, then /proc/cpuinfo)."""
-    from annotator.engine import cpu_bf16_supported
+@pytest.mark.parametrize(
+    "torch_says, cpuinfo, expected",
+    [
+        (True, "flags\t: fpu avx2", True),  # torch's own probe decides first
+        (False, "flags\t: fpu avx512_bf16 avx2", True),  # then /proc/cpuinfo's flags
+        (False, "flags\t: fpu amx_bf16", True),
+        (False, "flags\t: fpu avx2 avx512f", False),
+        ("raises", "flags\t: fpu avx512_bf16", True),  # a failing probe means "unknown"
+        ("raises", "flags\t: fpu", False),
+        (False, None, False),  # no /proc/cpuinfo: not native
+    ],
+)
+def test_cpu_bf16_detection(monkeypatch, torch_says, cpuinfo, expected):
+    """torch's probes first (True wins), then the CPU flags avx512_bf16 / amx_bf16."""
+    import io
 
-    assert cpu_bf16_supported() in (True, False)
+    import annotator.device as D
+
+    def probe():
+        if torch_says == "raises":
+            raise RuntimeError("probe failed")
+        return torch_says
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, probe, raising=False)
+
+    def fake_open(path, *args, **kwargs):
+        assert path == "/proc/cpuinfo", path
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return io.StringIO(cpuinfo)
+
+    monkeypatch.setattr(D, "open", fake_open, raising=False)
+    assert D.cpu_bf16_supported() is expected
 
 
 def test_bf16_on_the_cpu_runs_and_mostly_agrees_with_fp32():
