@@ -9,7 +9,9 @@ Facts from the released FOUND code (valeoai/FOUND):
 - FOUND: ``Conv2d(D, 1, 1)`` on the keys -> logits, upsampled x8 bilinear
   (``align_corners=False``), cropped to the image, sigmoid: a soft map;
 - FOUND-bkg: the least-attended patch is the background seed; patches whose
-  beta-weighted key is close to the seed's (cosine > 0.3) are background.
+  beta-weighted key is close to the seed's (cosine > 0.3) are background; the patch-grid
+  mask is resized bilinearly (``align_corners=False``) straight to the image's size and
+  thresholded at > 0.5, as the released evaluation does.
 """
 
 from __future__ import annotations
@@ -163,7 +165,9 @@ class FoundSaliency:
 
     @torch.inference_mode()
     def maps_for_batch(self, batch_b3hw: torch.Tensor) -> torch.Tensor:
-        """(B, 3, Hp, Wp) normalised padded batch -> (B, Hp, Wp) float32 maps in [0, 1]."""
+        """(B, 3, Hp, Wp) normalised padded batch -> (B, Hp, Wp) float32 maps in [0, 1]
+        (``found``), or (B, Hp / p, Wp / p) float32 patch-grid masks, 1 = foreground
+        (``found-bkg``: :meth:`__call__` resizes each to its image)."""
         hp, wp = batch_b3hw.shape[-2:]
         grid = (hp // self.patch, wp // self.patch)
         ctx = (
@@ -178,8 +182,7 @@ class FoundSaliency:
             logits = F.conv2d(feats, self.decoder.weight.float(), self.decoder.bias.float())
             logits = F.interpolate(logits, scale_factor=self.patch, mode="bilinear", align_corners=False)
             return torch.sigmoid(logits[:, 0])
-        fg = found_bkg_foreground(q, k, self.vit.blocks[-1].attn.scale).view(-1, 1, *grid)
-        return F.interpolate(fg, scale_factor=self.patch, mode="nearest")[:, 0]
+        return found_bkg_foreground(q, k, self.vit.blocks[-1].attn.scale).view(-1, *grid)
 
     def __call__(self, images: list[torch.Tensor], names: list[str] | None = None) -> list[torch.Tensor]:
         prepared = [self._prepare(img) for img in images]
@@ -191,7 +194,11 @@ class FoundSaliency:
             maps = self.maps_for_batch(torch.stack([prepared[i] for i in idx]))
             for j, i in enumerate(idx):
                 h, w = self.working_size(tuple(images[i].shape[-2:]))
-                out[i] = maps[j, :h, :w]
+                if self.mode == "found":
+                    out[i] = maps[j, :h, :w]
+                else:  # the released evaluation: the grid resized to the image, > 0.5
+                    up = F.interpolate(maps[j][None, None], size=(h, w), mode="bilinear", align_corners=False)
+                    out[i] = (up[0, 0] > 0.5).float()
         return out  # type: ignore[return-value]
 
 

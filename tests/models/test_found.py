@@ -1,6 +1,12 @@
+import copy
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
 
 from annotator.models import found
 
@@ -113,3 +119,88 @@ def test_released_decoder_file_sha256_and_saliency_at_full_size(tmp_path, monkey
     (tmp_path / W.FOUND_DECODER.file_name).write_bytes(bytes(data))
     with pytest.raises(Exception, match="sha256"):
         resolve_weights(cfg)
+
+
+# --------------------------------------------------------------------------- FOUND-bkg
+# Compared with a literal re-implementation of the released FOUND-bkg, written from
+# ../shared/reference/algorithm.md (section 2, steps 1-6) and sharing no code with the
+# package: timm's own ViT forward with DINO's positional interpolation, the last block's
+# qkv read by a forward hook, the CLS-to-patch attention recomputed from it. The released
+# FOUND evaluation (method "bkg") brings the patch-grid mask to the image by a bilinear
+# resize (align_corners=False) straight to the image's size, thresholded at > 0.5.
+
+IMAGENET_MEAN = np.array((0.485, 0.456, 0.406), np.float32)
+IMAGENET_STD = np.array((0.229, 0.224, 0.225), np.float32)
+
+
+def _dino_pos_embed(pos_embed, rows, cols):
+    """DINO's ``interpolate_pos_encoding``: bicubic, scale factors (rows + 0.1) / n."""
+    n = int(math.sqrt(pos_embed.shape[1] - 1))
+    grid = pos_embed[:, 1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / n, (cols + 0.1) / n), mode="bicubic", align_corners=False)
+    return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
+
+
+@torch.inference_mode()
+def reference_found_bkg(vit, img):
+    """The released FOUND-bkg on an (H, W, 3) uint8 image at full size: the (rows, cols)
+    foreground grid (1 = foreground), the (H, W) bool foreground map as the released
+    evaluation resizes it, and the smallest distance of a patch's similarity to 0.3."""
+    h, w = img.shape[:2]
+    x = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    x = np.pad(x, ((0, (-h) % 8), (0, (-w) % 8), (0, 0)))  # zero padding after normalisation
+    rows, cols = x.shape[0] // 8, x.shape[1] // 8
+    model = copy.deepcopy(vit)
+    model.patch_embed.strict_img_size = False
+    model.pos_embed = torch.nn.Parameter(_dino_pos_embed(vit.pos_embed, rows, cols))
+    seen = {}
+    hook = model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: seen.update(qkv=o))
+    model.forward_features(torch.from_numpy(x).permute(2, 0, 1)[None])
+    hook.remove()
+    heads = model.blocks[-1].attn.num_heads
+    qkv = seen["qkv"][0].reshape(1 + rows * cols, 3, heads, -1)
+    q, k = qkv[:, 0].transpose(0, 1), qkv[:, 1].transpose(0, 1)  # (heads, 1 + N, hd), CLS first
+    # 1. last-layer CLS-to-patch attention per head
+    att = torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)[:, 0, 1:]
+    # 2. threshold: mean over all heads and patches
+    threshold = att.mean()
+    # 3. Q_h: fraction of head h's patches above it; beta_h = log(sum_h' (Q_h' + eps) / (Q_h + eps))
+    q_frac = (att > threshold).float().mean(dim=1)
+    beta = torch.log((q_frac + 1e-10).sum() / (q_frac + 1e-10))
+    # 4. keys of each head scaled by beta_h, concatenated, L2-normalised; cosine similarities
+    desc = F.normalize((k[:, 1:] * beta[:, None, None]).transpose(0, 1).reshape(rows * cols, -1), dim=-1)
+    # 5. seed: the least attended patch, argmin over patches of sum_h beta_h * att[h]
+    seed = (att * beta[:, None]).sum(dim=0).argmin()
+    # 6. background: similarity to the seed > 0.3; foreground: the rest
+    sim = desc @ desc[seed]
+    fg_grid = (sim <= 0.3).float().reshape(rows, cols)
+    fg = F.interpolate(fg_grid[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0] > 0.5
+    return fg_grid, fg.numpy(), float((sim - 0.3).abs().min())
+
+
+def _photo_like(size_hw, seed):
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(low).resize(size_hw[::-1], Image.BICUBIC))
+
+
+@pytest.mark.parametrize("size_hw", [(64, 96), (75, 101), (123, 77), (96, 96)])
+def test_found_bkg_matches_the_released_algorithm(size_hw):
+    """FOUND-bkg with a random DINO ViT-S/8 at full size (no cap, as released): the
+    patch-grid foreground equals the reference's on every patch, and the map at the
+    image's size equals the released evaluation's resize on every pixel."""
+    vit = found.build_dino_vits8(None, seed=1)
+    sal = found.FoundSaliency(vit, None, torch.device("cpu"), mode="found-bkg", max_side=0)
+    img = _photo_like(size_hw, seed=sum(size_hw))
+    ref_grid, ref_fg, margin = reference_found_bkg(vit, img)
+    assert margin > 1e-4, "a patch's similarity to the seed is within rounding of 0.3: the comparison would be luck"
+    assert 0.02 < float(ref_grid.mean()) < 0.98, "an all-foreground or all-background reference would prove nothing"
+    x = sal._prepare(torch.from_numpy(img.copy()).permute(2, 0, 1))[None]
+    with torch.inference_mode():
+        q, k = found.last_block_qk(sal.vit, x)
+        grid = found.found_bkg_foreground(q, k, sal.vit.blocks[-1].attn.scale)[0].reshape(ref_grid.shape)
+    assert torch.equal(grid, ref_grid), f"{int((grid != ref_grid).sum())} of {grid.numel()} patches differ"
+    (m,) = sal([torch.from_numpy(img.copy()).permute(2, 0, 1)])
+    assert tuple(m.shape) == size_hw and set(torch.unique(m).tolist()) <= {0.0, 1.0}
+    differ = (m.numpy() > 0.5) != ref_fg
+    assert not differ.any(), f"{int(differ.sum())} of {differ.size} pixels differ from the released resize"
