@@ -255,6 +255,69 @@ def test_cli_refuses_without_the_extra_and_with_bad_options(tmp_path, monkeypatc
     assert "cat" in capsys.readouterr().err
 
 
+def test_a_personal_access_token_is_exchanged_for_an_access_token_once():
+    pat = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"  # a JWT refresh token
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append((request.url.path, request.headers.get("authorization")))
+        if request.url.path == "/api/token/refresh":
+            assert json.loads(request.content) == {"refresh": pat}
+            return httpx.Response(200, json={"access": "short-lived"})
+        if request.headers.get("authorization") != "Bearer short-lived":
+            return httpx.Response(401)
+        return httpx.Response(200, content=_png(IMAGES["img0.png"]))
+
+    fetcher = ImageFetcher(LS, pat, transport=httpx.MockTransport(handler))
+    assert fetcher.fetch("/data/upload/1/a.png") == _png(IMAGES["img0.png"])
+    assert fetcher.fetch("/data/upload/1/b.png")
+    assert [c[0] for c in calls] == ["/api/token/refresh", "/data/upload/1/a.png", "/data/upload/1/b.png"]
+
+
+def test_the_command_serves_the_model_until_stopped(tmp_path):
+    """``python -m annotator.serve labelstudio`` as a user starts it: /health, then a
+    prediction, then SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "annotator.serve", "labelstudio", "--vocab", str(vocab),
+                             "--model", "toy", "--saliency", "toy", "--pretrained", "toy", "--device", "cpu",
+                             "--port", str(port), "--log-level", "warning"],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LABEL_STUDIO_URL": LS})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                health = httpx.get(url + "/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert health["status"] == "UP" and health["model_version"].startswith("annotator-")
+        names = ["background", *VOCAB]
+        data_uri = "data:image/png;base64," + base64.b64encode(_png(IMAGES["img1.png"])).decode()
+        results = httpx.post(url + "/predict", timeout=120, json={
+            "tasks": [{"id": 1, "data": {"image": data_uri}}], "label_config": labeling_config(names)}).json()["results"]
+        vocab_engine = Engine(EngineConfig(model="toy", saliency="toy", pretrained="toy", device="cpu"),
+                              parse_vocabulary("\n".join(VOCAB)))
+        expected = vocab_engine.predict([IMAGES["img1.png"]])[0].labels_hw
+        assert (_decode(results[0], names, expected.shape) == expected).all()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert "Label Studio ML backend on" in (tmp_path / "serve.log").read_text()
+
+
 # ----------------------------------------------------------------------------- a real Label Studio
 
 
