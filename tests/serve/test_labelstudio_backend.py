@@ -302,8 +302,8 @@ def test_the_command_serves_the_model_until_stopped(tmp_path):
         assert health["status"] == "UP" and health["model_version"].startswith("annotator-")
         names = ["background", *VOCAB]
         data_uri = "data:image/png;base64," + base64.b64encode(_png(IMAGES["img1.png"])).decode()
-        results = httpx.post(url + "/predict", timeout=120, json={
-            "tasks": [{"id": 1, "data": {"image": data_uri}}], "label_config": labeling_config(names)}).json()["results"]
+        request = {"tasks": [{"id": 1, "data": {"image": data_uri}}], "label_config": labeling_config(names)}
+        results = httpx.post(url + "/predict", timeout=120, json=request).json()["results"]
         vocab_engine = Engine(EngineConfig(model="toy", saliency="toy", pretrained="toy", device="cpu"),
                               parse_vocabulary("\n".join(VOCAB)))
         expected = vocab_engine.predict([IMAGES["img1.png"]])[0].labels_hw
