@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on. Default: %(default)s")
     srv.add_argument("--label-studio-url", default=None, metavar="URL",
                      help="Label Studio's address for its own image URLs (default: $LABEL_STUDIO_URL, else the "
-                          "hostname Label Studio sends to /setup); the token is read from $LABEL_STUDIO_API_KEY only")
+                          "hostname Label Studio sends to /setup); the token is read from $LABEL_STUDIO_API_KEY (else "
+                          "the one Label Studio sends to /setup), never from the command line")
     srv.add_argument("--max-queue", type=int, default=8, metavar="N",
                      help="requests that may wait while one runs; more are answered HTTP 503. Default: %(default)s")
     srv.add_argument("--image-timeout", type=float, default=60.0, metavar="S",
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))  # one line per image
     from annotator.serve import install_hint
 
     try:

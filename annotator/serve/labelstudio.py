@@ -372,6 +372,11 @@ class LabelStudioBackend:
                            f"(--max-queue {self.options.max_queue}); retry later")
             self._in_flight += 1
 
+    def _count(self, **increments: int) -> None:
+        with self._admit_lock:
+            for key, n in increments.items():
+                self.counts[key] += n
+
     def release(self) -> None:
         with self._admit_lock:
             self._in_flight -= 1
@@ -400,8 +405,7 @@ class LabelStudioBackend:
         if not isinstance(tasks, list):
             raise ValueError(f"tasks: expected a list of tasks, received {type(tasks).__name__}")
         schema, classes = self.schema(label_config)
-        self.counts["requests"] += 1
-        self.counts["tasks"] += len(tasks)
+        self._count(requests=1, tasks=len(tasks))
         t0 = time.perf_counter()
         futures = [self._pool.submit(self._read, i, task, schema.data_key) for i, task in enumerate(tasks)]
         read = [f.result() for f in futures]
@@ -419,7 +423,7 @@ class LabelStudioBackend:
             for (i, (_, ref)), pred in zip(ok, preds, strict=True):
                 answers[i] = self._error(pred) if isinstance(pred, Exception) else self._prediction(ref, pred, schema,
                                                                                                   classes)
-        self.counts["task_errors"] += sum(1 for a in answers if a and "error" in a)
+        self._count(task_errors=sum(1 for a in answers if a and "error" in a))
         log.info("predict: %d tasks (%d errors) in %.2f s (reading %.2f s)", len(tasks),
                  sum(1 for a in answers if a and "error" in a), time.perf_counter() - t0, t_read)
         return [a for a in answers if a is not None]
