@@ -183,7 +183,7 @@ def _cell_ext(cell: Any) -> str:
     if isinstance(path, str) and has_image_extension(path):
         return path.rsplit(".", 1)[1].lower()
     fmt = getattr(cell, "format", None)  # a decoded PIL image
-    return _FORMAT_EXT.get(fmt, "png")
+    return _FORMAT_EXT.get(fmt, "png") if isinstance(fmt, str) else "png"
 
 
 def _label_array(cell: Any) -> np.ndarray | None:
@@ -195,7 +195,7 @@ def _label_array(cell: Any) -> np.ndarray | None:
     if isinstance(cell, dict) and not data and cell.get("path"):
         data = read_image_bytes(cell["path"])
     if isinstance(data, (bytes, bytearray)) or hasattr(cell, "mode"):
-        with (cell if hasattr(cell, "mode") else Image.open(io.BytesIO(data))) as img:
+        with (cell if hasattr(cell, "mode") else Image.open(io.BytesIO(data))) as img:  # type: ignore[arg-type]
             arr = np.asarray(img)
             if img.mode in ("1", "L", "P"):
                 return np.ascontiguousarray(arr, dtype=np.uint8)
@@ -303,7 +303,7 @@ def _detect_image_column(ds, image_column: str | None, name: str) -> str:
 
     features = ds.features
     if features is None:  # a streamed dataset without declared features: peek one row
-        row = next(iter(ds.take(1)), {})
+        row: dict[str, Any] = next(iter(ds.take(1)), {})
         kinds = {k: ("image" if hasattr(v, "mode") or (isinstance(v, dict) and "bytes" in v) else type(v).__name__)
                  for k, v in row.items()}
     else:
@@ -329,10 +329,11 @@ def list_hf_dataset(name_or_path: str, split: str | None = None, image_column: s
     ``name_or_path``: a local ``save_to_disk`` folder, a local folder of Parquet files (or
     one ``.parquet`` file), a local imagefolder, or a hub dataset name (streamed; needs
     network: unreachable or offline, a SourceError in seconds names the dataset and the
-    local route, see :func:`hub_unavailable`). ``split``: required when the dataset has several. ``image_column``: default
-    the single column of ``datasets.Image`` type, or among several the one named "image"
-    (segmentation datasets pair it with a label-map Image column). Local paths are made absolute so that
-    workers with another working directory re-open the same data.
+    local route, see :func:`hub_unavailable`). ``split``: required when the dataset has
+    several. ``image_column``: default the single column of ``datasets.Image`` type, or
+    among several the one named "image" (segmentation datasets pair it with a label-map
+    Image column). Local paths are made absolute so that workers with another working
+    directory re-open the same data.
     """
     path = Path(name_or_path).expanduser()
     kind = _local_kind(path)

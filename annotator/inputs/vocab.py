@@ -74,7 +74,7 @@ class Vocabulary:
         return [{"name": c.name, "synonyms": list(c.synonyms)} for c in self.classes]
 
     @classmethod
-    def from_names(cls, names: list[str] | tuple[str, ...], source: str = "<list>") -> "Vocabulary":
+    def from_names(cls, names: list[str] | tuple[str, ...], source: str = "<list>") -> Vocabulary:
         """Build from lines in the file syntax (``name`` or ``name: a; b``)."""
         return parse_vocabulary("\n".join(names), source=source)
 

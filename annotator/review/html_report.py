@@ -368,7 +368,7 @@ def write_report(
     # in the other two lists are taken out: no image appears twice.
     lowest_keeper, background_keeper = _Keeper(lowest), _Keeper(lowest)
     sample_keeper = _Keeper(samples + 2 * lowest)
-    for record in parts.iter_records(paths, storage_options):
+    for record in parts.iter_records(paths, dict(storage_options or {}) or None):
         score = image_score(record)  # foreground confidence; background confidence when background only
         stats.add(record, score, max_failures)
         if record.status != "ok":

@@ -96,7 +96,7 @@ def render_overlay(
     scale = min(max_side, max(PREVIEW_MIN_SIDE, max(h, w))) / max(h, w)
     size_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
     labels = labels_from_annotations(record.annotations, (h, w))
-    small = np.asarray(Image.fromarray(labels).resize(size_wh, resample=Image.NEAREST))
+    small = np.asarray(Image.fromarray(labels).resize(size_wh, resample=Image.Resampling.NEAREST))
     rgb, note = _read_image(record.uri, storage_options)
     if rgb is None:
         base = np.full((size_wh[1], size_wh[0], 3), 128, dtype=np.uint8)
@@ -104,7 +104,7 @@ def render_overlay(
     else:
         if rgb.shape[:2] != (h, w):
             note = f"image is {rgb.shape[1]}x{rgb.shape[0]}, annotations are {w}x{h}"
-        resample = Image.BILINEAR if scale < 1.0 else Image.NEAREST
+        resample = Image.Resampling.BILINEAR if scale < 1.0 else Image.Resampling.NEAREST
         base = np.asarray(Image.fromarray(rgb).resize(size_wh, resample=resample))
         weight = alpha
     colors = class_colors(class_names)

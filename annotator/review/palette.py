@@ -151,7 +151,7 @@ def class_colors(classes: int | Sequence[str]) -> list[tuple[int, int, int]]:
         return colors
     used = {colors[0]}  # background's black: a class named "black" is drawn a little lighter
     for i in named:
-        color = css_color(names[i])
+        color = css_color(names[i]) or (0, 0, 0)  # never None: `named` holds colour names only
         while color in used:  # "grey" and "gray": kept apart, both near their colour
             color = _nudge(color)
         colors[i] = color

@@ -129,7 +129,8 @@ def test_unreachable_url_names_the_url(source: str):
 
 
 def test_unresolvable_host_names_the_url():
-    with pytest.raises(SourceError, match=r"source 'https://images\.example\.invalid/set/' cannot be listed: .*network"):
+    with pytest.raises(SourceError,
+                       match=r"source 'https://images\.example\.invalid/set/' cannot be listed: .*network"):
         list_images("https://images.example.invalid/set/")
 
 

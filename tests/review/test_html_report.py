@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from annotator.report import main
-from annotator.review.overlay import render_overlay
 from annotator.review.html_report import write_report
+from annotator.review.overlay import render_overlay
 from annotator.storage import parts
 from tests.export.conftest import XSS_FILE_NAME, build_synthetic_output
 
@@ -201,7 +201,8 @@ def test_big_images_are_downscaled(tmp_path):
                             ["background", "thing"])
     img, note = render_overlay(rec, ["background", "thing"])
     assert note is None and img.width == 512
-    parts.write_part([rec], str(tmp_path / "OUT" / "parts" / "part-00000.parquet"), {"vocabulary": ["background", "thing"]})
+    parts.write_part([rec], str(tmp_path / "OUT" / "parts" / "part-00000.parquet"),
+                     {"vocabulary": ["background", "thing"]})
     write_report(str(tmp_path / "OUT"), samples=1, lowest=1)
     with Image.open(tmp_path / "OUT" / "previews" / "lowest-00000001.jpg") as preview:
         assert preview.width == 512 and preview.height > 384
@@ -240,7 +241,8 @@ window.addEventListener("load", () => {
     for (const t of svg.querySelectorAll("text")) {
       const b = t.getBBox();
       if (b.x < 0 || b.y < 0 || b.x + b.width > w || b.y + b.height > h)
-        bad.push(`${t.textContent}: ${b.x.toFixed(1)},${b.y.toFixed(1)} ${b.width.toFixed(1)}x${b.height.toFixed(1)} in ${w}x${h}`);
+        bad.push(`${t.textContent}: ${b.x.toFixed(1)},${b.y.toFixed(1)} `
+                 + `${b.width.toFixed(1)}x${b.height.toFixed(1)} in ${w}x${h}`);
     }
   }
   const texts = document.querySelectorAll("svg text").length;
