@@ -25,7 +25,11 @@ Mode conversions (PIL mode -> RGB), chosen so that the pixels match what
 
 Bad inputs raise :class:`ImageDecodeError` whose ``reason`` is one of
 :data:`ERROR_REASONS`; ``str(err)`` is ``"<reason>: <detail>"``, the format of the
-``error`` column of a part row.
+``error`` column of a part row. A detail describes the file's content (``"23 bytes of
+text"``, ``"HTML"``, ``"PDF"``, ``"ZIP archive"``: :func:`describe_content`) and never
+quotes it: a decoder message that repeats some of the file's bytes (PIL's PPM plugin
+quotes header tokens) is replaced by its type and that description, so a secret in a
+non-image file reaches neither the ``error`` column nor the report.
 
 The decompression-bomb guard reads only the header (``Image.open`` is lazy) and refuses
 images with more than ``max_pixels`` pixels before any pixel data is decoded. PIL's own
@@ -49,6 +53,7 @@ __all__ = [
     "ERROR_REASONS",
     "ImageDecodeError",
     "decode_image",
+    "describe_content",
     "probe_size_hw",
     "sniff_format",
 ]
@@ -82,6 +87,100 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"II+\x00", "TIFF"),  # BigTIFF
     (b"MM\x00+", "TIFF"),
 )
+
+
+#: Leading bytes (at an offset) of non-image content -> what :func:`describe_content` calls it.
+_CONTENT_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"%PDF-", "PDF"),
+    (0, b"PK\x03\x04", "ZIP archive"),
+    (0, b"PK\x05\x06", "ZIP archive"),
+    (0, b"\x1f\x8b", "gzip data"),
+    (0, b"BZh", "bzip2 data"),
+    (0, b"\xfd7zXZ\x00", "xz data"),
+    (0, b"\x28\xb5\x2f\xfd", "zstd data"),
+    (0, b"7z\xbc\xaf\x27\x1c", "7z archive"),
+    (0, b"Rar!\x1a\x07", "RAR archive"),
+    (257, b"ustar", "tar archive"),
+    (0, b"\x7fELF", "ELF executable"),
+    (0, b"MZ", "Windows executable"),
+    (0, b"SQLite format 3\x00", "SQLite database"),
+    (0, b"PAR1", "Parquet file"),
+    (0, b"\x93NUMPY", "NumPy array"),
+    (0, b"8BPS", "Photoshop document"),
+    (0, b"\x00\x00\x01\x00", "ICO icon"),
+    (0, b"\xff\x0a", "JPEG XL image"),
+    (4, b"ftypheic", "HEIF image"),
+    (4, b"ftypheix", "HEIF image"),
+    (4, b"ftypmif1", "HEIF image"),
+    (4, b"ftypavif", "AVIF image"),
+    (4, b"ftyp", "MP4/QuickTime media"),
+    (0, b"\x1aE\xdf\xa3", "Matroska/WebM media"),
+    (0, b"OggS", "Ogg media"),
+    (0, b"ID3", "MP3 audio"),
+    (0, b"RIFF", "RIFF media (WAV/AVI)"),
+)
+
+#: Leading text (lower-cased, after whitespace and a BOM) -> the kind of text.
+_TEXT_KINDS: tuple[tuple[str, str], ...] = (
+    ("<!doctype html", "HTML"),
+    ("<html", "HTML"),
+    ("<head", "HTML"),
+    ("<body", "HTML"),
+    ("<svg", "SVG"),
+    ("<?xml", "XML"),
+    ("{", "JSON or other text"),
+    ("[", "JSON or other text"),
+    ("-----begin", "PEM text (a key or certificate)"),
+)
+
+
+def describe_content(data: bytes | bytearray | memoryview) -> str:
+    """What ``data`` is, in words, without quoting any of it: ``"0 bytes"``,
+    ``"23 bytes of text"``, ``"1024 bytes, HTML"``, ``"PDF"`` with its size, ``"binary
+    data"``. Reads at most the first 4 KiB. For error texts: an untrusted file's content
+    (a secret, a script) must never be repeated into the ``error`` column or a report."""
+    n = len(data)
+    if n == 0:
+        return "0 bytes"
+    head = bytes(data[:4096])
+    fmt = sniff_format(head)
+    if fmt is not None:
+        return f"{n} bytes, a {fmt} header"
+    for offset, magic, kind in _CONTENT_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return f"{n} bytes, {kind}"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at 4 KiB is still text
+        text = head[:exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
+    printable = sum(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
+    if text and printable >= 0.95 * len(text):
+        lead = text.lstrip("\ufeff \t\r\n").lower()
+        kind = next((k for prefix, k in _TEXT_KINDS if lead.startswith(prefix)), "text")
+        return f"{n} bytes of {kind}" if kind == "text" else f"{n} bytes, {kind}"
+    return f"{n} bytes of binary data"
+
+
+def _quotes(message: str, data: bytes | bytearray | memoryview, window: int = 8) -> bool:
+    """Whether ``message`` repeats a run of ``window`` characters of ``data`` (as text or
+    as the escapes of a bytes repr)."""
+    if len(message) < window or not data:
+        return False
+    hay = bytes(data[:1 << 18])
+    texts = (hay.decode("latin-1"), repr(hay)[2:-1])
+    return any(message[i:i + window] in t for t in texts for i in range(len(message) - window + 1))
+
+
+def _decoder_says(exc: BaseException, data: bytes | bytearray | memoryview) -> str:
+    """A decoder exception as text for an error detail, unless it quotes the file: then
+    its type and a description of the content instead."""
+    message = " ".join(str(exc).split())
+    if not message:
+        return type(exc).__name__
+    if _quotes(message, data):
+        return (f"{type(exc).__name__} (its message repeats the file's bytes and is not shown) "
+                f"on {describe_content(data)}")
+    return message
 
 
 class ImageDecodeError(Exception):
@@ -134,7 +233,7 @@ def _open_lazy(data: bytes | bytearray | memoryview, max_pixels: int, name: str)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # PIL's global guard (an error above 2 * MAX_IMAGE_PIXELS; the warning only
         # arrives here when warnings are turned into errors).
-        raise ImageDecodeError("too-many-pixels", f"{_label(name)}{exc}") from None
+        raise ImageDecodeError("too-many-pixels", f"{_label(name)}{_decoder_says(exc, data)}") from None
     except UnidentifiedImageError:
         fmt = sniff_format(data)
         if fmt is not None:
@@ -143,13 +242,11 @@ def _open_lazy(data: bytes | bytearray | memoryview, max_pixels: int, name: str)
                 f"or the header is damaged ({len(data)} bytes)"
             ) from None
         raise ImageDecodeError(
-            "not-an-image",
-            f"{_label(name)}{len(data)} bytes that no image decoder recognises "
-            f"(starts with {bytes(data[:8])!r})",
+            "not-an-image", f"{_label(name)}{describe_content(data)}, which no image decoder recognises"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError("truncated" if _looks_truncated(exc) else "corrupt",
-                               f"{_label(name)}{exc}") from None
+                               f"{_label(name)}{_decoder_says(exc, data)}") from None
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageDecodeError("corrupt", f"{_label(name)}header gives size {width}x{height}")
@@ -210,12 +307,12 @@ def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFA
         try:
             img.load()  # first frame only for multi-frame formats
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError("too-many-pixels", f"{_label(name)}{exc}") from None
+            raise ImageDecodeError("too-many-pixels", f"{_label(name)}{_decoder_says(exc, data)}") from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
             reason = "truncated" if _looks_truncated(exc) else "corrupt"
-            raise ImageDecodeError(reason, f"{_label(name)}{img.format} data: {exc}") from None
+            raise ImageDecodeError(reason, f"{_label(name)}{img.format} data: {_decoder_says(exc, data)}") from None
         oriented = _exif_transpose_or_keep(img)
-        rgb = _to_rgb_array(oriented, name)
+        rgb = _to_rgb_array(oriented, name, data)
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
     return rgb
 
@@ -234,7 +331,7 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _DIRECT_TO_RGB_MODES = {"L", "1", "P", "CMYK", "YCbCr", "HSV", "RGBX"}
 
 
-def _to_rgb_array(img: Image.Image, name: str) -> np.ndarray:
+def _to_rgb_array(img: Image.Image, name: str, data: bytes | bytearray | memoryview = b"") -> np.ndarray:
     mode = img.mode
     if mode == "RGB":
         rgb = np.asarray(img, dtype=np.uint8)
@@ -256,7 +353,8 @@ def _to_rgb_array(img: Image.Image, name: str) -> np.ndarray:
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
         except (ValueError, OSError) as exc:
             raise ImageDecodeError(
-                "unsupported-mode", f"{_label(name)}PIL mode {mode!r} has no RGB conversion ({exc})"
+                "unsupported-mode",
+                f"{_label(name)}PIL mode {mode!r} has no RGB conversion ({_decoder_says(exc, data)})",
             ) from None
     return np.ascontiguousarray(rgb)
 

@@ -13,6 +13,7 @@ from annotator.inputs.decode import (
     ERROR_REASONS,
     ImageDecodeError,
     decode_image,
+    describe_content,
     probe_size_hw,
     sniff_format,
 )
@@ -222,3 +223,63 @@ def test_accepts_bytearray_and_memoryview():
     data = _encode(Image.new("RGB", (3, 2), (1, 2, 3)), "PNG")
     assert decode_image(bytearray(data)).shape == (2, 3, 3)
     assert decode_image(memoryview(data)).shape == (2, 3, 3)
+
+
+SECRET = b"TOPSECRET-h10-marker"
+
+# Non-image content a dataset or a misnamed file may hold, each carrying a secret, and the
+# words the error must use instead of quoting it.
+CONTENT_KINDS = [
+    (SECRET + b" and more words", "bytes of text"),
+    (b"<!DOCTYPE html><html><body>" + SECRET + b"</body></html>", "HTML"),
+    (b"  <html>" + SECRET, "HTML"),
+    (b"<?xml version='1.0'?><a>" + SECRET + b"</a>", "XML"),
+    (b'{"token": "' + SECRET + b'"}', "JSON"),
+    (b"-----BEGIN PRIVATE KEY-----\n" + SECRET, "PEM"),
+    (b"%PDF-1.7\n" + SECRET, "PDF"),
+    (b"PK\x03\x04" + SECRET, "ZIP"),
+    (b"\x1f\x8b\x08\x00" + SECRET, "gzip"),
+    (b"\x7fELF\x02\x01" + SECRET, "ELF"),
+    (b"SQLite format 3\x00" + SECRET, "SQLite"),
+    (b"\x00\x01\x02\x03\xfe\xff" * 4 + SECRET, "binary data"),
+    (b"P6\n" + SECRET + b" 1\n255\n", "text"),  # PIL's PPM plugin quotes header tokens
+    (b"\x89PNG\r\n\x1a\n" + SECRET, "PNG"),  # a known header, then the secret
+    (b"\xff\xd8\xff\xe0" + SECRET, "JPEG"),
+    (b"GIF89a" + SECRET, "GIF"),
+]
+
+
+@pytest.mark.parametrize(("data", "words"), CONTENT_KINDS, ids=[w for _, w in CONTENT_KINDS])
+def test_errors_describe_content_never_quote_it(data, words):
+    """Every decode error (decode and header probe alike) says what the file is, with its
+    size, and none of its bytes: not in str(err), not in the detail."""
+    for call in (decode_image, probe_size_hw):
+        with pytest.raises(ImageDecodeError) as info:
+            call(data, name="row.jpg")
+        text = str(info.value)
+        assert info.value.reason in ERROR_REASONS
+        assert text.startswith(f"{info.value.reason}: row.jpg: ")
+        for k in range(len(SECRET) - 5):  # no 6-byte run of the secret, raw or escaped
+            assert SECRET[k:k + 6].decode() not in text, text
+    assert words in describe_content(data) or words in str(info.value)
+    assert str(len(data)) in str(info.value) or str(len(data)) in describe_content(data)
+
+
+def test_describe_content_table():
+    assert describe_content(b"") == "0 bytes"
+    assert describe_content(b"hello world, 23 bytes.\n") == "23 bytes of text"
+    assert describe_content("caf\u00e9 \u2013 \u00fcber".encode()).endswith("bytes of text")
+    assert describe_content(b"<!doctype HTML>") == "15 bytes, HTML"
+    assert describe_content(b"%PDF-1.4") == "8 bytes, PDF"
+    assert describe_content(b"PK\x05\x06" + bytes(18)) == "22 bytes, ZIP archive"
+    assert describe_content(bytes(range(256))) == "256 bytes of binary data"
+    assert describe_content(b"\x89PNG\r\n\x1a\n") == "8 bytes, a PNG header"
+    assert describe_content(b"....ftypavif") == "12 bytes, AVIF image"
+
+
+def test_not_an_image_file_read_from_disk_is_described(tmp_path: Path):
+    (tmp_path / "secret.jpg").write_bytes(SECRET)
+    with pytest.raises(ImageDecodeError) as info:
+        _read_and_decode(tmp_path / "secret.jpg")
+    assert str(info.value) == (f"not-an-image: secret.jpg: {len(SECRET)} bytes of text, "
+                               "which no image decoder recognises")
