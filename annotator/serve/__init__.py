@@ -1,5 +1,5 @@
 """Model servers that labeling tools call: ``python -m annotator.serve labelstudio``
-(:mod:`annotator.serve.labelstudio`, a Label Studio ML backend).
+(:mod:`annotator.serve.labelstudio_backend`, a Label Studio ML backend).
 
 The web framework is an optional extra: ``pip install 'annotator[serve]'`` (FastAPI,
 uvicorn, and the Label Studio SDK for the brush encoding).

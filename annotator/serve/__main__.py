@@ -1,6 +1,6 @@
 """``python -m annotator.serve labelstudio --vocab FILE [model options] [--host H] [--port P]``.
 
-Starts a Label Studio ML backend (:mod:`annotator.serve.labelstudio`): the model loads
+Starts a Label Studio ML backend (:mod:`annotator.serve.labelstudio_backend`): the model loads
 once, then Label Studio's project *Settings* -> *Model* -> *Connect model* with the
 printed URL. Exit status: 0 stopped (Ctrl-C); 2 refused (a bad option, a missing
 vocabulary, the ``serve`` extra not installed: one ``error:`` line with the install
@@ -109,7 +109,7 @@ def build_app(args: argparse.Namespace):
     from annotator.inputs.vocab import load_vocabulary
     from annotator.models import resolve_weights
     from annotator.models.registry import describe_weights
-    from annotator.serve.labelstudio import BackendOptions, create_app, load_backend
+    from annotator.serve.labelstudio_backend import BackendOptions, create_app, load_backend
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: expected 1..65535, received {args.port}")

@@ -35,7 +35,7 @@ from annotator.engine import Engine  # noqa: E402
 from annotator.export.labelstudio import labeling_config, ls_rle_to_mask  # noqa: E402
 from annotator.inputs.vocab import parse_vocabulary  # noqa: E402
 from annotator.serve import __main__ as serve_main  # noqa: E402
-from annotator.serve.labelstudio import (  # noqa: E402
+from annotator.serve.labelstudio_backend import (  # noqa: E402
     BackendOptions,
     ImageFetcher,
     LabelStudioBackend,
