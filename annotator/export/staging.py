@@ -97,7 +97,10 @@ class Staging:
         except BaseException:
             os.rename(old, target)  # put the previous export back
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        if os.path.islink(old):  # --to was a link to a folder: the link goes, what it pointed at stays
+            os.unlink(old)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
     def discard(self) -> None:
         """Remove the staging folder (best effort: the error being reported matters more)."""
