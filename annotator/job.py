@@ -143,7 +143,8 @@ def list_inputs(request: RunRequest, checked: Validated) -> Inputs:
     """Stage 2: list the source, check the ground truth and the output, join the cluster."""
     read, output = request.read, request.write.output
     if read.hf_dataset:
-        hf = list_hf_dataset(read.hf_dataset, read.hf_split, read.hf_image_column)
+        hf = list_hf_dataset(read.hf_dataset, read.hf_split, read.hf_image_column,
+                             allow_paths_outside=read.hf_allow_paths_outside)
         inputs = Inputs(hf.refs(), request.source_description(hf.split), checked.storage_options, hf)
     else:
         source, source_opts = resolve_source(read.source or str(SAMPLES_DIR), checked.storage_options)

@@ -128,6 +128,8 @@ class ReadSpec:
     hf_dataset: str | None = None
     hf_split: str | None = None
     hf_image_column: str | None = None
+    #: read image cells whose path leaves the dataset's files (default: an 'unreadable' row)
+    hf_allow_paths_outside: bool = False
     #: only these images: a file with one relative path, stem or id:N per line
     image_list: str | None = None
     #: files larger than this are refused before they are read (an 'unreadable' row)
@@ -268,6 +270,7 @@ class RunRequest:
             "vocabulary": vocabulary,                 # geometry, protocol, precision, seed
             "source": source if source is not None else self.source_description(),
             "hf_image_column": read.hf_image_column,
+            **({"hf_allow_paths_outside": True} if read.hf_allow_paths_outside else {}),
             "image_list": (None if entries is None else
                            "sha256:" + hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()),
             "max_bytes": read.max_bytes,
@@ -287,7 +290,9 @@ class RunRequest:
 
         return cls(
             read=ReadSpec(source=args.source, hf_dataset=args.hf_dataset, hf_split=args.hf_split,
-                          hf_image_column=args.hf_image_column, image_list=args.image_list,
+                          hf_image_column=args.hf_image_column,
+                          hf_allow_paths_outside=getattr(args, "hf_allow_paths_outside", False),
+                          image_list=args.image_list,
                           max_bytes=args.max_bytes, max_pixels=args.max_pixels, gt=args.gt,
                           gt_format=args.gt_format),
             model=ModelSpec(engine=engine_config_from_args(args), vocab=args.vocab),

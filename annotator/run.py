@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dataset split (default: the only one; required when there are several)")
     io.add_argument("--hf-image-column", default=None,
                     help="image column (default: the only Image column, or among several the one named 'image')")
+    io.add_argument("--hf-allow-paths-outside", action="store_true",
+                    help="read image cells that name a file outside the dataset's own files (an absolute path, "
+                         "'..', a symlink out, a URL); default: such a row is 'unreadable', the file is not read")
     io.add_argument("--storage-options", default=None, metavar="JSON",
                     help="fsspec storage options for source and output as JSON, e.g. "
                          "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (never logged; default: none, the "

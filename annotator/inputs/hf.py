@@ -4,11 +4,21 @@ A ``save_to_disk`` folder, a folder of Parquet files (or one file), an imagefold
 hub name (streamed). Rows get ``file_name = "{index:08d}.{ext}"`` and
 ``uri = "hf://{name}/{split}/{index}"``. An :class:`HFSource` pickles without its open
 dataset, so the driver lists and workers re-open it lazily to read their rows.
+
+A dataset is untrusted input, so its cells do not steer reads: an image cell without
+bytes names a file by its ``path``, which is resolved against the dataset's own files
+(the ``save_to_disk`` folder, the Parquet files' folder, the imagefolder; for a hub
+dataset, its repository ``hf://datasets/NAME``), never against the current directory.
+A path that is absolute outside that folder, that leaves it (``..``, a symlink pointing
+out), or a URL elsewhere is not read: the row is ``unreadable`` and says why, unless
+``allow_paths_outside`` (``--hf-allow-paths-outside``) is set by the user who trusts the
+dataset.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +53,8 @@ class HFSource:
     kind: str
     num_rows: int | None
     columns: tuple[str, ...]
+    #: read cell paths outside the dataset's files too (absolute, ``..``, symlinks out, URLs)
+    allow_paths_outside: bool = False
     _dataset: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
@@ -58,6 +70,63 @@ class HFSource:
 
     def uri(self, index: int) -> str:
         return f"hf://{self.name_or_path}/{self.split}/{index}"
+
+    @property
+    def files_root(self) -> str:
+        """Where the dataset's own files are, against which cell paths resolve: the
+        ``save_to_disk`` folder, the Parquet files' folder (the file's folder for one
+        file), the imagefolder, or ``hf://datasets/NAME`` for a hub dataset."""
+        if self.kind == "hub":
+            return f"hf://datasets/{self.name_or_path}"
+        path = Path(self.name_or_path)
+        return os.path.realpath(path.parent if self.kind == "parquet" and path.is_file() else path)
+
+    def locate(self, path: str) -> str:
+        """The file a cell's ``path`` names, to read; raises ImageDecodeError("unreadable")
+        for a path outside the dataset's files (see the module docstring) unless
+        :attr:`allow_paths_outside`. Relative paths resolve against :attr:`files_root`."""
+        root = self.files_root
+        is_url = "://" in path or "::" in path
+        if self.kind == "hub":
+            inside = (is_url and path.startswith((root + "/", root + "@"))
+                      and "::" not in path and ".." not in path.split("/"))
+            if inside or self.allow_paths_outside:
+                return path
+            why = ("a URL outside the dataset's repository" if is_url
+                   else "a local path, and a hub dataset has no local folder")
+        elif is_url:
+            if self.allow_paths_outside:
+                return path
+            why = "a URL, not a file of the dataset"
+        else:
+            given = Path(path)
+            candidate = given if given.is_absolute() else Path(root) / given
+            if self.allow_paths_outside:
+                return str(candidate)
+            real = os.path.realpath(candidate)
+            if _within(real, root):
+                return real
+            why = ("an absolute path outside the dataset's folder" if given.is_absolute()
+                   else "a path that leaves the dataset's folder through a symlink"
+                   if _within(os.path.normpath(candidate), root)
+                   else "a path that leaves the dataset's folder with '..'")
+        shown = path if len(path) <= 200 else path[:197] + "..."
+        raise ImageDecodeError(
+            "unreadable", f"the cell names {shown!r}, {why} ({root}); not read (a dataset's cells may name only its "
+            "own files; --hf-allow-paths-outside reads them)")
+
+    def read_path(self, path: str) -> bytes:
+        """The bytes of the file a cell's ``path`` names (:meth:`locate` first)."""
+        location = self.locate(path)
+        if self.kind == "hub" or "://" in location or "::" in location:
+            import fsspec
+
+            try:
+                with fsspec.open(location, "rb") as f:
+                    return f.read()
+            except Exception as exc:  # noqa: BLE001 - one row's unreadable file, not the run's
+                raise ImageDecodeError("unreadable", f"{location}: {type(exc).__name__}") from None
+        return read_image_bytes(location)
 
     def dataset(self):
         """The opened ``datasets.Dataset`` (or ``IterableDataset`` for kind "hub")."""
@@ -95,7 +164,7 @@ class HFSource:
         if column not in self.columns:
             raise SourceError(f"label column {column!r} not in dataset {self.name_or_path!r}; "
                               f"columns: {list(self.columns)}")
-        return [_label_array(cell) for cell in self._iter_cells(column, start, stop)]
+        return [_label_array(cell, self.read_path) for cell in self._iter_cells(column, start, stop)]
 
     # -- internals
 
@@ -138,7 +207,7 @@ class HFSource:
                 return bytes(cell["bytes"])
             if cell.get("path"):
                 try:
-                    return read_image_bytes(cell["path"])
+                    return self.read_path(str(cell["path"]))
                 except ImageDecodeError as exc:
                     return ImageDecodeError(exc.reason, f"{shown}: {exc.detail}")
             return ImageDecodeError("missing", f"{shown}: the {self.image_column!r} cell has no bytes and no path")
@@ -147,6 +216,10 @@ class HFSource:
             cell.save(buf, format=cell.format or "PNG")
             return buf.getvalue()
         return ImageDecodeError("not-an-image", f"{shown}: unexpected cell of type {type(cell).__name__}")
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _is_struct(arr) -> bool:
@@ -186,14 +259,14 @@ def _cell_ext(cell: Any) -> str:
     return _FORMAT_EXT.get(fmt, "png") if isinstance(fmt, str) else "png"
 
 
-def _label_array(cell: Any) -> np.ndarray | None:
+def _label_array(cell: Any, read_path) -> np.ndarray | None:
     from PIL import Image
 
     if cell is None:
         return None
     data = cell.get("bytes") if isinstance(cell, dict) else cell
     if isinstance(cell, dict) and not data and cell.get("path"):
-        data = read_image_bytes(cell["path"])
+        data = read_path(str(cell["path"]))
     if isinstance(data, (bytes, bytearray)) or hasattr(cell, "mode"):
         with (cell if hasattr(cell, "mode") else Image.open(io.BytesIO(data))) as img:  # type: ignore[arg-type]
             arr = np.asarray(img)
@@ -298,19 +371,41 @@ def _load_hub(name: str, split: str | None):
                           f"{_offline_hint(name)}") from None
 
 
-def _detect_image_column(ds, image_column: str | None, name: str) -> str:
+def _feature_kind(feature: Any) -> str:
+    """A column's type in a word: "image", "binary" (encoded bytes), or what else it is."""
     import datasets
 
+    if isinstance(feature, datasets.Image):
+        return "image"
+    if isinstance(feature, datasets.Value):
+        return "binary" if feature.dtype in ("binary", "large_binary") else str(feature.dtype)
+    if isinstance(feature, dict) and _feature_kind(feature.get("bytes")) == "binary":
+        return "binary"  # an {"bytes", "path"} struct without the Image type
+    return type(feature).__name__
+
+
+#: Column kinds an image can be read from (an Image feature, or encoded bytes).
+_IMAGE_KINDS = ("image", "binary")
+
+
+def _detect_image_column(ds, image_column: str | None, name: str) -> str:
     features = ds.features
+    kinds: dict[str, str]
     if features is None:  # a streamed dataset without declared features: peek one row
         row: dict[str, Any] = next(iter(ds.take(1)), {})
-        kinds = {k: ("image" if hasattr(v, "mode") or (isinstance(v, dict) and "bytes" in v) else type(v).__name__)
+        kinds = {k: ("image" if hasattr(v, "mode") or (isinstance(v, dict) and "bytes" in v)
+                     else "binary" if isinstance(v, (bytes, bytearray)) else type(v).__name__)
                  for k, v in row.items()}
     else:
-        kinds = {k: ("image" if isinstance(f, datasets.Image) else type(f).__name__) for k, f in features.items()}
+        kinds = {k: _feature_kind(f) for k, f in features.items()}
     if image_column is not None:
         if image_column not in kinds:
             raise SourceError(f"image column {image_column!r} not in dataset {name!r}; columns: {kinds}")
+        if kinds[image_column] not in _IMAGE_KINDS:
+            usable = [k for k, v in kinds.items() if v in _IMAGE_KINDS]
+            raise SourceError(f"--hf-image-column {image_column!r}: expected a column of images, got a "
+                              f"{kinds[image_column]} column; the image columns of dataset {name!r} are "
+                              f"{usable if usable else 'none'}")
         return image_column
     images = [k for k, v in kinds.items() if v == "image"]
     if len(images) > 1 and sum(k.lower() == "image" for k in images) == 1:
@@ -323,7 +418,8 @@ def _detect_image_column(ds, image_column: str | None, name: str) -> str:
     return images[0]
 
 
-def list_hf_dataset(name_or_path: str, split: str | None = None, image_column: str | None = None) -> HFSource:
+def list_hf_dataset(name_or_path: str, split: str | None = None, image_column: str | None = None,
+                    allow_paths_outside: bool = False) -> HFSource:
     """Open a Hugging Face dataset split as an :class:`HFSource`.
 
     ``name_or_path``: a local ``save_to_disk`` folder, a local folder of Parquet files (or
@@ -333,7 +429,8 @@ def list_hf_dataset(name_or_path: str, split: str | None = None, image_column: s
     several. ``image_column``: default the single column of ``datasets.Image`` type, or
     among several the one named "image" (segmentation datasets pair it with a label-map
     Image column). Local paths are made absolute so that workers with another working
-    directory re-open the same data.
+    directory re-open the same data. ``allow_paths_outside``: read image cells whose path
+    leaves the dataset's files (see the module docstring).
     """
     path = Path(name_or_path).expanduser()
     kind = _local_kind(path)
@@ -350,4 +447,5 @@ def list_hf_dataset(name_or_path: str, split: str | None = None, image_column: s
         splits = getattr(getattr(ds, "info", None), "splits", None) or {}
         num_rows = splits[split].num_examples if split in splits else None
     columns = tuple(ds.features.keys()) if ds.features is not None else (column,)
-    return HFSource(resolved, split, column, kind or "hub", num_rows, columns, _dataset=ds)
+    return HFSource(resolved, split, column, kind or "hub", num_rows, columns,
+                    allow_paths_outside=allow_paths_outside, _dataset=ds)
