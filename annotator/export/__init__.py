@@ -1,6 +1,6 @@
 """Exporters: a run's Parquet output -> files the labeling tools import.
 
-Registry (``EXPORTERS``), name -> :class:`~annotator.export.registry.Exporter`: the
+Registry (``EXPORTERS``), name -> :class:`~annotator.export.formats.Exporter`: the
 function ``(output, to, options) -> ExportResult`` and the options it honours:
 
 - ``coco``: COCO instances JSON with compressed-RLE masks (CVAT "COCO 1.0", FiftyOne,
@@ -31,7 +31,7 @@ from __future__ import annotations
 from annotator.export import coco as _coco
 from annotator.export import cvat_masks as _cvat_masks
 from annotator.export import fiftyone as _fiftyone
-from annotator.export import hf as _hf
+from annotator.export import hf_dataset as _hf
 from annotator.export import labelstudio as _labelstudio
 from annotator.export import masks as _masks
 from annotator.export import yolo as _yolo
@@ -48,7 +48,7 @@ from annotator.export.common import (
     select_class_ids,
 )
 from annotator.export.completeness import Completeness, IncompleteRunError, check_run
-from annotator.export.registry import Exporter, MissingExtraError, check_options
+from annotator.export.formats import Exporter, MissingExtraError, check_options
 from annotator.export.staging import open_staging
 from annotator.storage.layout import EXPORTS_DIR, join_url
 from annotator.storage.results import RunOutputError, image_score
@@ -75,7 +75,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------- registry
 
-#: Every format and what it honours (see :mod:`annotator.export.registry`); the filters
+#: Every format and what it honours (see :mod:`annotator.export.formats`); the filters
 #: ``--classes``, ``--min-area``, ``--min-score`` and ``--partial`` go to every format.
 EXPORTERS: dict[str, Exporter] = {
     "coco": Exporter(_coco.export, honours={"instances", "iscrowd", "images_root", "polygons", "polygon_tolerance",

@@ -25,7 +25,7 @@ from annotator.export import (
     prepare,
 )
 from annotator.export.common import HF_IMAGE_MODES, YOLO_IMAGE_MODES
-from annotator.export.registry import COMMON_OPTIONS, check_given, formats_taking
+from annotator.export.formats import COMMON_OPTIONS, check_given, formats_taking
 from annotator.storage.redact import redact_text
 
 

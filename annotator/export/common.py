@@ -83,7 +83,7 @@ class ExportOptions:
         semantic: fiftyone: one label map per image instead of one detection per mask.
 
     Which formats honour which field is declared in :data:`annotator.export.EXPORTERS`
-    (:mod:`annotator.export.registry`).
+    (:mod:`annotator.export.formats`).
     """
 
     iscrowd: int = 0

@@ -47,7 +47,7 @@ from annotator.export.common import (
     as_record,
     instance_class_ids,
 )
-from annotator.export.registry import MissingExtraError, install_command
+from annotator.export.formats import MissingExtraError, install_command
 from annotator.export.shapes import InstanceSplitter
 from annotator.review.palette import class_colors, hex_color
 from annotator.storage import parts
@@ -73,7 +73,7 @@ CONFIG_NAME = "labeling_config.xml"
 
 
 def install_hint() -> str:
-    """What to pip install for the SDK (:func:`annotator.export.registry.install_command`)."""
+    """What to pip install for the SDK (:func:`annotator.export.formats.install_command`)."""
     return ("the Label Studio export needs the label-studio-sdk package, which is not installed: "
             + install_command("labelstudio"))
 

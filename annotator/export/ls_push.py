@@ -32,7 +32,7 @@ from annotator.export.labelstudio import (
     labeling_config,
     task_for_record,
 )
-from annotator.export.registry import MissingExtraError, install_command
+from annotator.export.formats import MissingExtraError, install_command
 
 __all__ = ["API_KEY_ENV", "DEFAULT_PAGE_SIZE", "check_config", "push"]
 

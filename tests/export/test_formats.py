@@ -167,8 +167,8 @@ def test_the_walk_knows_every_option():
 
 def _expected_refusal(fmt: str, flag: str) -> str | None:
     """What the registry says about ``flag`` alone with ``--format fmt`` (None: taken)."""
-    from annotator.export.registry import PUSH_ONLY
-    from annotator.export.registry import flag as flag_of
+    from annotator.export.formats import PUSH_ONLY
+    from annotator.export.formats import flag as flag_of
 
     entry = EXPORTERS[fmt]
     dest = flag[2:].replace("-", "_")
@@ -190,7 +190,7 @@ def test_every_format_against_every_option(fmt, flag, tmp_path, monkeypatch, cap
     """Honoured: the CLI goes on to export (stubbed here); not honoured: exit 2, one
     ``error:`` line naming the option and the formats that take it."""
     import annotator.export.__main__ as cli
-    from annotator.export.registry import formats_taking
+    from annotator.export.formats import formats_taking
 
     calls = []
     stub = ExportResult(format=fmt, counts={"annotations": 1})
@@ -244,7 +244,7 @@ def test_the_library_refuses_options_the_format_ignores(synthetic_output, tmp_pa
 
 
 def test_every_option_help_names_its_default_and_its_formats():
-    from annotator.export.registry import COMMON_OPTIONS, formats_taking
+    from annotator.export.formats import COMMON_OPTIONS, formats_taking
 
     for action in build_parser()._actions:
         if not action.option_strings or action.dest == "help":

@@ -12,7 +12,7 @@ import pytest
 
 from annotator.export import ExportOptions, export
 from annotator.export import labelstudio as ls
-from annotator.export.registry import MissingExtraError
+from annotator.export.formats import MissingExtraError
 from annotator.review.palette import class_colors, hex_color
 from tests.export.helpers import load_json
 
