@@ -30,13 +30,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
-import re
 import time
 from collections.abc import Callable
 
 from annotator.config import EngineConfig
+from annotator.distributed.address import (
+    RayConnectError,
+    check_reachable,
+    ray_address_file,
+    resolve_ray_address,
+    short_error,
+)
+from annotator.distributed.placement import plan_placement, threads_for_cpus
 from annotator.distributed.policy import ActorSlot, SchedulePolicy
 from annotator.inputs.vocab import Vocabulary
 from annotator.shards.task import (
@@ -46,6 +52,23 @@ from annotator.shards.task import (
     ShardResult,
     ShardTask,
 )
+
+__all__ = [
+    "ACTOR_RESTART_TIMEOUT_S",
+    "ACTOR_START_TIMEOUT_S",
+    "RAY_CONNECT_TIMEOUT_S",
+    "RayConnectError",
+    "ShardFailedError",
+    "check_cluster_device",
+    "check_reachable",
+    "init_ray",
+    "plan_actors",
+    "ray_address_file",
+    "resolve_ray_address",
+    "run_shards",
+    "shutdown_ray",
+    "threads_for_cpus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,70 +123,12 @@ class _ShardActor:
 RAY_CONNECT_TIMEOUT_S = 60.0
 
 
-class RayConnectError(RuntimeError):
-    """The Ray cluster named by ``--address`` / ``$RAY_ADDRESS`` could not be joined."""
-
-
 def shutdown_ray() -> None:
     """Shut down this process's Ray, if one is initialised (for benchmarks and tools)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def ray_address_file() -> str:
-    """Where ``ray start`` records the last cluster's address (Ray's temp dir:
-    ``$RAY_TMPDIR``, else ``$TMPDIR`` on Linux, else ``/tmp``, then ``ray/``)."""
-    import sys
-    import tempfile
-
-    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
-    if not base:
-        base = "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
-    return os.path.join(base, "ray", "ray_current_cluster")
-
-
-def resolve_ray_address(address: str | None) -> str | None:
-    """The cluster to join, or ``None`` to start a local Ray.
-
-    ``None`` (no ``--address``): ``$RAY_ADDRESS`` if set (as under ``ray job submit``),
-    else a new local Ray, never the cluster recorded by an earlier ``ray start``
-    (which may be dead). ``"auto"``: the recorded cluster, explicitly. Anything else:
-    that address (``host:port`` of the GCS, or ``ray://host:port``).
-    """
-    if address is None:
-        address = os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            return None
-    if address == "auto":
-        record = ray_address_file()
-        try:
-            with open(record, encoding="utf-8") as f:
-                recorded = f.read().strip()
-        except OSError:
-            recorded = ""
-        if not recorded:
-            raise RayConnectError(f"--address auto: expected a running cluster recorded in {record} by "
-                                  "`ray start --head`, got none (omit --address to start a local Ray)")
-        return recorded
-    return address
-
-
-def check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """A TCP connection to the cluster's ``host:port``, so that a dead address is one
-    line after ``timeout_s`` instead of Ray's endless GCS retries."""
-    import socket
-
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise RayConnectError(f"--address {address}: expected host:port (or ray://host:port, or auto), got {address!r}")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise RayConnectError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); is it running? "
-                              "Omit --address (and unset RAY_ADDRESS) to start a local Ray") from None
 
 
 def init_ray(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> str:
@@ -196,7 +161,7 @@ def init_ray(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> s
     if not outcome:
         raise RayConnectError(f"the Ray cluster at {target} did not answer within {timeout_s:.0f} s")
     if isinstance(outcome[0], BaseException):
-        why = _short(outcome[0])
+        why = short_error(outcome[0])
         if "authentication" in why.lower() or "token" in why.lower():
             why += (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and the cluster's token in "
                     "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
@@ -214,46 +179,14 @@ def check_cluster_device(device: str) -> None:
                               f"(resources: {sorted(ray.cluster_resources())})")
 
 
-def threads_for_cpus(assigned_cpus: float | None, planned: int) -> int:
-    """torch intra-op threads for a CPU actor: the CPUs Ray assigned it, rounded down, at
-    least 1 (``planned`` when Ray reports none). Two actors of 1 CPU on 2 cores get 1
-    thread each, not 2 each (which would oversubscribe the cores)."""
-    if assigned_cpus is None or assigned_cpus <= 0:
-        return max(1, int(planned))
-    return max(1, int(assigned_cpus + 1e-9))
-
-
 def plan_actors(engine_config: EngineConfig, num_actors: int | None) -> tuple[int, dict, str]:
-    """How many actors, with which resources, on which device ('cuda' or 'cpu').
-
-    CPU actors share the cluster's CPUs evenly (fractional when ``num_actors`` exceeds
-    the CPU count, so that every actor can be scheduled).
-    """
+    """How many actors, with which resources, on which device ('cuda' or 'cpu'), on the
+    cluster this process joined (:func:`annotator.distributed.placement.plan_placement`)."""
     import ray
 
     if num_actors is not None and num_actors < 1:
         raise ValueError(f"--num-actors: expected >= 1, got {num_actors}")
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
-    if engine_config.device in ("auto",) and gpus > 0 or engine_config.device.startswith("cuda"):
-        if gpus == 0:
-            raise RuntimeError(f"--device {engine_config.device}: the Ray cluster has no GPUs")
-        n = min(num_actors or gpus, gpus)
-        return n, {"num_gpus": 1, "num_cpus": 1}, "cuda"
-    cpus = float(res.get("CPU", 1))
-    n = num_actors or max(1, int(cpus) // 2)
-    per_actor = max(1, int(cpus) // n) if n <= cpus else math.floor(cpus / n * 1e4) / 1e4
-    return n, {"num_cpus": per_actor}, "cpu"
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _short(e: BaseException) -> str:
-    """One line for a message: the error's type and the last line of its text (for a
-    Ray error carrying a remote traceback, that line is the remote exception)."""
-    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {(lines[-1] if lines else '')[:300]}"
+    return plan_placement(engine_config.device, num_actors, ray.cluster_resources())
 
 
 def run_shards(
@@ -315,7 +248,7 @@ def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_do
     try:
         ray.get([s.handle.ready.remote() for s in slots], timeout=ACTOR_START_TIMEOUT_S)
     except (RayActorError, RayTaskError, GetTimeoutError) as e:
-        raise ShardFailedError(f"the Ray actors could not load the engine, no shard ran: {_short(e)}") from e
+        raise ShardFailedError(f"the Ray actors could not load the engine, no shard ran: {short_error(e)}") from e
 
     policy = SchedulePolicy(tasks, in_flight_per_actor)
     inflight: dict = {}  # ObjectRef -> (slot, task)
@@ -355,7 +288,7 @@ def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_do
                 ray.get(ref)
                 log.info("an actor is back after a restart")
             except Exception as e:  # noqa: BLE001 - e.g. the engine no longer loads
-                retire(s, f"could not be restarted ({_short(e)})")
+                retire(s, f"could not be restarted ({short_error(e)})")
         elif ref is not None and ref in inflight:
             s, task = inflight.pop(ref)
             try:
@@ -364,12 +297,12 @@ def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_do
                 # The actor died (Ray reports ActorDiedError, or ActorUnavailableError when the
                 # connection dropped mid-task or the task reached it restarting).
                 beside = [] if s.isolated else _unfinished([r for r in s.inflight if r != ref])
-                policy.actor_died(s, ref, task, _short(e), beside)
+                policy.actor_died(s, ref, task, short_error(e), beside)
                 start_probe(s)
             except RayTaskError as e:
-                policy.task_failed(s, ref, task, _short(e.cause if getattr(e, "cause", None) else e))
+                policy.task_failed(s, ref, task, short_error(e.cause if getattr(e, "cause", None) else e))
             except RayError as e:  # e.g. the result was lost with its node
-                policy.task_failed(s, ref, task, _short(e))
+                policy.task_failed(s, ref, task, short_error(e))
             else:
                 policy.finished(s, ref, task)
                 on_done(result)

@@ -1,0 +1,40 @@
+"""Placing the engines, without Ray: how many actors, with which resources, on which
+device, from the cluster's resources; and a CPU actor's torch threads (used by
+:mod:`annotator.distributed.ray_runner`, which creates the actors).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["plan_placement", "threads_for_cpus"]
+
+
+def threads_for_cpus(assigned_cpus: float | None, planned: int) -> int:
+    """torch intra-op threads for a CPU actor: the CPUs Ray assigned it, rounded down, at
+    least 1 (``planned`` when Ray reports none). Two actors of 1 CPU on 2 cores get 1
+    thread each, not 2 each (which would oversubscribe the cores)."""
+    if assigned_cpus is None or assigned_cpus <= 0:
+        return max(1, int(planned))
+    return max(1, int(assigned_cpus + 1e-9))
+
+
+def plan_placement(device: str, num_actors: int | None, resources: dict) -> tuple[int, dict, str]:
+    """How many actors, with which resources, on which device ('cuda' or 'cpu'), for
+    ``--device device`` on a cluster with ``resources`` (``ray.cluster_resources()``).
+
+    CPU actors share the cluster's CPUs evenly (fractional when ``num_actors`` exceeds
+    the CPU count, so that every actor can be scheduled).
+    """
+    if num_actors is not None and num_actors < 1:
+        raise ValueError(f"--num-actors: expected >= 1, got {num_actors}")
+    gpus = int(resources.get("GPU", 0))
+    if device in ("auto",) and gpus > 0 or device.startswith("cuda"):
+        if gpus == 0:
+            raise RuntimeError(f"--device {device}: the Ray cluster has no GPUs")
+        n = min(num_actors or gpus, gpus)
+        return n, {"num_gpus": 1, "num_cpus": 1}, "cuda"
+    cpus = float(resources.get("CPU", 1))
+    n = num_actors or max(1, int(cpus) // 2)
+    per_actor = max(1, int(cpus) // n) if n <= cpus else math.floor(cpus / n * 1e4) / 1e4
+    return n, {"num_cpus": per_actor}, "cpu"
