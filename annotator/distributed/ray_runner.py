@@ -242,82 +242,120 @@ def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_do
     """The driver's loop over ``slots`` (actors already created): Ray's waits and
     results here, every decision in :class:`SchedulePolicy`; see :func:`run_shards`."""
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-    # Fail fast with the real error (e.g. missing weights) if engines cannot load.
+    _wait_for_engines(slots)
+    loop = _ShardLoop(SchedulePolicy(tasks, in_flight_per_actor), slots, on_done,
+                      SchedulingStats(actors=len(slots), device=device))
+    for s in slots:
+        loop.fill(s)
+    while loop.inflight or (loop.policy.queue and loop.probes):
+        ready, _ = ray.wait(list(loop.inflight) + list(loop.probes), num_returns=1,
+                            timeout=1.0 if loop.probes else None)
+        t_event = time.perf_counter()  # from here to the loop's end: the driver's own time
+        loop.handle(ready[0] if ready else None, t_event)
+        loop.stats.driver_overhead_s += time.perf_counter() - t_event
+    return loop.finish()
+
+
+def _wait_for_engines(slots: list[ActorSlot]) -> None:
+    """Fail fast with the real error (e.g. missing weights) if engines cannot load."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
     try:
         ray.get([s.handle.ready.remote() for s in slots], timeout=ACTOR_START_TIMEOUT_S)
     except (RayActorError, RayTaskError, GetTimeoutError) as e:
         raise ShardFailedError(f"the Ray actors could not load the engine, no shard ran: {short_error(e)}") from e
 
-    policy = SchedulePolicy(tasks, in_flight_per_actor)
-    inflight: dict = {}  # ObjectRef -> (slot, task)
-    probes: dict = {}  # ObjectRef -> slot
-    stats = SchedulingStats(actors=len(slots), device=device)
 
-    def fill(s: ActorSlot) -> None:
-        for ref, task in policy.fill(s, lambda task: s.handle.process.remote(task)):
-            inflight[ref] = (s, task)
+class _ShardLoop:
+    """The state of :func:`_schedule`'s loop (the shards in flight, the restart probes,
+    the statistics) and what it does on each of Ray's events."""
 
-    def start_probe(s: ActorSlot) -> None:
+    def __init__(self, policy: SchedulePolicy, slots: list[ActorSlot], on_done: Callable[[ShardResult], None],
+                 stats: SchedulingStats):
+        self.policy = policy
+        self.slots = slots
+        self.on_done = on_done
+        self.stats = stats
+        self.inflight: dict = {}  # ObjectRef -> (slot, task)
+        self.probes: dict = {}  # ObjectRef -> slot
+
+    def fill(self, s: ActorSlot) -> None:
+        """Submit to ``s`` the shards the policy gives it."""
+        for ref, task in self.policy.fill(s, lambda task: s.handle.process.remote(task)):
+            self.inflight[ref] = (s, task)
+
+    def start_probe(self, s: ActorSlot) -> None:
+        """Ask a dead actor whether Ray has restarted it (``ready()``, retried by Ray)."""
         if s.probe is None and not s.retired:
             s.probe = s.handle.ready.options(max_task_retries=-1).remote()
             s.probe_since_s = time.perf_counter()
-            probes[s.probe] = s
-            stats.restarts += 1
+            self.probes[s.probe] = s
+            self.stats.restarts += 1
 
-    def retire(s: ActorSlot, why: str) -> None:
+    def retire(self, s: ActorSlot, why: str) -> None:
         s.retired = why
         log.error("an actor was retired: %s", why)
         if s.probe is not None:
-            probes.pop(s.probe, None)
+            self.probes.pop(s.probe, None)
             s.probe = None
 
-    for s in slots:
-        fill(s)
-    while inflight or (policy.queue and probes):
-        ready, _ = ray.wait(list(inflight) + list(probes), num_returns=1, timeout=1.0 if probes else None)
-        now = t_event = time.perf_counter()  # from here to the loop's end: the driver's own time
-        for s in [s for s in probes.values() if now - s.probe_since_s > ACTOR_RESTART_TIMEOUT_S]:
-            retire(s, f"not back {ACTOR_RESTART_TIMEOUT_S:.0f} s after it died")
-        ref = ready[0] if ready else None
-        if ref is not None and ref in probes:
-            s = probes.pop(ref)
-            s.probe = None
-            try:
-                ray.get(ref)
-                log.info("an actor is back after a restart")
-            except Exception as e:  # noqa: BLE001 - e.g. the engine no longer loads
-                retire(s, f"could not be restarted ({short_error(e)})")
-        elif ref is not None and ref in inflight:
-            s, task = inflight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayActorError as e:
-                # The actor died (Ray reports ActorDiedError, or ActorUnavailableError when the
-                # connection dropped mid-task or the task reached it restarting).
-                beside = [] if s.isolated else _unfinished([r for r in s.inflight if r != ref])
-                policy.actor_died(s, ref, task, short_error(e), beside)
-                start_probe(s)
-            except RayTaskError as e:
-                policy.task_failed(s, ref, task, short_error(e.cause if getattr(e, "cause", None) else e))
-            except RayError as e:  # e.g. the result was lost with its node
-                policy.task_failed(s, ref, task, short_error(e))
-            else:
-                policy.finished(s, ref, task)
-                on_done(result)
-                stats.shard_seconds += result.seconds
-                stats.shards_done += 1
-        policy.no_actor_left(slots)
-        for s in slots:
-            fill(s)  # serialising and submitting the next shards
-        stats.driver_overhead_s += time.perf_counter() - t_event
-    policy.close()
-    stats.retries = policy.retries
-    message = policy.failure_message()
-    if message:
-        raise ShardFailedError(message)
-    return stats
+    def handle(self, ref, now: float) -> None:
+        """One turn of the loop: ``ref`` returned (None: the wait timed out) at ``now``."""
+        for s in [s for s in self.probes.values() if now - s.probe_since_s > ACTOR_RESTART_TIMEOUT_S]:
+            self.retire(s, f"not back {ACTOR_RESTART_TIMEOUT_S:.0f} s after it died")
+        if ref is not None and ref in self.probes:
+            self._probe_returned(ref)
+        elif ref is not None and ref in self.inflight:
+            self._shard_returned(ref)
+        self.policy.no_actor_left(self.slots)
+        for s in self.slots:
+            self.fill(s)  # serialising and submitting the next shards
+
+    def _probe_returned(self, ref) -> None:
+        import ray
+
+        s = self.probes.pop(ref)
+        s.probe = None
+        try:
+            ray.get(ref)
+            log.info("an actor is back after a restart")
+        except Exception as e:  # noqa: BLE001 - e.g. the engine no longer loads
+            self.retire(s, f"could not be restarted ({short_error(e)})")
+
+    def _shard_returned(self, ref) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayError, RayTaskError
+
+        s, task = self.inflight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayActorError as e:
+            # The actor died (Ray reports ActorDiedError, or ActorUnavailableError when the
+            # connection dropped mid-task or the task reached it restarting).
+            beside = [] if s.isolated else _unfinished([r for r in s.inflight if r != ref])
+            self.policy.actor_died(s, ref, task, short_error(e), beside)
+            self.start_probe(s)
+        except RayTaskError as e:
+            self.policy.task_failed(s, ref, task, short_error(e.cause if getattr(e, "cause", None) else e))
+        except RayError as e:  # e.g. the result was lost with its node
+            self.policy.task_failed(s, ref, task, short_error(e))
+        else:
+            self.policy.finished(s, ref, task)
+            self.on_done(result)
+            self.stats.shard_seconds += result.seconds
+            self.stats.shards_done += 1
+
+    def finish(self) -> SchedulingStats:
+        """After the loop: the statistics, or :class:`ShardFailedError` naming the shards
+        that failed every attempt."""
+        self.policy.close()
+        self.stats.retries = self.policy.retries
+        message = self.policy.failure_message()
+        if message:
+            raise ShardFailedError(message)
+        return self.stats
 
 
 def _unfinished(refs: list) -> list:
