@@ -82,10 +82,11 @@ def categories(class_names: list[str], class_ids: Iterable[int] | None = None) -
 
 def cvat_labels(class_names: list[str], class_ids: Iterable[int] | None = None) -> list[dict]:
     """CVAT label definitions (paste into the task's label editor, "Raw" tab): one per
-    exported class, VOC palette colour, no attributes. Sorted by vocabulary index."""
+    exported class, the report's colour (a class named after a colour gets that colour,
+    the others VOC's palette), no attributes. Sorted by vocabulary index."""
     from annotator.review.palette import class_colors, hex_color
 
-    colors = class_colors(len(class_names))
+    colors = class_colors(class_names)
     ids = sorted(class_ids) if class_ids is not None else range(1, len(class_names))
     return [{"name": class_names[c], "color": hex_color(colors[c]), "type": "any", "attributes": []} for c in ids]
 

@@ -19,6 +19,7 @@ are the images' file names without extension (sanitised as for the masks export)
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import fsspec
 import numpy as np
@@ -43,10 +44,12 @@ MAX_OBJECTS = 254
 _NAMED = 5
 
 
-def label_colours(num_classes: int) -> list[tuple[int, int, int]]:
-    """One distinct RGB colour per class index (0 = background = black)."""
+def label_colours(classes: int | Sequence[str]) -> list[tuple[int, int, int]]:
+    """One distinct RGB colour per class index (0 = background = black); ``classes``: the
+    class names (a class named after a colour gets that colour, as in the report) or
+    their number."""
     out, used = [], set()
-    for colour in class_colors(num_classes):
+    for colour in class_colors(classes):
         r, g, b = colour
         while (r, g, b) in used:  # the hue walk may meet a VOC colour: nudge it
             b = (b + 1) % 256
@@ -78,7 +81,7 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     if bad:
         raise ExportError(f"labelmap.txt separates fields with ':', so a class name cannot hold one; got {bad[:3]}")
     exported = [0, *sorted(keep.class_ids)]
-    colours = label_colours(len(class_names))
+    colours = label_colours(class_names)
     lut = np.zeros((len(class_names), 3), np.uint8)  # a class left out is background (black)
     for cid in exported:
         lut[cid] = colours[cid]

@@ -129,13 +129,14 @@ def labeling_config(
     class_ids: Iterable[int] | None = None,
 ) -> str:
     """The labeling config XML: an ``<Image>`` and a ``<BrushLabels>`` with one
-    ``<Label value=name background=#rrggbb/>`` per exported class (VOC palette colours).
+    ``<Label value=name background=#rrggbb/>`` per exported class (the report's colours:
+    a class named after a colour gets that colour, the others VOC's palette).
 
     ``class_ids``: vocabulary indices to list (default: all but background). Names are
     XML-escaped by ElementTree.
     """
     ids = sorted(class_ids) if class_ids is not None else list(range(1, len(class_names)))
-    colors = class_colors(len(class_names))
+    colors = class_colors(class_names)  # the report's colours: class 'red' is drawn red
     view = ET.Element("View")
     ET.SubElement(view, "Image", {"name": to_name, "value": "$image", "zoom": "true"})
     brush = ET.SubElement(view, "BrushLabels", {"name": from_name, "toName": to_name})

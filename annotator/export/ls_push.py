@@ -26,13 +26,13 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from annotator.export.common import ExportError, ExportOptions, ExportResult, ExportRun
+from annotator.export.formats import MissingExtraError, install_command
 from annotator.export.labelstudio import (
     _brush,
     default_model_version,
     labeling_config,
     task_for_record,
 )
-from annotator.export.formats import MissingExtraError, install_command
 
 __all__ = ["API_KEY_ENV", "DEFAULT_PAGE_SIZE", "check_config", "push"]
 

@@ -284,3 +284,21 @@ def test_a_missing_extra_is_exit_2_with_the_install_command(fmt, module, extra, 
 
 def test_the_labelstudio_format_declares_its_sdk():
     assert ("label_studio_sdk", "labelstudio") in EXPORTERS["labelstudio"].extras
+
+
+def test_every_format_colours_a_colour_named_class_as_the_report_does():
+    """A class named "red" is red in CVAT's labels, Label Studio's config and the
+    cvat-masks label map, as in the report (not VOC's colour for its index)."""
+    from annotator.export.coco import cvat_labels
+    from annotator.export.cvat_masks import label_colours
+    from annotator.export.labelstudio import labeling_config
+    from annotator.review.palette import class_colors, hex_color
+
+    names = ["background", "red", "cat", "blue"]
+    expected = class_colors(names)
+    assert expected[1] == (255, 0, 0) and expected[3] == (0, 0, 255)
+    assert [c["color"] for c in cvat_labels(names)] == [hex_color(c) for c in expected[1:]]
+    assert label_colours(names) == expected
+    config = labeling_config(names)
+    for name, colour in zip(names[1:], expected[1:], strict=True):
+        assert f'value="{name}" background="{hex_color(colour)}"' in config
