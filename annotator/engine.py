@@ -41,6 +41,7 @@ from annotator.device import (  # also re-exported: callers import these from an
     resolve_precision,
     to_chw_uint8,
 )
+from annotator.failpoints import failpoint
 from annotator.inputs.vocab import Vocabulary
 from annotator.models import (
     ResolvedWeights,
@@ -189,6 +190,7 @@ class Engine:
             for i in range(0, len(images), bs):
                 out += self.predict(images[i : i + bs], None if names is None else names[i : i + bs])
             return out
+        failpoint("engine.forward")  # ANNOTATOR_FAILPOINTS (annotator.failpoints): a batch forward that fails
         stage = self._timer.stage
         with stage("upload"):
             tensors = [to_chw_uint8(im, self.device) for im in images]

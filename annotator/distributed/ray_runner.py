@@ -44,6 +44,7 @@ from annotator.distributed.address import (
 )
 from annotator.distributed.placement import plan_placement, threads_for_cpus
 from annotator.distributed.policy import ActorSlot, SchedulePolicy
+from annotator.failpoints import failpoint
 from annotator.inputs.vocab import Vocabulary
 from annotator.shards.task import (
     SHARDS_AT_ONCE,
@@ -93,6 +94,7 @@ class _ShardActor:
         import ray
         import torch
 
+        failpoint("actor.start")  # ANNOTATOR_FAILPOINTS (annotator.failpoints): an actor that cannot start
         if threads:  # a CPU actor: as many torch threads as Ray gave it CPUs, not the whole machine
             assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
             torch.set_num_threads(threads_for_cpus(assigned, threads))
