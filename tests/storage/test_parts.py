@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import fsspec
@@ -215,3 +216,22 @@ def test_s3_round_trip_with_moto(monkeypatch):
         assert Manifest.load(out, so) is None and list_parts(out, so) == []
     finally:
         server.stop()
+
+
+def test_part_write_failpoint_goes_through_the_retry_layer(tmp_path, monkeypatch):
+    """ANNOTATOR_FAILPOINTS' parts.write fails each write attempt as a real error would:
+    a transient one (EIO) is retried, a permanent one (ENOSPC) is a StorageError at once."""
+    from annotator import failpoints
+
+    monkeypatch.setattr("annotator.storage.retry.time.sleep", lambda s: None)
+    path = part_path(str(tmp_path / "out"), 0)
+    try:
+        failpoints.configure("parts.write=OSError(EIO):flaky disk*2", tmp_path / "fp1")
+        write_part(_records([1]), path, META, retries=3)  # two attempts fail, the third writes
+        assert len(list((tmp_path / "fp1").iterdir())) == 2 and Path(path).exists()
+        failpoints.configure("parts.write=OSError(ENOSPC):disk full*1", tmp_path / "fp2")
+        with pytest.raises(StorageError) as info:
+            write_part(_records([1, 2]), path, META, retries=3)
+        assert info.value.kind == "permanent" and info.value.attempts == 1 and "disk full" in str(info.value)
+    finally:
+        failpoints.configure(os.environ.get(failpoints.ENV))  # back to what the environment says
