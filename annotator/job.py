@@ -315,8 +315,11 @@ def check_output_writable(output: str, storage_options: dict) -> None:
     scheme = output.split("://", 1)[0].lower() if "://" in output else ""
     if scheme in BUCKET_SCHEMES:  # a typo must not create a bucket
         bucket = root.split("/", 1)[0]
-        try:
-            exists = fs.exists(bucket)
+        try:  # info, not exists: exists() says False for a denied or unreachable store too
+            fs.info(bucket)
+            exists = True
+        except FileNotFoundError:
+            exists = False
         except Exception as e:  # noqa: BLE001 - denied, unreachable: the message says which
             raise ConfigError(f"--output {redact_uri(output)}: cannot check bucket {bucket!r} "
                               f"({type(e).__name__}: {e})") from None

@@ -20,6 +20,7 @@ from annotator.errors import (
 from annotator.outputs import merge as _merge
 from annotator.outputs.merge import format_summary, reduce_output
 from annotator.storage.lock import OutputLock
+from annotator.storage.redact import take_arg_credentials
 
 __doc__ = _merge.__doc__
 
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_interrupt_handlers()
     try:
+        take_arg_credentials(args, move=("output",))  # the one credential rule (issue 22.1)
         opts = parse_storage_options(args.storage_options) or None
         with OutputLock(args.output, opts, what="annotator.reduce", create=False):  # one writer per output
             summary = reduce_output(args.output, opts, report=not args.no_report)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from annotator.cli import parse_storage_options
 from annotator.review.html_report import write_report
-from annotator.storage.redact import redact_uri
+from annotator.storage.redact import redact_text, redact_uri, take_arg_credentials
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,11 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "backends' own configuration)")
     args = parser.parse_args(argv)
     try:
+        take_arg_credentials(args, move=("output",))  # the one credential rule (issue 22.1)
         so = parse_storage_options(args.storage_options) or None
         path = write_report(args.output, samples=args.samples, lowest=args.lowest, storage_options=so,
                             max_failures=args.max_failures, seed=args.seed)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     print(f"wrote {redact_uri(path)}")
     return 0

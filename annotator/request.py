@@ -42,7 +42,7 @@ from typing import Any
 from annotator.config import DEFAULT_SHARD_SIZE, ConfigError, EngineConfig
 from annotator.inputs.decode import DEFAULT_MAX_PIXELS
 from annotator.inputs.listing import DEFAULT_MAX_BYTES
-from annotator.storage.redact import redact_uri, split_credentials
+from annotator.storage.redact import redact_uri, refuse_credentials, register_options_secrets, take_credentials
 
 __all__ = ["DEFAULT_OUTPUT", "SAMPLES_DIR", "GT_FORMATS", "NOT_ROW_AFFECTING", "ModelSpec", "ReadSpec", "RunRequest",
            "ScheduleSpec", "WriteSpec", "image_list_entries"]
@@ -177,8 +177,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class WriteSpec:
-    """Where to write: the output folder or fsspec URL (credentials go in
-    ``RunRequest.storage_options``, never in the URL); ``overwrite`` replaces an output
+    """Where to write: the output folder or fsspec URL (a ``user:password@`` in it is
+    moved into ``RunRequest.storage_options`` by the request); ``overwrite`` replaces an output
     made with another configuration or listing; ``report`` writes report.html and the
     previews."""
 
@@ -190,9 +190,6 @@ class WriteSpec:
         _check_types(self)
         if not self.output:
             raise ConfigError("--output: expected a folder or an fsspec URL, got an empty string")
-        if split_credentials(self.output)[1]:  # never echo them (in messages, the manifest, parts' paths)
-            raise ConfigError(f"--output {redact_uri(self.output)}: expected credentials in --storage-options, "
-                              "got them in the URL (user:password@)")
 
 
 @dataclass(frozen=True)
@@ -223,7 +220,15 @@ class RunRequest:
     """One annotation run: what to read, what to run, where to write, how to schedule,
     and the fsspec ``storage_options`` used for the source, the output and the ground
     truth (never logged nor stored). Every part has defaults: ``RunRequest()`` annotates
-    the bundled samples with the default model into ``annotator-output``."""
+    the bundled samples with the default model into ``annotator-output``.
+
+    Credentials (README, "Paths, credentials, untrusted strings"): a ``user:password@``
+    in a URL read through fsspec (``--source``, ``--gt``, ``--output``, ``--saliency
+    precomputed:``) is moved into ``storage_options`` when the request is built
+    (:func:`annotator.storage.redact.take_credentials`); in a value read as a local file
+    or name (``--vocab``, ``--image-list``, ``--hf-dataset``, ``--pretrained``, the
+    weights options, ``--address``) it is refused. The request never holds them in a
+    URL, so nothing made from it (messages, the manifest, the parts) can show them."""
 
     read: ReadSpec = field(default_factory=ReadSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -233,6 +238,43 @@ class RunRequest:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        self._take_credentials()
+
+    #: (option, where its value is in the request) for the values refused with credentials
+    _LOCAL_VALUES = (("--vocab", "model.vocab"), ("--image-list", "read.image_list"),
+                     ("--hf-dataset", "read.hf_dataset"), ("--pretrained", "model.engine.pretrained"),
+                     ("--dino-weights", "model.engine.dino_weights"),
+                     ("--found-weights", "model.engine.found_weights"),
+                     ("--weights-dir", "model.engine.weights_dir"), ("--address", "schedule.address"))
+
+    def _take_credentials(self) -> None:
+        """The credential rule over every URL and path of the request (see the class)."""
+        read, model, write, engine = self.read, self.model, self.write, self.model.engine
+        options = dict(self.storage_options)
+        register_options_secrets(options)
+        for option, where in self._LOCAL_VALUES:
+            value: Any = self
+            for name in where.split("."):
+                value = getattr(value, name)
+            refuse_credentials(value, option)
+        source, options = take_credentials(read.source, options, "--source")
+        gt = read.gt
+        if gt and not read.gt_is_hf_column:
+            gt, options = take_credentials(gt, options, "--gt")
+        output, options = take_credentials(write.output, options, "--output")
+        saliency = engine.saliency
+        if saliency.startswith("precomputed:"):
+            location, options = take_credentials(saliency.split(":", 1)[1], options, "--saliency precomputed:")
+            saliency = f"precomputed:{location}"
+        if (source, gt) != (read.source, read.gt):
+            object.__setattr__(self, "read", dataclasses.replace(read, source=source, gt=gt))
+        if output != write.output:
+            object.__setattr__(self, "write", dataclasses.replace(write, output=output))
+        if saliency != engine.saliency:
+            object.__setattr__(self, "model", dataclasses.replace(model, engine=dataclasses.replace(engine,
+                                                                                                    saliency=saliency)))
+        if options != self.storage_options:
+            object.__setattr__(self, "storage_options", options)
 
     def source_description(self, hf_split: str | None = None) -> str:
         """The source as shown and recorded: the URL or path without credentials, or

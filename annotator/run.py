@@ -28,6 +28,7 @@ from annotator.errors import (
 from annotator.inputs.listing import DEFAULT_MAX_BYTES
 from annotator.job import run_job
 from annotator.request import DEFAULT_OUTPUT, GT_FORMATS, SAMPLES_DIR, RunRequest
+from annotator.storage.redact import install_log_redaction
 
 log = logging.getLogger("annotator")
 
@@ -109,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     130/143 interrupted by SIGINT/SIGTERM (finished shards kept: run it again to resume)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # log lines and warnings pass through the one redaction, as error lines do
     install_interrupt_handlers()
     try:
         return run_job(RunRequest.from_args(args)).exit_code

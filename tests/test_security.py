@@ -228,17 +228,21 @@ def test_credentials_in_source_url_never_reach_outputs_or_logs(ray_session, moto
     assert {k: v for k, v in leaks.items() if v} == {}
 
 
-def test_credentials_in_output_url_are_refused_without_echoing_them(tmp_path, capsys):
+def test_credentials_in_output_url_are_moved_without_echoing_them(tmp_path, capsys):
+    """They go into the storage options (issue 22.1, tests/test_credentials.py walks every
+    option); the unreachable store is reported with the URL redacted."""
     img = tmp_path / "img"
     img.mkdir()
     Image.new("RGB", (8, 8)).save(img / "a.png")
     vocab = tmp_path / "v.txt"
     vocab.write_text("red\n", encoding="utf-8")
     rc = main(["--vocab", str(vocab), "--source", str(img), "--model", "toy", "--saliency", "toy",
-               "--output", f"s3://{KEY}:{SECRET}@bucket/out", "--quiet"])
+               "--output", f"s3://{KEY}:{SECRET}@bucket/out", "--quiet", "--storage-options",
+               json.dumps({"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+                           "config_kwargs": {"retries": {"total_max_attempts": 1}}})])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "--output s3://bucket/out: expected credentials in --storage-options" in err
+    assert "--output s3://bucket/out: cannot check bucket 'bucket'" in err
     assert not _leaks(err)
 
 

@@ -26,7 +26,7 @@ from annotator.export import (
 )
 from annotator.export.common import HF_IMAGE_MODES, YOLO_IMAGE_MODES
 from annotator.export.formats import COMMON_OPTIONS, check_given, formats_taking
-from annotator.storage.redact import redact_text
+from annotator.storage.redact import redact_text, take_arg_credentials
 
 
 def _scoped(dest: str, text: str) -> str:
@@ -222,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept = ("the tasks imported so far stay in the project (pushing again imports the rest)" if args.push
             else f"{redact_text(target)} was left as it was")
     try:
+        take_arg_credentials(args, move=("output", "to", "images_root"), refuse=("image_url_prefix", "push"),
+                             secrets=("api_key",))  # issue 22.1: the one credential rule (annotator.storage.redact)
         result = _run(args, given_options(parser, argv))
     except ExportError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
