@@ -36,6 +36,8 @@ import fsspec
 import numpy as np
 from PIL import Image
 
+from annotator.errors import AnnotatorError
+
 __all__ = [
     "GT_FORMATS",
     "IGNORE_INDEX",
@@ -55,7 +57,7 @@ HF_PREFIX = "hf-column:"
 MIN_FOREGROUND_PIXELS = 1000
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(AnnotatorError, ValueError):
     """Ground truth that cannot be read or does not fit the images; the message says why."""
 
 

@@ -33,6 +33,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from annotator.errors import AnnotatorError
+
 BACKGROUND = "background"
 MAX_LINE_CHARS = 1000
 MAX_NAME_CHARS = 200
@@ -74,7 +76,7 @@ def name_skeleton(name: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", visible).translate(_LOOKALIKES).split())
 
 
-class VocabularyError(ValueError):
+class VocabularyError(AnnotatorError, ValueError):
     """A vocabulary file or list that cannot be used; the message says why and where."""
 
 

@@ -23,8 +23,10 @@ import fsspec
 import numpy as np
 import torch
 
+from annotator.errors import AnnotatorError
 
-class PrecomputedSaliencyError(ValueError):
+
+class PrecomputedSaliencyError(AnnotatorError, ValueError):
     """A precomputed saliency map that is missing or malformed."""
 
 

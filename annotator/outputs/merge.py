@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from annotator.core.stats import ClassTally
+from annotator.errors import AnnotatorError
 from annotator.evaluation import metrics
 from annotator.records import error_reason
 from annotator.records.metadata import SHARD_KEYS, RunMetadata
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 GT_ERRORS_LISTED = 20
 
 
-class ReduceError(RuntimeError):
+class ReduceError(AnnotatorError, RuntimeError):
     """The parts do not add up to a complete, consistent run."""
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from annotator.errors import AnnotatorError
+
 __all__ = [
     "ANNOTATION_ARROW_TYPE",
     "PART_ARROW_SCHEMA",
@@ -31,7 +33,7 @@ __all__ = [
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # annotator/
 
 
-class SchemaValidationError(ValueError):
+class SchemaValidationError(AnnotatorError, ValueError):
     """A document does not match its JSON Schema; the message names the field and the problem."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import fsspec
 
 from annotator import records
+from annotator.errors import AnnotatorError
 from annotator.storage import parts
 from annotator.storage.layout import ANNOTATIONS_NAME, join_url
 from annotator.storage.redact import redact_text
@@ -20,7 +21,7 @@ from annotator.storage.redact import redact_text
 __all__ = ["RunOutputError", "image_score", "read_metadata", "resolve_inputs"]
 
 
-class RunOutputError(ValueError):
+class RunOutputError(AnnotatorError, ValueError):
     """A run folder that holds no rows, or rows whose metadata cannot be used."""
 
 
