@@ -234,3 +234,39 @@ def test_a_secret_in_any_export_option_never_shows(option, store, tmp_path, caps
         caplog.clear()
     if uncaught:  # the export's main does not yet end in report_error (issue 21.7): a traceback, exit 1
         pytest.xfail("the export ended in a traceback: " + "; ".join(uncaught))
+
+
+@pytest.mark.timeout(600)
+def test_a_run_whose_urls_carry_the_credentials_writes_them_nowhere(store, local, tmp_path, capsys, caplog,
+                                                                    ray_session, monkeypatch):
+    """Source, ground truth and output on the store, their only credentials in their
+    URLs: the run succeeds (the credentials reached every reader and writer, the Ray
+    actors too) and no object it wrote, no line it printed holds them."""
+    from PIL import Image
+
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    caplog.set_level(logging.INFO)
+    fs = s3fs.S3FileSystem(key="setup", secret="setup", client_kwargs={"endpoint_url": store},
+                           skip_instance_cache=True)
+    for path in sorted(Path(local["images"]).rglob("*.png")):
+        with Image.open(path) as im:
+            label = Image.new("L", im.size, 1)
+        fs.pipe(f"data/run-src/images/{path.name}", path.read_bytes())
+        buf = __import__("io").BytesIO()
+        label.save(buf, format="PNG")
+        fs.pipe(f"data/run-src/gt/{path.name}", buf.getvalue())
+    endpoint_only = {"client_kwargs": {"endpoint_url": store}, **NO_RETRIES}
+    rc = run_main(["--source", f"s3://{USERINFO}data/run-src/images", "--gt", f"s3://{USERINFO}data/run-src/gt",
+                   "--output", f"s3://{USERINFO}data/run-out", "--vocab", str(local["vocab"]), "--model", "toy",
+                   "--saliency", "toy", "--device", "cpu", "--storage-options", json.dumps(endpoint_only),
+                   "--num-actors", "1", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    written = fs.find("data/run-out")
+    assert any(p.endswith("annotations.parquet") for p in written) and any(p.endswith("manifest.json")
+                                                                           for p in written)
+    for path in written:
+        data = fs.cat(path)
+        for marker in MARKERS:
+            assert marker.encode() not in data, f"{marker} written into s3://{path}"
+    _assert_no_marker([captured.out, captured.err, caplog.text], tmp_path)
