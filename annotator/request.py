@@ -268,7 +268,7 @@ class RunRequest:
             saliency = f"precomputed:{location}"
         if (source, gt) != (read.source, read.gt):
             object.__setattr__(self, "read", dataclasses.replace(read, source=source, gt=gt))
-        if output != write.output:
+        if output and output != write.output:
             object.__setattr__(self, "write", dataclasses.replace(write, output=output))
         if saliency != engine.saliency:
             object.__setattr__(self, "model", dataclasses.replace(model, engine=dataclasses.replace(engine,

@@ -51,7 +51,7 @@ def table_from_open_clip() -> dict[str, Any]:
     import open_clip
     from open_clip import pretrained as oc_pretrained
 
-    models: dict[str, dict[str, dict[str, str]]] = {}
+    models: dict[str, dict[str, dict[str, Any]]] = {}
     for model in open_clip.list_models():
         models[model] = {}
         for tag in oc_pretrained.list_pretrained_tags_by_model(model):
