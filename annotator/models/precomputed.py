@@ -101,9 +101,8 @@ class PrecomputedSaliency:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
-                if im.mode not in ("L", "P", "1", "I;16", "I"):
-                    im = im.convert("L")
-                arr = np.asarray(im)
+                gray: Image.Image = im if im.mode in ("L", "P", "1", "I;16", "I") else im.convert("L")
+                arr = np.asarray(gray)
             if arr.ndim != 2:
                 raise PrecomputedSaliencyError(f"{path}: expected a grayscale image, got shape {arr.shape}")
             scale = 65535.0 if arr.dtype == np.uint16 else (1.0 if arr.dtype == bool else 255.0)

@@ -133,6 +133,15 @@ def test_cell_paths_resolve_in_the_dataset_and_stay_there(tmp_path, monkeypatch,
         _expect(got, expected)
 
 
+def test_one_parquet_file_resolves_against_its_folder(tmp_path, monkeypatch):
+    root = _write_dataset(tmp_path, "parquet", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    src = list_hf_dataset(str(root / "train-00000-of-00001.parquet"))
+    assert (src.kind, src.files_root) == ("parquet", str(root))
+    assert src.read_rows(1, 2) == [GREEN]
+    assert isinstance(src.read_rows(2, 3)[0], ImageDecodeError)
+
+
 def test_label_cells_follow_the_same_rule(tmp_path, monkeypatch):
     root = _write_dataset(tmp_path, "parquet", monkeypatch)
     src = list_hf_dataset(str(root))
