@@ -65,7 +65,6 @@ NOT_ROW_AFFECTING = {
     "max_failure_rate": "the verdict (the exit code), not the rows",
     "storage_options": "credentials and endpoints: never stored",
     "output": "where the rows go",
-    "device": "where the engine runs (the precision, which changes rows, is in the identity)",
     "batch_size": "images per engine step",
     "shard_size": "the parts' layout, checked by the manifest itself",
     "weights_dir": "where weights are looked up: the files count by their sha256 ('weights')",
@@ -310,6 +309,8 @@ class RunRequest:
         identity = {
             "engine": self.model.engine.identity(),  # model, tag, templates, saliency (precomputed: its source),
             "vocabulary": vocabulary,                 # geometry, protocol, precision, seed
+            # --precision auto is bf16 on CUDA and fp32 on most CPUs: then the device changes rows
+            "device": self.model.engine.device if self.model.engine.precision == "auto" else None,
             "source": source if source is not None else self.source_description(),
             "hf_image_column": read.hf_image_column,
             **({"hf_allow_paths_outside": True} if read.hf_allow_paths_outside else {}),

@@ -231,6 +231,11 @@ def test_contents_count_in_the_identity_not_names(tmp_path):
     other_vocab = write_vocab(tmp_path / "v.txt")
     assert (RunRequest(model=ModelSpec(vocab=str(other_vocab))).identity()["vocabulary"]
             != RunRequest().identity()["vocabulary"])
+    # the device changes rows only through --precision auto (bf16 on CUDA, fp32 on most CPUs)
+    def on(device: str, precision: str) -> dict:
+        return RunRequest(model=ModelSpec(engine=EngineConfig(device=device, precision=precision))).identity()
+
+    assert on("cpu", "auto") != on("cuda", "auto") and on("cpu", "fp32") == on("cuda", "fp32")
     weights = {"clip": "openai", "dino": f"dino.pth sha256:{'a' * 64}"}
     moved = {"clip": "openai", "dino": f"elsewhere.pth sha256:{'a' * 64}"}
     assert RunRequest().identity(weights=weights) == RunRequest().identity(weights=moved)
