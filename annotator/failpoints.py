@@ -57,6 +57,7 @@ __all__ = [
     "configure",
     "failpoint",
     "parse",
+    "runtime_env",
     "state_dir",
     "validate",
 ]
@@ -169,6 +170,7 @@ def default_state_dir(spec: str) -> Path:
 
 # The parsed spec: None = off (the fast path), else (points, state folder) or the error.
 _active: dict[str, Failpoint] | None = None
+_spec: str | None = None
 _state_dir: Path | None = None
 _error: Exception | None = None
 _exhausted: set[str] = set()
@@ -179,9 +181,9 @@ def configure(spec: str | None, directory: str | os.PathLike | None = None) -> N
     ``directory`` (None: ``$ANNOTATOR_FAILPOINTS_DIR`` or the default). Done at import
     from the environment; tests call it directly. An invalid spec is kept and raised by
     :func:`validate` and :func:`failpoint`."""
-    global _active, _state_dir, _error
+    global _active, _spec, _state_dir, _error
     _exhausted.clear()
-    _active, _state_dir, _error = None, None, None
+    _active, _spec, _state_dir, _error = None, None, None, None
     if not spec or not spec.strip():
         return
     try:
@@ -190,7 +192,7 @@ def configure(spec: str | None, directory: str | os.PathLike | None = None) -> N
         _error, _active = exc, {}
         return
     directory = directory or os.environ.get(DIR_ENV) or default_state_dir(spec)
-    _state_dir, _active = Path(directory), points
+    _spec, _state_dir, _active = spec, Path(directory), points
 
 
 def validate() -> None:
@@ -203,6 +205,16 @@ def validate() -> None:
 def state_dir() -> Path | None:
     """The folder holding the shared counts (None when off)."""
     return _state_dir
+
+
+def runtime_env() -> dict | None:
+    """The Ray ``runtime_env`` that arms this process's failpoints in Ray workers too
+    (``{"env_vars": {ANNOTATOR_FAILPOINTS, ANNOTATOR_FAILPOINTS_DIR}}``), or None when they
+    are off. Workers of a Ray started before the variable was set, or of a cluster joined
+    with ``--address``, do not inherit the driver's environment: the actors get this."""
+    if not _active or _spec is None or _state_dir is None:
+        return None
+    return {"env_vars": {ENV: _spec, DIR_ENV: str(_state_dir)}}
 
 
 def _claim(fp: Failpoint) -> bool:

@@ -131,3 +131,39 @@ def test_default_state_folder_follows_the_spec(monkeypatch):
     configure("listing=RuntimeError*2")
     assert a != failpoints.state_dir() and a.name.startswith("annotator-failpoints-")
     assert a.parent == failpoints.default_state_dir("x").parent
+
+
+class _Hitter:
+    """A Ray actor that hits a point 3 times and says how many fired."""
+
+    def hit_three_times(self) -> int:
+        from annotator.failpoints import failpoint
+
+        fired = 0
+        for _ in range(3):
+            try:
+                failpoint("engine.forward")
+            except RuntimeError:
+                fired += 1
+        return fired
+
+
+def test_count_holds_across_ray_workers(ray_session, tmp_path):
+    """Actors of an already running Ray (started before the spec was set) get the spec
+    through ``runtime_env()``; 3 actors x 3 hits, exactly N fire in all."""
+    ray = ray_session
+    n = 4
+    configure(f"engine.forward=torch.cuda.OutOfMemoryError:CUDA out of memory*{n}", tmp_path / "state")
+    env = failpoints.runtime_env()
+    assert env == {"env_vars": {failpoints.ENV: f"engine.forward=torch.cuda.OutOfMemoryError:CUDA out of memory*{n}",
+                                failpoints.DIR_ENV: str(tmp_path / "state")}}
+    Hitter = ray.remote(num_cpus=0, runtime_env=env)(_Hitter)
+    actors = [Hitter.remote() for _ in range(3)]
+    try:
+        fired = ray.get([a.hit_three_times.remote() for a in actors], timeout=300)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    assert sum(fired) == n, fired
+    configure(None)
+    assert failpoints.runtime_env() is None
