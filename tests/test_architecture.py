@@ -6,6 +6,10 @@
 - Nothing in the product imports the benchmark suite (``benchmarks/``, beside ``tests/``),
   and the wheel holds neither it nor the tests.
 - No import cycles between modules, and none between the stage packages.
+- ``docs/design.md`` and the tree agree, read from the document itself: its tree names
+  every module once (and nothing else), and every import between modules follows its
+  table "Layers and arrows" (a row imports only rows above it that it names), apart from
+  the wrong-way arrows it still lists.
 """
 
 from __future__ import annotations
@@ -171,3 +175,158 @@ def test_one_name_one_module():
             by_name.setdefault(path.stem, []).append(str(path.relative_to(PACKAGE.parent)))
     shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
     assert not shared, f"modules sharing a name (rename one of each): {shared}"
+
+
+# ------------------------------------------------------------ docs/design.md, read by the tests
+
+DESIGN = PACKAGE.parent / "docs" / "design.md"
+
+
+def _section(text: str, heading: str) -> list[str]:
+    """The lines of the section under ``heading`` (a Markdown heading line, any level),
+    up to the next heading of the same or a higher level."""
+    lines = text.splitlines()
+    level = len(heading) - len(heading.lstrip("#"))
+    start = lines.index(heading) + 1
+    out = []
+    for line in lines[start:]:
+        if line.startswith("#") and len(line) - len(line.lstrip("#")) <= level:
+            break
+        out.append(line)
+    return out
+
+
+def _tables(lines: list[str]) -> list[list[list[str]]]:
+    """The Markdown tables in ``lines``: each a list of rows, each a list of cell texts
+    (header and ``|---|`` separator rows left out)."""
+    tables: list[list[list[str]]] = []
+    current: list[list[str]] | None = None
+    for line in lines:
+        if not line.startswith("|"):
+            current = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if current is None:  # the header row
+            current = []
+            tables.append(current)
+        elif not all(set(c) <= set("-: ") for c in cells):
+            current.append(cells)
+    return tables
+
+
+def _ticked(cell: str) -> list[str]:
+    """The backticked names of a cell, in order (the rest is for the reader)."""
+    return cell.split("`")[1::2]
+
+
+def _design_layers() -> tuple[list[str], dict[str, list[str]], set[tuple[str, str]]]:
+    """docs/design.md's "Layers and arrows": the rows bottom to top (``core/``,
+    ``config.py``, ``export/__main__.py``: paths relative to ``annotator/``), what each
+    may import, and the wrong-way arrows still listed, as (module, imported) pairs."""
+    section = _section(DESIGN.read_text(encoding="utf-8"), "## Layers and arrows")
+    arrows, wrong_way = _tables(section)[:2]
+    order: list[str] = []
+    allowed: dict[str, list[str]] = {}
+    for _layer, row, may_import in arrows:
+        (name,) = _ticked(row)
+        assert name not in allowed, f"docs/design.md: the row {name} is in the layers' table twice"
+        order.append(name)
+        allowed[name] = _ticked(may_import)
+    exceptions = set()
+    for cells in wrong_way:
+        (module,), (imported,) = _ticked(cells[0]), _ticked(cells[1])
+        exceptions.add((f"annotator.{module}", f"annotator.{imported}"))
+    return order, allowed, exceptions
+
+
+def _row_of(module: str, rows: list[str]) -> str | None:
+    """The most specific row of the layers' table that holds ``module`` (a dotted name):
+    its own file (``export/__main__.py``), else its innermost folder that is a row
+    (``export/``); None when no row holds it."""
+    rel = MODULES[module].relative_to(PACKAGE).as_posix()
+    candidates = [rel] + [p.as_posix() + "/" for p in Path(rel).parents if p.as_posix() != "."]
+    return next((c for c in candidates if c in rows), None)
+
+
+def test_the_layers_table_of_docs_design_md_points_only_down():
+    """The table itself is a layering: every row names only rows above it (so it has no
+    cycle), each row holds at least one module, and every module is in exactly one row."""
+    order, allowed, _ = _design_layers()
+    problems = []
+    for i, row in enumerate(order):
+        for target in allowed[row]:
+            if target not in order:
+                problems.append(f"{row} may import {target}, which is no row of the table")
+            elif order.index(target) >= i:
+                problems.append(f"{row} may import {target}, a row at or below it (arrows point down only)")
+        if not (PACKAGE / row).exists():
+            problems.append(f"the row {row} is no file or folder of annotator/")
+    unplaced = sorted(m for m in MODULES if _row_of(m, order) is None)
+    if unplaced:
+        problems.append(f"modules in no row of the table: {unplaced}")
+    assert not problems, "docs/design.md, Layers and arrows:\n" + "\n".join(problems)
+
+
+def test_imports_follow_the_layers_of_docs_design_md():
+    """Every import of one module of the package by another (at any depth of the file:
+    a late import inside a function is an arrow too) is allowed by docs/design.md's
+    table, or listed there as a wrong-way arrow still in the tree. The root ``annotator``
+    is left out: its names load on first use (``from annotator import __version__``)."""
+    order, allowed, exceptions = _design_layers()
+    offending, seen_exceptions = [], set()
+    for name in sorted(IMPORTS):
+        src = _row_of(name, order)
+        for imported in sorted(_internal(IMPORTS[name])):
+            dst = _row_of(imported, order)
+            if src is None or dst is None or dst == src or dst in allowed[src]:
+                continue  # unplaced modules fail the table's own test
+            if (name, imported) in exceptions:
+                seen_exceptions.add((name, imported))
+                continue
+            offending.append((name, imported))
+    assert not offending, (
+        "imports that docs/design.md's 'Layers and arrows' does not allow (importer's row -> imported row);"
+        " point the import down the table, or change the table if the design changed:\n"
+        + "\n".join(f"  {m} -> {i}   ({_row_of(m, order)} -> {_row_of(i, order)})" for m, i in offending))
+    gone = sorted(exceptions - seen_exceptions)
+    assert not gone, f"wrong-way arrows listed in docs/design.md but gone from the tree (remove them there): {gone}"
+
+
+def _design_tree() -> list[str]:
+    """The paths (relative to ``annotator/``; folders end in ``/``) named by the code block
+    under docs/design.md's "The tree", from the indentation (two spaces per level)."""
+    section = _section(DESIGN.read_text(encoding="utf-8"), "## The tree")
+    start = section.index("```") + 1
+    block = section[start: section.index("```", start)]
+    assert block and block[0].strip() == "annotator/", "docs/design.md: The tree must start with annotator/"
+    folders: list[str] = []
+    paths = []
+    for number, line in enumerate(block[1:], start=2):
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        assert indent % 2 == 0 and 2 <= indent <= 2 * (len(folders) + 1), \
+            f"docs/design.md, The tree, line {number} of the block: indentation {indent} ({line!r})"
+        name, _, job = line.strip().partition(" ")
+        assert job.strip() or name.endswith("/"), f"docs/design.md, The tree: {name} has no job written beside it"
+        del folders[indent // 2 - 1:]
+        path = "".join(folders) + name
+        paths.append(path)
+        if name.endswith("/"):
+            folders.append(name)
+    return paths
+
+
+def test_every_module_is_in_the_tree_of_docs_design_md():
+    """docs/design.md's tree names every module of the package once, and names nothing
+    that is not there."""
+    named = _design_tree()
+    repeated = sorted({p for p in named if named.count(p) > 1})
+    modules = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")}
+    missing = sorted(modules - set(named))
+    absent = sorted(p for p in named if not (PACKAGE / p).exists() or (p.endswith("/") != (PACKAGE / p).is_dir()))
+    assert not (missing or absent or repeated), (
+        "docs/design.md's tree and annotator/ differ:"
+        + (f"\n  modules not in the tree (add each, with its one job): {missing}" if missing else "")
+        + (f"\n  in the tree, not in annotator/: {absent}" if absent else "")
+        + (f"\n  named twice: {repeated}" if repeated else ""))
