@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ERROR_REASONS",
     "ImageDecodeError",
+    "content_safe_message",
     "decode_image",
     "describe_content",
     "probe_size_hw",
@@ -161,7 +162,7 @@ def describe_content(data: bytes | bytearray | memoryview) -> str:
     return f"{n} bytes of binary data"
 
 
-def _quotes(message: str, data: bytes | bytearray | memoryview, window: int = 8) -> bool:
+def _quotes(message: str, data: bytes | bytearray | memoryview, window: int = 6) -> bool:
     """Whether ``message`` repeats a run of ``window`` characters of ``data`` (as text or
     as the escapes of a bytes repr)."""
     if len(message) < window or not data:
@@ -171,9 +172,10 @@ def _quotes(message: str, data: bytes | bytearray | memoryview, window: int = 8)
     return any(message[i:i + window] in t for t in texts for i in range(len(message) - window + 1))
 
 
-def _decoder_says(exc: BaseException, data: bytes | bytearray | memoryview) -> str:
-    """A decoder exception as text for an error detail, unless it quotes the file: then
-    its type and a description of the content instead."""
+def content_safe_message(exc: BaseException, data: bytes | bytearray | memoryview) -> str:
+    """A reader's exception (PIL, numpy) as text for an error detail, unless it repeats
+    six or more characters of ``data`` (the file it read): then its type and
+    :func:`describe_content` instead. For every error text made from a file's decoder."""
     message = " ".join(str(exc).split())
     if not message:
         return type(exc).__name__
@@ -233,7 +235,7 @@ def _open_lazy(data: bytes | bytearray | memoryview, max_pixels: int, name: str)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # PIL's global guard (an error above 2 * MAX_IMAGE_PIXELS; the warning only
         # arrives here when warnings are turned into errors).
-        raise ImageDecodeError("too-many-pixels", f"{_label(name)}{_decoder_says(exc, data)}") from None
+        raise ImageDecodeError("too-many-pixels", f"{_label(name)}{content_safe_message(exc, data)}") from None
     except UnidentifiedImageError:
         fmt = sniff_format(data)
         if fmt is not None:
@@ -246,7 +248,7 @@ def _open_lazy(data: bytes | bytearray | memoryview, max_pixels: int, name: str)
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError("truncated" if _looks_truncated(exc) else "corrupt",
-                               f"{_label(name)}{_decoder_says(exc, data)}") from None
+                               f"{_label(name)}{content_safe_message(exc, data)}") from None
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageDecodeError("corrupt", f"{_label(name)}header gives size {width}x{height}")
@@ -307,10 +309,11 @@ def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFA
         try:
             img.load()  # first frame only for multi-frame formats
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError("too-many-pixels", f"{_label(name)}{_decoder_says(exc, data)}") from None
+            raise ImageDecodeError("too-many-pixels", f"{_label(name)}{content_safe_message(exc, data)}") from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
             reason = "truncated" if _looks_truncated(exc) else "corrupt"
-            raise ImageDecodeError(reason, f"{_label(name)}{img.format} data: {_decoder_says(exc, data)}") from None
+            detail = f"{_label(name)}{img.format} data: {content_safe_message(exc, data)}"
+            raise ImageDecodeError(reason, detail) from None
         oriented = _exif_transpose_or_keep(img)
         rgb = _to_rgb_array(oriented, name, data)
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
@@ -354,7 +357,7 @@ def _to_rgb_array(img: Image.Image, name: str, data: bytes | bytearray | memoryv
         except (ValueError, OSError) as exc:
             raise ImageDecodeError(
                 "unsupported-mode",
-                f"{_label(name)}PIL mode {mode!r} has no RGB conversion ({_decoder_says(exc, data)})",
+                f"{_label(name)}PIL mode {mode!r} has no RGB conversion ({content_safe_message(exc, data)})",
             ) from None
     return np.ascontiguousarray(rgb)
 

@@ -87,26 +87,20 @@ class PrecomputedSaliency:
             if not self.fs.exists(path):
                 continue
             data = self.fs.cat_file(path)
-            if path.endswith(".npy"):
-                arr = np.load(io.BytesIO(data), allow_pickle=False)
-                arr = np.squeeze(arr)
-                if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-                    raise PrecomputedSaliencyError(f"{path}: expected a 2-D numeric array, got shape {arr.shape} "
-                                                   f"dtype {arr.dtype}")
-                arr = arr.astype(np.float32)
-                if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1 or np.isnan(arr).any()):
-                    raise PrecomputedSaliencyError(f"{path}: expected values in [0, 1], got "
-                                                   f"{np.nanmin(arr)}..{np.nanmax(arr)}")
-                return path, arr
-            from PIL import Image
+            try:
+                return path, _read_map(path, data)
+            except PrecomputedSaliencyError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - numpy's and PIL's messages may quote the file: described
+                from PIL import UnidentifiedImageError
 
-            with Image.open(io.BytesIO(data)) as im:
-                gray: Image.Image = im if im.mode in ("L", "P", "1", "I;16", "I") else im.convert("L")
-                arr = np.asarray(gray)
-            if arr.ndim != 2:
-                raise PrecomputedSaliencyError(f"{path}: expected a grayscale image, got shape {arr.shape}")
-            scale = 65535.0 if arr.dtype == np.uint16 else (1.0 if arr.dtype == bool else 255.0)
-            return path, (arr.astype(np.float32) / scale).clip(0, 1)
+                from annotator.inputs.decode import content_safe_message, describe_content
+
+                kind = "a .npy array" if path.endswith(".npy") else "an 8-bit grayscale image"
+                why = ("no image decoder recognises it" if isinstance(exc, UnidentifiedImageError)
+                       else content_safe_message(exc, data))
+                raise PrecomputedSaliencyError(f"{path}: expected {kind}, got {describe_content(data)} that cannot "
+                                               f"be read as one ({why})") from None
         raise PrecomputedSaliencyError(
             f"no precomputed saliency map for {file_name!r}; looked for {', '.join(self.candidates(file_name))}"
         )
@@ -116,3 +110,26 @@ class PrecomputedSaliency:
             raise PrecomputedSaliencyError("precomputed saliency needs the images' file names")
         return [torch.from_numpy(self.load_for(n, (int(im.shape[-2]), int(im.shape[-1])))).to(self.device)
                 for im, n in zip(images, names, strict=True)]
+
+
+def _read_map(path: str, data: bytes) -> np.ndarray:
+    """(h, w) float32 in [0, 1] from a .npy or image file's bytes."""
+    if path.endswith(".npy"):
+        arr = np.squeeze(np.load(io.BytesIO(data), allow_pickle=False))
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise PrecomputedSaliencyError(f"{path}: expected a 2-D numeric array, got shape {arr.shape} "
+                                           f"dtype {arr.dtype}")
+        arr = arr.astype(np.float32)
+        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1 or np.isnan(arr).any()):
+            raise PrecomputedSaliencyError(f"{path}: expected values in [0, 1], got "
+                                           f"{np.nanmin(arr)}..{np.nanmax(arr)}")
+        return arr
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        gray: Image.Image = im if im.mode in ("L", "P", "1", "I;16", "I") else im.convert("L")
+        arr = np.asarray(gray)
+    if arr.ndim != 2:
+        raise PrecomputedSaliencyError(f"{path}: expected a grayscale image, got shape {arr.shape}")
+    scale = 65535.0 if arr.dtype == np.uint16 else (1.0 if arr.dtype == bool else 255.0)
+    return (arr.astype(np.float32) / scale).clip(0, 1)

@@ -122,3 +122,18 @@ def test_a_transposed_map_is_an_error_row_and_the_others_are_annotated(tmp_path)
     error = rows["im1.png"]["error"]
     assert error.startswith("inference-failed: PrecomputedSaliencyError: ")
     assert "the saliency map is 80x60 (HxW) but the image is 120x160" in error and "transposed" in error
+
+
+@pytest.mark.parametrize("name", ["a.npy", "a.png"])
+@pytest.mark.parametrize("content", [b"TOPSECRET-map-marker and more text",
+                                     b"\x93NUMPY\x01\x00\x30\x00{'descr': 'TOPSECRET-map-marker', }\n",
+                                     b"\x89PNG\r\n\x1a\nTOPSECRET-map-marker"])
+def test_a_map_that_cannot_be_read_is_described_not_quoted(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    sal = PrecomputedSaliency(str(tmp_path), torch.device("cpu"))
+    with pytest.raises(PrecomputedSaliencyError) as info:
+        sal.load("a.jpg")
+    msg = str(info.value)
+    assert msg.startswith(f"{tmp_path / name}: expected ") and f"got {len(content)} bytes" in msg, msg
+    for k in range(len("TOPSECRET-map-marker") - 5):
+        assert "TOPSECRET-map-marker"[k:k + 6] not in msg, msg
