@@ -8,7 +8,11 @@ that device: no model, no Ray (the engine's helpers, usable on their own).
 - :func:`autocast`: the matching ``torch.autocast`` context (disabled for fp32);
 - :func:`to_chw_uint8`: an image onto the device as (3, H, W) uint8;
 - :func:`class_stats_torch`: per-class pixel counts and confidence sums on the device;
-- :class:`StageTimer`: seconds per named stage (synchronising CUDA when profiling).
+- :class:`StageTimer`: seconds per named stage (synchronising CUDA when profiling);
+- :func:`is_device_fault`: whether an engine exception is the device's (out of memory,
+  CUDA/cuDNN/cuBLAS/driver errors, a lost device) rather than one image's;
+  :func:`is_out_of_memory` the out-of-memory part of it; :func:`free_device_cache`
+  what is done before the device is used again after one.
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ import torch
 from annotator.config import ConfigError
 
 __all__ = [
+    "DEVICE_FAULT_MARKERS",
+    "OUT_OF_MEMORY_MARKERS",
+    "DeviceFaultError",
     "StageTimer",
     "autocast",
     "class_stats_torch",
     "cpu_bf16_supported",
+    "free_device_cache",
+    "is_device_fault",
+    "is_out_of_memory",
     "precision_name",
     "resolve_device",
     "resolve_precision",
@@ -147,3 +157,113 @@ class StageTimer:
         if sync:
             torch.cuda.synchronize(self.device)
         self.timings[name] += time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- device faults
+
+#: Lower-case fragments of the messages torch raises, as a plain ``RuntimeError``, when
+#: the DEVICE ran out of memory (the caching allocator's "CUDA out of memory. Tried to
+#: allocate ...", cuBLAS/cuDNN's allocation failures, the HIP build's "HIP out of memory").
+OUT_OF_MEMORY_MARKERS = (
+    "out of memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cudnn_status_not_enough_workspace",
+)
+#: Lower-case fragments of the messages torch raises, as a plain ``RuntimeError``, for a
+#: fault of the device, its driver or its libraries rather than of the input: the CUDA
+#: runtime's "CUDA error: ..." (an illegal memory access, a launch failure, an ECC error,
+#: a device that fell off the bus), cuDNN's and cuBLAS's ``*_STATUS_*`` codes, NCCL,
+#: "CUDA driver"/"no CUDA GPUs are available" once the device is lost, and the same
+#: for ROCm (HIP). Checked after the exception's type (:func:`is_device_fault`).
+DEVICE_FAULT_MARKERS = (
+    *OUT_OF_MEMORY_MARKERS,
+    "cuda error",
+    "cuda driver",
+    "cuda kernel errors",
+    "cudnn_status_",
+    "cudnn error",
+    "cublas_status_",
+    "cusolver_status_",
+    "cufft_internal_error",
+    "nccl error",
+    "illegal memory access",
+    "illegal instruction",
+    "unspecified launch failure",
+    "device-side assert",
+    "misaligned address",
+    "ecc error",
+    "uncorrectable ecc",
+    "fallen off the bus",
+    "device not ready",
+    "no cuda gpus are available",
+    "cuda-capable device",
+    "hip error",
+    "miopen",
+)
+
+
+class DeviceFaultError(RuntimeError):
+    """An engine forward failed because of the device, not of its images: the shard's
+    attempt fails (the scheduler runs it again, and retires an actor whose device keeps
+    failing) instead of writing ``inference-failed`` rows. ``out_of_memory`` tells the
+    next attempt to use a smaller batch."""
+
+    def __init__(self, message: str, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its flag
+        return (DeviceFaultError, (str(self), self.out_of_memory))
+
+
+def _messages(exc: BaseException) -> str:
+    """The lower-case messages of ``exc`` and of its causes (torch wraps some)."""
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        out.append(str(exc).lower())
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(out)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory: ``torch.cuda.OutOfMemoryError``
+    (or a :class:`DeviceFaultError` saying so), or a ``RuntimeError`` carrying one of
+    :data:`OUT_OF_MEMORY_MARKERS`. A host ``MemoryError`` is not (it is the machine's)."""
+    if isinstance(exc, DeviceFaultError):
+        return exc.out_of_memory
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in _messages(exc) for m in OUT_OF_MEMORY_MARKERS)
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether an exception from the engine is about the device rather than one image.
+
+    By type first (``torch.cuda.OutOfMemoryError``, ``torch.AcceleratorError`` where this
+    torch has it, a :class:`DeviceFaultError`), then, since torch raises a plain
+    ``RuntimeError`` for most CUDA, cuDNN and cuBLAS failures, by the markers of
+    :data:`DEVICE_FAULT_MARKERS` in a ``RuntimeError``'s message (or its causes'). Other
+    types (``ValueError``, ``TypeError``, ``IndexError``, ...) are never device faults:
+    they are the image's or a bug's."""
+    if isinstance(exc, DeviceFaultError) or is_out_of_memory(exc):
+        return True
+    for name in ("AcceleratorError",):  # torch >= 2.8 raises this for CUDA runtime errors
+        cls = getattr(torch, name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return isinstance(exc, RuntimeError) and any(m in _messages(exc) for m in DEVICE_FAULT_MARKERS)
+
+
+def free_device_cache(device: torch.device | str) -> None:
+    """After a device fault: give the caching allocator's free blocks back
+    (``torch.cuda.empty_cache()`` on CUDA; nothing on a CPU). Never raises (the device
+    may be the thing that is broken)."""
+    if torch.device(device).type != "cuda":
+        return
+    try:
+        torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001, S110 - a lost device: the next attempt will say so
+        pass

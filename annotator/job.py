@@ -216,7 +216,7 @@ def annotate_shards(request: RunRequest, checked: Validated, opened: OpenedOutpu
         bar = tqdm(total=sum(len(t.refs) for t in opened.pending), unit="img", desc="annotating", file=sys.stderr)
 
     def on_done(result: ShardResult) -> None:
-        opened.manifest.mark_finished(result.shard_index, result.path, result.rows, result.sha256)
+        opened.manifest.mark_finished(result.shard_index, result.path, result.rows, result.sha256, result.made_by)
         if bar is not None:
             bar.update(result.rows)
 

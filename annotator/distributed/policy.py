@@ -14,6 +14,12 @@ The rules:
   that no shard cycles forever.
 - A shard whose actor died under it is retried *carefully* (one image at a time, each
   named in a crash log first; see :mod:`annotator.storage.crashlog`).
+- A shard whose attempt failed on a device fault (out of memory, a CUDA error: the
+  processor raises :class:`~annotator.device.DeviceFaultError` instead of writing error
+  rows) is requeued without using up an attempt (up to ``MAX_FREE_REQUEUES`` times), marked
+  ``after_device_fault`` so that its next attempt can tell an image's own fault from the
+  device's. The fault is the actor's: after ``MAX_DEVICE_FAULTS`` device-fault attempts in
+  a row (none finished between) its actor is retired, like one that does not come back.
 - A shard that used up its attempts, or that no actor is left to run, is *failed*:
   reported by the caller after every other shard finished, never dropped.
 
@@ -40,6 +46,9 @@ MAX_SHARD_ATTEMPTS = 4
 #: A shard requeued this many times without a counted failure (its actor kept being
 #: unavailable) counts one failure anyway, so that no shard can cycle forever.
 MAX_FREE_REQUEUES = 5
+#: Device-fault attempts in a row on one actor (none finished between) before it is
+#: retired: its device keeps failing; the other actors go on.
+MAX_DEVICE_FAULTS = 3
 
 
 @dataclass
@@ -53,6 +62,7 @@ class ActorSlot:
     probe: Any = None  # ready() ref while the actor restarts
     probe_since_s: float = 0.0
     retired: str | None = None  # why it gets no more work
+    device_faults: int = 0  # device-fault attempts in a row (reset when a shard finishes)
 
     @property
     def available(self) -> bool:
@@ -75,6 +85,7 @@ class SchedulePolicy:
         self.suspects: set[int] = set()  # ran beside another shard when their actor died
         self.died: set[int] = set()  # their actor died under them: retried carefully
         self.retries = 0
+        self.device_retries = 0  # attempts that failed on a device fault (requeued free)
 
     # -- handing out work
 
@@ -106,12 +117,26 @@ class SchedulePolicy:
         """``task`` (``ref`` on ``slot``) returned its result."""
         self._returned(slot, ref)
         slot.collateral.discard(ref)
+        slot.device_faults = 0
         self.suspects.discard(task.shard_index)
 
     def task_failed(self, slot: ActorSlot, ref: Hashable, task: ShardTask, why: str) -> None:
         """``task`` raised (or its result was lost): one attempt used up."""
         self._returned(slot, ref)
         self.requeue(task, counted=True, why=why)
+
+    def device_failed(self, slot: ActorSlot, ref: Hashable, task: ShardTask, why: str) -> str | None:
+        """``task`` failed on ``slot``'s device (a :class:`~annotator.device.DeviceFaultError`):
+        requeued without using up an attempt, marked ``after_device_fault``. Returns why
+        ``slot`` must be retired (its ``MAX_DEVICE_FAULTS``-th device fault in a row), or None."""
+        self._returned(slot, ref)
+        slot.device_faults += 1
+        task.after_device_fault = True
+        self.device_retries += 1
+        self.requeue(task, counted=False, why=f"device fault: {why}")
+        if slot.device_faults >= MAX_DEVICE_FAULTS:
+            return f"its device failed {slot.device_faults} attempts in a row (last: {why})"
+        return None
 
     def actor_died(self, slot: ActorSlot, ref: Hashable, task: ShardTask, why: str, beside: list) -> None:
         """``slot``'s actor died running ``task``. ``beside``: the other refs of ``slot``
@@ -145,8 +170,11 @@ class SchedulePolicy:
                 log.error("shard %d failed %d times, giving up on it: %s", i, k, why)
                 return
             log.warning("shard %d failed (attempt %d of %d: %s); retrying", i, k, MAX_SHARD_ATTEMPTS, why)
+        elif why.startswith("device fault"):
+            log.warning("shard %d: its attempt failed on the device (%s); retrying", i, why)
         else:
             log.info("shard %d requeued to run alone (its actor died while it ran beside another shard: %s)", i, why)
+        task.attempt += 1
         self.queue.appendleft(task)
 
     def no_actor_left(self, slots: list[ActorSlot]) -> None:

@@ -21,6 +21,10 @@ Failure handling (see the README, "Failure behaviour"):
   until it answers a ``ready()`` probe, and retires it if it is not back within
   ``ACTOR_RESTART_TIMEOUT_S`` or cannot be restarted. When no actor is left the remaining
   shards fail.
+- A shard whose attempt failed on a device fault (out of memory, a CUDA/cuDNN/driver
+  error: :class:`~annotator.device.DeviceFaultError`) is retried without using up an
+  attempt; an actor whose device fails ``MAX_DEVICE_FAULTS`` attempts in a row is retired
+  (:meth:`~annotator.distributed.policy.SchedulePolicy.device_failed`).
 - Shards that failed every attempt are listed in :class:`ShardFailedError`, raised after
   every other shard finished (their parts are written and recorded): never dropped.
 """
@@ -44,6 +48,7 @@ from annotator.distributed.address import (
 )
 from annotator.distributed.placement import plan_placement, threads_for_cpus
 from annotator.distributed.policy import ActorSlot, SchedulePolicy
+from annotator.device import DeviceFaultError
 from annotator.failpoints import failpoint
 from annotator.failpoints import runtime_env as failpoints_runtime_env
 from annotator.inputs.vocab import Vocabulary
@@ -113,13 +118,27 @@ class _ShardActor:
         return torch.get_num_threads()
 
     def process(self, task: ShardTask) -> ShardResult:
-        return self.processor.process(task)
+        result = self.processor.process(task)
+        if isinstance(result, ShardResult):
+            result.made_by = {**_where(), "attempt": int(task.attempt)}
+        return result
 
     def pid(self) -> int:
         return os.getpid()
 
     def ready(self) -> bool:
         return True
+
+
+def _where() -> dict:
+    """Where this actor runs (``node_id``, ``host``, ``actor``, ``pid``): a part's provenance."""
+    import socket
+
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "host": socket.gethostname(), "actor": ctx.get_actor_id(),
+            "pid": os.getpid()}
 
 
 #: How long joining an existing Ray cluster may take before the run gives up.
@@ -341,7 +360,13 @@ class _ShardLoop:
             self.policy.actor_died(s, ref, task, short_error(e), beside)
             self.start_probe(s)
         except RayTaskError as e:
-            self.policy.task_failed(s, ref, task, short_error(e.cause if getattr(e, "cause", None) else e))
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, DeviceFaultError):
+                retire = self.policy.device_failed(s, ref, task, short_error(cause))
+                if retire:
+                    self.retire(s, retire)
+            else:
+                self.policy.task_failed(s, ref, task, short_error(cause if cause else e))
         except RayError as e:  # e.g. the result was lost with its node
             self.policy.task_failed(s, ref, task, short_error(e))
         else:
@@ -354,7 +379,8 @@ class _ShardLoop:
         """After the loop: the statistics, or :class:`ShardFailedError` naming the shards
         that failed every attempt."""
         self.policy.close()
-        self.stats.retries = self.policy.retries
+        self.stats.retries = self.policy.retries + self.policy.device_retries
+        self.stats.device_faults = self.policy.device_retries
         message = self.policy.failure_message()
         if message:
             raise ShardFailedError(message)

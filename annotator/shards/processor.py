@@ -14,6 +14,7 @@ next images to be read.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from annotator import records
+from annotator.device import DeviceFaultError, free_device_cache, is_device_fault, is_out_of_memory
 from annotator.inputs.decode import ImageDecodeError
 from annotator.inputs.listing import ImageRef, read_image_bytes
 from annotator.inputs.loader import DecodedImage, ImageLoader, image_size_hw
@@ -46,6 +48,15 @@ class EncodedImage:
     seconds: float
 
 
+@dataclass
+class _Attempt:
+    """One attempt at a shard, as the device saw it: ``passed`` images through the engine,
+    the device faults of images run ``alone`` (their own only if some image passed)."""
+
+    passed: int = 0
+    alone: list = dataclasses.field(default_factory=list)
+
+
 def _read_hf_labels(task: ShardTask, column: str) -> list:
     """The shard's cells of a Hugging Face label column."""
     return _read_hf(task, lambda start, stop: task.hf.read_labels(start, stop, column))
@@ -63,6 +74,9 @@ class ShardProcessor:
         self._enc = ThreadPoolExecutor(max_workers=max(1, options.encode_threads), thread_name_prefix="encode")
         # One shard at a time on the device; the other shard's CPU work goes on meanwhile.
         self._device = threading.Lock()
+        #: Images per engine batch: the engine's, halved after each out-of-memory.
+        self.batch_size = int(engine.config.batch_size)
+        self._batch_lock = threading.Lock()
 
     # ---------------------------------------------------------------- stages
     def _read(self, item: tuple[ImageRef, bytes | ImageDecodeError | None]) -> bytes | ImageDecodeError:
@@ -93,7 +107,7 @@ class ShardProcessor:
             raw = _read_hf(task, lambda start, stop: task.hf.read_rows(start, stop))
         items = list(zip(refs, raw))
         del raw
-        read, batch_size, prefetch = self._read, self.engine.config.batch_size, self.options.prefetch_batches
+        read, batch_size, prefetch = self._read, self.batch_size, self.options.prefetch_batches
         if crash_log is not None:
             crashed = set(crash_log.crashed)
             items = [item for item in items if item[0].file_name not in crashed]
@@ -108,17 +122,58 @@ class ShardProcessor:
         times["read"] += loader.stats.read_s
         times["decode"] += loader.stats.decode_s + loader.stats.batch_decode_s
 
-    def _predict(self, batch: list[tuple[ImageRef, np.ndarray]]):
-        """Engine on a batch; a failing batch is retried image by image to isolate the culprit."""
+    def _predict(self, batch: list[tuple[ImageRef, np.ndarray]], task: ShardTask | None = None,
+                 attempt: _Attempt | None = None):
+        """Engine on a batch: one prediction or exception per image.
+
+        A batch that fails with an error about one image (anything
+        :func:`~annotator.device.is_device_fault` does not call the device's) is run
+        image by image, to isolate the culprit: its exception becomes its row.
+
+        A device fault (out of memory, a CUDA/cuDNN/driver error, a lost device) fails the
+        whole attempt (:class:`~annotator.device.DeviceFaultError`, after the device's cache
+        is freed; an out-of-memory halves this processor's batch size), so the scheduler
+        runs the shard again. Only on that retry (``task.after_device_fault``) is a
+        faulting batch run image by image, and an image that faults ALONE while others
+        of the attempt pass is the image's own (its row says so); when none passes, the
+        device is still failing and the attempt fails again.
+        """
         images = [img for _, img in batch]
         names = [ref.file_name for ref, _ in batch]
         try:
-            return list(self.engine.predict(images, names=names))
+            out = list(self.engine.predict(images, names=names))
         except Exception as e:
+            if is_device_fault(e):
+                return self._device_fault(e, batch, task, attempt)
             if len(batch) == 1:
                 return [e]
             log.warning("batch failed (%s); retrying its %d images one by one", e, len(batch))
-            return [self._predict([item])[0] for item in batch]
+            return [self._predict([item], task, attempt)[0] for item in batch]
+        if attempt is not None:
+            attempt.passed += len(out)
+        return out
+
+    def _device_fault(self, e: Exception, batch: list, task: ShardTask | None, attempt: _Attempt | None) -> list:
+        """What a device fault on ``batch`` leads to (see :meth:`_predict`)."""
+        free_device_cache(self.engine.device)
+        oom = is_out_of_memory(e)
+        if oom and len(batch) > 1:
+            with self._batch_lock:
+                if self.batch_size > 1:
+                    self.batch_size = max(1, min(self.batch_size, len(batch)) // 2)
+                    log.warning("device out of memory on a batch of %d; this actor now uses batches of %d",
+                                len(batch), self.batch_size)
+        retrying = task is not None and task.after_device_fault and attempt is not None
+        if not retrying:
+            raise DeviceFaultError(f"{type(e).__name__}: {e}", out_of_memory=oom) from e
+        if len(batch) > 1:
+            log.warning("device fault on a retried batch (%s); running its %d images one by one", e, len(batch))
+            out = [self._predict([item], task, attempt)[0] for item in batch]
+            if attempt.passed == 0:  # none passed alone either: the device, not the images
+                raise DeviceFaultError(f"{type(e).__name__}: {e}", out_of_memory=oom) from e
+            return out
+        attempt.alone.append(e)
+        return [e]
 
     def _encode(self, ref: ImageRef, pred) -> EncodedImage:
         """Encoder thread: the record and its score against the ground truth.
@@ -193,6 +248,7 @@ class ShardProcessor:
                                              "read, decoded or annotated; it was skipped when its shard was retried")
                         for ref in task.refs if ref.file_name in crashed]
         batches = self._decoded(task, times, crash_log)
+        attempt = _Attempt()
         try:
             first = next(batches, None)  # read and decoded while the other shard holds the device
             t0 = time.perf_counter()
@@ -202,7 +258,7 @@ class ShardProcessor:
                 try:
                     for batch in itertools.chain([first] if first is not None else [], batches):
                         n_before = len(pending)
-                        self._predict_batch(batch, pending)
+                        self._predict_batch(batch, pending, task, attempt)
                         if crash_log is not None:  # the crash window of an image ends with its encoding
                             for p in pending[n_before:]:
                                 if isinstance(p, Future):
@@ -214,6 +270,9 @@ class ShardProcessor:
                         times[k] += v - engine_before.get(k, 0.0)
         finally:
             batches.close()
+        if attempt.alone and attempt.passed == 0:  # every image faulted alone: the device is still failing
+            e = attempt.alone[-1]
+            raise DeviceFaultError(f"{type(e).__name__}: {e}", out_of_memory=is_out_of_memory(e)) from e
         recs: list[records.ImageRecord] = []
         scores = ShardScores()
         for p in pending:
@@ -225,14 +284,15 @@ class ShardProcessor:
             recs.append(p)
         return recs, scores
 
-    def _predict_batch(self, batch: list[tuple[ImageRef, DecodedImage]], pending: list) -> None:
+    def _predict_batch(self, batch: list[tuple[ImageRef, DecodedImage]], pending: list,
+                       task: ShardTask | None = None, attempt: _Attempt | None = None) -> None:
         """Error rows for undecodable images; the rest through the engine, encodes submitted."""
         ok = [(ref, img) for ref, img in batch if not isinstance(img, ImageDecodeError)]
         for ref, img in batch:
             if isinstance(img, ImageDecodeError):
                 pending.append(records.error_record(ref, img.reason, img.detail))
         if ok:
-            for (ref, img), pred in zip(ok, self._predict(ok)):
+            for (ref, img), pred in zip(ok, self._predict(ok, task, attempt)):
                 if isinstance(pred, Exception):
                     pending.append(records.error_record(ref, "inference-failed", f"{type(pred).__name__}: {pred}",
                                                         size_hw=image_size_hw(img)))

@@ -31,6 +31,12 @@ class ShardTask:
     #: One image at a time, each named in a crash log first (see :mod:`annotator.storage.crashlog`):
     #: the driver sets it for a shard whose actor died.
     careful: bool = False
+    #: The previous attempt failed on a device fault (:class:`~annotator.device.DeviceFaultError`):
+    #: a faulting batch is now run image by image, and an image that faults alone while
+    #: others pass becomes its own ``inference-failed`` row (set by the driver).
+    after_device_fault: bool = False
+    #: Which attempt this is (0: the first), for the part's provenance in the manifest.
+    attempt: int = 0
 
 
 @dataclass
@@ -44,6 +50,9 @@ class ShardResult:
     sha256: str
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
+    #: Where the part was made (node id, host, actor, attempt): the actor fills it in,
+    #: the manifest records it (``parts[*].made_by``); empty outside Ray.
+    made_by: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -81,7 +90,10 @@ class SchedulingStats:
     device: str = ""
     #: torch intra-op threads per CPU actor (its Ray CPUs); 0 on a GPU
     threads_per_actor: int = 0
+    #: retried attempts, all causes (``device_faults`` among them)
     retries: int = 0
+    #: attempts that failed on a device fault (out of memory, a CUDA error) and ran again
+    device_faults: int = 0
     restarts: int = 0
     shards_done: int = 0
     driver_overhead_s: float = 0.0

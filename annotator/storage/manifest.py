@@ -38,10 +38,13 @@ from annotator.storage.layout import (
     url_to_fs,
 )
 from annotator.storage.ownership import clear, foreign_entries
+from annotator.storage.redact import redact_uri
+from annotator.storage.state_schema import StateFileError, check_manifest_doc, misplaced_entries, warn_future_times
 from annotator.storage.part_audit import audit_unlisted_parts, digest_parts
 from annotator.storage.parts import (
     atomic_write_bytes,
     list_parts,
+    part_path,
     part_sha256,
 )
 
@@ -61,8 +64,8 @@ log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 
 
-class ManifestError(ValueError):
-    """manifest.json exists but is not a valid manifest."""
+class ManifestError(StateFileError):
+    """manifest.json exists but is not a valid manifest (exit 2: the message names it and what to do)."""
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -76,7 +79,9 @@ def _now() -> str:
 class Manifest:
     """State of a run in `{output}/manifest.json`. Only the driver writes it.
 
-    finished: {str(shard_index): {"path": relative to output, "rows": int, "sha256": hex}}.
+    finished: {str(shard_index): {"path": relative to output, "rows": int, "sha256": hex,
+    "made_by": {"node_id", "host", "actor", "pid", "attempt"}}}; ``made_by`` (where the part
+    was made, for an operator) is absent in older manifests and for parts taken back.
     """
 
     output: str
@@ -148,19 +153,16 @@ class Manifest:
                 raw = f.read()
         except FileNotFoundError:
             return None
-        try:
-            doc = json.loads(raw)
-            validate(doc, "manifest")
-        except (ValueError, SchemaValidationError) as exc:
-            raise ManifestError(
-                f"{cls.path_for(output)}: not a valid annotator manifest ({exc}); pass --overwrite to replace it"
-            ) from None
-        if doc["version"] != MANIFEST_VERSION:
-            raise ManifestError(
-                f"{cls.path_for(output)}: expected manifest version {MANIFEST_VERSION}, received {doc['version']}; "
-                "pass --overwrite to replace it"
-            )
-        return cls(
+        shown = redact_uri(cls.path_for(output))
+        try:  # validated (state_schema): never an AttributeError on a list, never a version it cannot read
+            doc = check_manifest_doc(json.loads(raw), shown)
+        except ValueError as exc:
+            text = str(exc) if isinstance(exc, StateFileError) else (
+                f"{shown}: not a valid annotator manifest (not JSON: {exc}); pass --overwrite to annotator.run to "
+                "start this output afresh, or choose another output")
+            raise ManifestError(text) from None
+        warn_future_times(doc, shown)
+        manifest = cls(
             output=output,
             config_hash=doc["config_hash"],
             listing_fingerprint=doc["listing_fingerprint"],
@@ -173,6 +175,22 @@ class Manifest:
             settings=doc.get("settings"),
             num_images=doc.get("num_images"),
         )
+        manifest._forget_misplaced(shown)
+        return manifest
+
+    def _forget_misplaced(self, shown: str) -> None:
+        """Forget (with a warning) finished entries that point anywhere but their own
+        shard's part (two shards at one part, a part outside the output, a shard outside
+        the run), so that those shards run again instead of being missing forever."""
+        def fs_path(url: str) -> str:
+            return url_to_fs(url, self.storage_options)[1]
+
+        bad = misplaced_entries(self.finished, self.num_shards, lambda i: fs_path(part_path(self.output, i)),
+                                lambda p: fs_path(self.resolve(p)))
+        for key, why in sorted(bad.items(), key=lambda kv: int(kv[0])):
+            log.warning("%s: shard %s is not taken as finished (%s); it runs again", shown, key, why)
+            del self.finished[key]
+            self._dirty = True
 
     @classmethod
     def create(
@@ -227,17 +245,23 @@ class Manifest:
             return relative_or_full
         return join_url(self.output, relative_or_full)
 
-    def mark_finished(self, shard_index: int, path: str, rows: int, sha256: str | None = None) -> None:
+    def mark_finished(self, shard_index: int, path: str, rows: int, sha256: str | None = None,
+                      made_by: dict | None = None) -> None:
         """Record a written part; rewrite the manifest atomically unless the last rewrite
         is less than ``flush_interval_s`` old (then :meth:`flush` or a later call saves it).
 
         sha256: the part's digest as `write_part` returned it; computed by reading the
         file when not given.
+        made_by: where the part was made (``ShardResult.made_by``: node id, host, actor,
+        pid, attempt); recorded as the entry's ``made_by`` when given.
         """
         self._check_index(shard_index)
         if sha256 is None:
             sha256 = part_sha256(path, self.storage_options)
-        self._add_entry(shard_index, {"path": self._relative(path), "rows": rows, "sha256": sha256})
+        entry: dict = {"path": self._relative(path), "rows": rows, "sha256": sha256}
+        if made_by:
+            entry["made_by"] = dict(made_by)
+        self._add_entry(shard_index, entry)
         # A save costs time proportional to the shard count: at most ~5% of the driver's time.
         interval = max(self.flush_interval_s, 20 * self._save_s) if self.flush_interval_s > 0 else 0.0
         if time.monotonic() - self._saved_at >= interval:
