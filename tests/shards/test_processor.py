@@ -209,3 +209,119 @@ def test_an_image_the_worker_died_on_twice_becomes_one_error_row(dataset, engine
     assert rows[victim]["status"] == "error" and rows[victim]["error"].startswith("worker-crashed: ")
     assert all(rows[r.file_name]["status"] == "ok" for r in task.refs if r.file_name != victim)
     assert not log_path.exists()
+
+
+# ----------------------------------------------------------------------------- device faults (issue 21.1)
+
+
+class FaultyDevice:
+    """Wraps an engine: ``predict`` raises ``make_error()`` while ``faults`` calls are left,
+    and on every call whose batch holds an image named in ``poison`` (that image breaks
+    the device by itself)."""
+
+    def __init__(self, engine, make_error, faults: int = 0, poison: tuple[str, ...] = ()):
+        self.engine, self.make_error, self.faults, self.poison = engine, make_error, faults, poison
+        self.config, self.device, self.vocabulary, self.timings = engine.config, engine.device, engine.vocabulary, engine.timings
+        self.precision = engine.precision
+        self.batches: list[int] = []
+
+    def predict(self, images, names=None):
+        self.batches.append(len(images))
+        if self.faults > 0 or any(n in self.poison for n in names or ()):
+            self.faults -= 1
+            raise self.make_error()
+        return self.engine.predict(images, names=names)
+
+
+def _process(engine, tmp_path, task, name="out"):
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+    proc = ShardProcessor(engine, RunOptions(output=str(tmp_path / name), metadata=meta))
+    try:
+        return proc, proc.process(task), _parts_by_shard(str(tmp_path / name))
+    finally:
+        proc.close()
+
+
+def test_a_device_fault_fails_the_attempt_and_the_retry_gives_the_same_part(dataset, engine, tmp_path):
+    """A CUDA out-of-memory on the first batch: no part, no error row, a DeviceFaultError
+    (the scheduler runs the shard again); the processor's batch is halved, and the retry's
+    part holds the same rows as a run without the fault."""
+    from annotator.device import DeviceFaultError
+
+    images, _, _ = dataset
+    task = make_shards(list_images(str(images)), 4)[0]
+    _, clean, clean_rows = _process(engine, tmp_path, task, "clean")
+    oom = FaultyDevice(engine, lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), faults=1)
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+    proc = ShardProcessor(oom, RunOptions(output=str(tmp_path / "out"), metadata=meta))
+    try:
+        with pytest.raises(DeviceFaultError, match="out of memory") as info:
+            proc.process(task)
+        assert info.value.out_of_memory
+        assert parts.list_parts(str(tmp_path / "out")) == []  # nothing written: the attempt failed
+        assert proc.batch_size == 1  # 2 -> 1 for the next attempts on this actor
+        task.after_device_fault = True
+        result = proc.process(task)
+    finally:
+        proc.close()
+    assert result.errors == 0 and result.rows == clean.rows
+    assert _parts_by_shard(str(tmp_path / "out")) == clean_rows
+    assert oom.batches[-1] == 1
+
+
+def test_an_image_that_breaks_the_device_alone_is_its_own_row_on_the_retry(dataset, engine, tmp_path):
+    """Every batch holding one image raises 'CUDA error: an illegal memory access': the
+    first attempt fails (the device's fault, as far as it can tell); the retry runs that
+    batch image by image, the image faults alone while the others pass: one
+    ``inference-failed`` row, the others ok."""
+    from annotator.device import DeviceFaultError
+
+    images, _, _ = dataset
+    task = make_shards(list_images(str(images)), 4)[0]
+    bad = task.refs[1].file_name
+    poison = FaultyDevice(engine, lambda: RuntimeError("CUDA error: an illegal memory access was encountered"),
+                          poison=(bad,))
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+    proc = ShardProcessor(poison, RunOptions(output=str(tmp_path / "out"), metadata=meta))
+    try:
+        with pytest.raises(DeviceFaultError, match="illegal memory access"):
+            proc.process(task)
+        task.after_device_fault = True
+        result = proc.process(task)
+    finally:
+        proc.close()
+    rows = _parts_by_shard(str(tmp_path / "out"))[0]
+    assert result.errors == 1
+    assert [(r["file_name"], r["status"]) for r in rows if r["status"] != "ok"] == [(bad, "error")]
+    (row,) = [r for r in rows if r["status"] != "ok"]
+    assert row["error"].startswith("inference-failed: ") and "illegal memory access" in row["error"]
+
+
+def test_a_device_that_still_fails_on_the_retry_fails_the_attempt_again(dataset, engine, tmp_path):
+    """On the retry every image faults alone too: the device, not the images: the attempt
+    fails again (no part of error rows)."""
+    from annotator.device import DeviceFaultError
+
+    images, _, _ = dataset
+    task = make_shards(list_images(str(images)), 4)[0]
+    task.after_device_fault = True
+    lost = FaultyDevice(engine, lambda: RuntimeError("CUDA error: device not ready"), faults=100)
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+    proc = ShardProcessor(lost, RunOptions(output=str(tmp_path / "out"), metadata=meta))
+    try:
+        with pytest.raises(DeviceFaultError, match="device not ready"):
+            proc.process(task)
+    finally:
+        proc.close()
+    assert parts.list_parts(str(tmp_path / "out")) == []
+
+
+def test_an_error_about_one_image_is_still_its_row_at_once(dataset, engine, tmp_path):
+    """A ValueError (not a device fault) on one image: its row, on the first attempt."""
+    images, _, _ = dataset
+    task = make_shards(list_images(str(images)), 4)[0]
+    bad = task.refs[2].file_name
+    faulty = FaultyDevice(engine, lambda: ValueError("bad pixels"), poison=(bad,))
+    _, result, rows = _process(faulty, tmp_path, task)
+    assert result.errors == 1
+    assert [r["file_name"] for r in rows[0] if r["status"] != "ok"] == [bad]
