@@ -121,3 +121,40 @@ def test_close_never_drops_a_queued_shard():
 def test_in_flight_must_be_positive():
     with pytest.raises(ValueError, match="in_flight: expected >= 1"):
         SchedulePolicy([], in_flight=0)
+
+
+# ----------------------------------------------------------------------------- device faults (issue 21.1)
+
+
+def test_a_device_fault_requeues_the_shard_without_using_an_attempt():
+    policy, submit = SchedulePolicy(_tasks(2), in_flight=2), Submitter()
+    slot = ActorSlot("a")
+    (r0, t0), (r1, t1) = policy.fill(slot, submit)
+    assert policy.device_failed(slot, r0, t0, "DeviceFaultError: CUDA out of memory") is None
+    assert policy.attempts == {} and policy.queue[0] is t0 and not policy.failed
+    assert t0.after_device_fault and t0.attempt == 1  # its next attempt tells the image's fault from the device's
+    assert policy.device_retries == 1
+    policy.finished(slot, r1, t1)
+    assert slot.device_faults == 0  # a shard finished: the device works
+
+
+def test_an_actor_whose_device_keeps_failing_is_retired_and_the_others_go_on():
+    from annotator.distributed.policy import MAX_DEVICE_FAULTS
+
+    policy, submit = SchedulePolicy(_tasks(4), in_flight=1), Submitter()
+    bad, good = ActorSlot("bad"), ActorSlot("good")
+    retire = None
+    for _ in range(MAX_DEVICE_FAULTS):
+        assert retire is None
+        (ref, task), = policy.fill(bad, submit)
+        retire = policy.device_failed(bad, ref, task, "DeviceFaultError: CUDA error: an illegal memory access")
+    assert retire and f"failed {MAX_DEVICE_FAULTS} attempts in a row" in retire
+    bad.retired = retire
+    done = []
+    while policy.queue:
+        assert policy.fill(bad, submit) == []  # retired: no more work
+        (ref, task), = policy.fill(good, submit)
+        policy.finished(good, ref, task)
+        done.append(task.shard_index)
+        policy.no_actor_left([bad, good])
+    assert sorted(done) == [0, 1, 2, 3] and not policy.failed and policy.attempts == {}
