@@ -36,9 +36,11 @@ from annotator.storage.layout import (
     ANNOTATIONS_NAME,
     COCO_NAME,
     METRICS_NAME,
+    PARTS_DIR,
     SUMMARY_NAME,
     join_url,
 )
+from annotator.storage.state_schema import check_part_footer
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class Footers:
 
     first: dict | None = None
     hashes: set = field(default_factory=set)
+    #: the first part read of each configuration hash (to name a foreign part)
+    first_path: dict = field(default_factory=dict)
     #: a part was scored against ground truth (its footer has a ``confusion`` key)
     scored: bool = False
     confusion: np.ndarray | None = None
@@ -130,10 +134,22 @@ class Footers:
             self.gt_errors_first = merged[:GT_ERRORS_LISTED]
 
 
-def read_footers(paths: list[str], storage_options: dict | None) -> Footers:
+def read_footers(paths: list[str], storage_options: dict | None, config_hash: str | None = None) -> Footers:
+    """The parts' footers, each checked against ``part-footer.schema.json``, its
+    ``shard_index`` against its file name and, when given (from the manifest), its
+    ``config_hash``: a part that fails is named, with the way out."""
     footers = Footers()
     for p in paths:
-        footers.add(_footer(p, storage_options))
+        meta = _footer(p, storage_options)
+        index = parts.part_index(p)
+        if meta["shard_index"] != index:
+            raise ReduceError(f"{p}: its footer says shard {meta['shard_index']}, its name shard {index} (a part "
+                              f"copied or renamed); {_REDO}")
+        if config_hash is not None and meta["config_hash"] != config_hash:
+            raise ReduceError(f"{p}: written by another configuration (config hash {meta['config_hash']}, this "
+                              f"run's is {config_hash}); {_REDO}")
+        footers.first_path.setdefault(meta["config_hash"], p)
+        footers.add(meta)
     return footers
 
 
@@ -166,9 +182,11 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
         raise ReduceError(f"{output}: no parts to reduce (expected {output}/parts/part-*.parquet)")
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
     manifest = _manifest(output, storage_options)
+    if manifest is not None:
+        refuse_strays(output, paths, manifest.num_shards)
     if manifest is not None and verify:
         verify_parts(paths, manifest, storage_options)
-    footers = read_footers(paths, storage_options)
+    footers = read_footers(paths, storage_options, manifest.config_hash if manifest is not None else None)
     meta = run_metadata(output, footers)
     expected = meta.get("num_images")
     if manifest is not None and expected is not None:
@@ -177,7 +195,8 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     if expected is not None and len(counts.seen) != expected:
         fs.rm(join_url(root, ANNOTATIONS_NAME))
         raise ReduceError(f"{output}: {len(counts.seen)} of {expected} listed images have a row (a part holds "
-                          "fewer rows than its shard has images); run the same command again")
+                          "fewer rows than its shard has images); run annotator.run with this run's arguments again: "
+                          "it recomputes such shards")
     coco_counts = write_coco(fs, root, output, meta, storage_options)
     summary = build_summary(counts, meta, coco_counts)
     summary["run"]["precision"] = describe_precisions(footers.precisions)
@@ -201,12 +220,29 @@ def _manifest(output: str, storage_options: dict | None):
     return Manifest.load(output, storage_options)
 
 
+#: The way out for a part of this run's shards that is damaged or not this run's: the
+#: run, resumed, recomputes every shard whose part does not verify or does not belong.
+_REDO = ("run annotator.run with this run's arguments again: it recomputes that shard (or move the file out of "
+         f"the {PARTS_DIR} folder)")
+
+
+def refuse_strays(output: str, paths: list[str], num_shards: int) -> None:
+    """Part files whose shard index is not one of the run's ``num_shards`` (another run's,
+    copied in) are refused by name: nothing would ever recompute or remove them."""
+    strays = [p for p in paths if (parts.part_index(p) or 0) >= num_shards]
+    if strays:
+        more = f" and {len(strays) - 1} more" if len(strays) > 1 else ""
+        raise ReduceError(f"{strays[0]}{more}: not a part of this run (shard {parts.part_index(strays[0])}; the "
+                          f"run has {num_shards} shards, 0..{num_shards - 1}); move it out of "
+                          f"{join_url(output, PARTS_DIR)} and run the same command again")
+
+
 def _footer(path: str, storage_options: dict | None) -> dict:
     try:
-        return parts.read_part_metadata(path, storage_options)
+        meta = parts.read_part_metadata(path, storage_options)
     except Exception as e:  # noqa: BLE001 - cut short, not Parquet, another file: name it
-        raise ReduceError(f"{path}: not a readable part ({type(e).__name__}: {e}); run the same command "
-                          "again to recompute it") from None
+        raise ReduceError(f"{path}: not a readable part ({type(e).__name__}: {e}); {_REDO}") from None
+    return check_part_footer(meta, path, _REDO)
 
 
 def verify_parts(paths: list[str], manifest, storage_options: dict | None) -> None:
@@ -219,7 +255,7 @@ def verify_parts(paths: list[str], manifest, storage_options: dict | None) -> No
         got = parts.part_sha256(path, storage_options)
         if got != entry["sha256"]:
             raise ReduceError(f"{path}: does not match what was written (sha256 {got[:12]}..., the manifest "
-                              f"recorded {entry['sha256'][:12]}...); run the same command again to recompute it")
+                              f"recorded {entry['sha256'][:12]}...); {_REDO}")
 
 
 def check_complete(paths: list[str], manifest, num_images: int) -> None:
@@ -232,14 +268,17 @@ def check_complete(paths: list[str], manifest, num_images: int) -> None:
         spans = [f"shard {i} (images {i * size + 1}..{min(num_images, (i + 1) * size)})" for i in missing[:10]]
         raise ReduceError(f"{manifest.output}: {len(missing)} of {manifest.num_shards} shards have no part: "
                           + ", ".join(spans) + (" ..." if len(missing) > 10 else "")
-                          + "; run the same command again to finish the run")
+                          + "; run annotator.run with this run's arguments again to finish the run")
 
 
 def run_metadata(output: str, footers: Footers) -> dict:
     """The run's metadata from the parts' footers (all of one configuration), without
     the per-shard keys."""
     if len(footers.hashes) > 1:
-        raise ReduceError(f"{output}: parts come from different configurations {sorted(map(str, footers.hashes))}")
+        named = ", ".join(f"{h} ({footers.first_path.get(h, '?')})" for h in sorted(map(str, footers.hashes)))
+        raise ReduceError(f"{output}: parts come from different configurations: {named}; move the parts that are "
+                          f"not this run's out of {join_url(output, PARTS_DIR)}, or run annotator.run with "
+                          "--overwrite to recompute the whole run")
     meta = dict(footers.first or {})
     for key in SHARD_KEYS:
         meta.pop(key, None)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from annotator.errors import RefusedOutputError
 from annotator.storage.identity import setting_differences
 
 __all__ = ["OutputConflictError", "RunIdentity", "differences"]
 
 
-class OutputConflictError(RuntimeError):
+class OutputConflictError(RefusedOutputError, RuntimeError):
     """The output folder holds results of a different configuration or input listing."""
 
 

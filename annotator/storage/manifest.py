@@ -185,8 +185,10 @@ class Manifest:
         def fs_path(url: str) -> str:
             return url_to_fs(url, self.storage_options)[1]
 
+        rows = None if self.num_images is None else (
+            lambda i: max(0, min(self.shard_size, self.num_images - i * self.shard_size)))
         bad = misplaced_entries(self.finished, self.num_shards, lambda i: fs_path(part_path(self.output, i)),
-                                lambda p: fs_path(self.resolve(p)))
+                                lambda p: fs_path(self.resolve(p)), rows)
         for key, why in sorted(bad.items(), key=lambda kv: int(kv[0])):
             log.warning("%s: shard %s is not taken as finished (%s); it runs again", shown, key, why)
             del self.finished[key]
@@ -326,7 +328,7 @@ class Manifest:
         file, so that its shard runs again and overwrites it."""
         listed = [(i, self.resolve(self.finished[str(i)]["path"])) for i in sorted(self.finished_shards())]
         ok = set()
-        for index, got, where in digest_parts(listed, self.storage_options, threads):
+        for index, got, where in digest_parts(listed, self.storage_options, threads, self.config_hash):
             expected = self.finished[str(index)]["sha256"]
             if got == expected:
                 ok.add(index)

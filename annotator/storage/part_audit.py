@@ -18,24 +18,49 @@ from dataclasses import dataclass
 
 from annotator.storage.layout import url_to_fs
 from annotator.storage.parts import list_parts, part_file_metadata, part_index, part_sha256
+from annotator.storage.state_schema import StateFileError, check_part_footer
 
 __all__ = ["UnlistedPart", "audit_unlisted_parts", "digest_parts"]
 
 
 def digest_parts(paths: list[tuple[int, str]], storage_options: dict | None,
-                 threads: int = 8) -> Iterator[tuple[int, str | None, str]]:
+                 threads: int = 8, config_hash: str | None = None) -> Iterator[tuple[int, str | None, str]]:
     """For each ``(shard_index, path)`` in order: ``(shard_index, sha256 hex, path)``, or
-    ``(shard_index, None, "unreadable (...)")`` when the file cannot be read."""
+    ``(shard_index, None, why)`` when the file cannot be read, or its footer is not an
+    annotator part's (``part-footer.schema.json``), names another shard or (when given)
+    another ``config_hash``: a part that verifies but is not this shard's is redone too,
+    else the reducer would refuse it on every run."""
 
     def digest(item: tuple[int, str]) -> tuple[int, str | None, str]:
         index, path = item
         try:
-            return index, part_sha256(path, storage_options), path
+            got = part_sha256(path, storage_options)
         except OSError as e:
             return index, None, f"unreadable ({e})"
+        why = footer_problem(path, storage_options, index, config_hash)
+        return (index, None, why) if why else (index, got, path)
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="verify") as pool:
         yield from pool.map(digest, paths)
+
+
+def footer_problem(path: str, storage_options: dict | None, index: int, config_hash: str | None) -> str | None:
+    """Why the footer of part ``path`` is not shard ``index``'s of this run, or None."""
+    import pyarrow.parquet as pq
+
+    fs, p = url_to_fs(path, storage_options)
+    try:
+        with fs.open(p, "rb") as f:
+            meta = check_part_footer(part_file_metadata(pq.ParquetFile(f), path), path, "")
+    except StateFileError:
+        return "its footer is not an annotator part's"
+    except Exception as exc:  # noqa: BLE001 - not Parquet, cut short: the shard is redone
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if meta["shard_index"] != index:
+        return f"its footer says shard {meta['shard_index']}"
+    if config_hash is not None and meta["config_hash"] != config_hash:
+        return f"written by another configuration ({meta['config_hash']})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,8 +105,10 @@ def audit_unlisted_parts(
             with fs.open(p, "rb") as f:
                 data = f.read()  # once: for the footer and the digest
             footer = pq.ParquetFile(pa.BufferReader(data))
-            meta = part_file_metadata(footer, path)
+            meta = check_part_footer(part_file_metadata(footer, path), path, "its shard runs again")
             rows = footer.metadata.num_rows
+        except StateFileError:  # a footer that is not ours (a list, keys missing): redone
+            why = "its footer is not an annotator part's"
         except Exception as exc:  # noqa: BLE001 - an unreadable stray part is simply redone
             why = f"unreadable ({type(exc).__name__}: {exc})"
         else:
