@@ -56,6 +56,7 @@ import fsspec.asyn
 from annotator.errors import RefusedOutputError
 from annotator.storage.layout import LEASE_NAME_RE, LOCK_NAME, join_url, lease_name, url_to_fs
 from annotator.storage.redact import redact_uri
+from annotator.storage.state_schema import validate_lock_doc
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +351,7 @@ class OutputLock:
             top = tokens[-1]
             doc = self._leases.read(top)
             if doc is not None:
+                validate_lock_doc(doc, join_url(self.shown, LOCK_NAME, lease_name(top)), top)  # else exit 2, named
                 self._refuse_unless_stale(top, doc)
             target = top + 1
         self._acquired = datetime.now(UTC).isoformat(timespec="seconds")
