@@ -16,8 +16,8 @@ import pytest
 
 from annotator import failpoints
 from annotator.run import main
-from tests.test_faults import N_IMAGES, Dataset, assert_same_output, read_output
 from tests.synthetic import write_dataset, write_vocab
+from tests.test_faults import N_IMAGES, Dataset, assert_same_output, read_output
 
 SIZE_HW = (48, 64)
 

@@ -37,7 +37,10 @@ How it is fast
   YCbCr/grey JPEGs that end with an EOI marker, with no EXIF orientation other than 1,
   within ``max_pixels``. Everything else, and any image the GPU fails to decode (or
   decodes to an unexpected size), is decoded on the CPU, so bad files still become
-  ``ImageDecodeError`` with the right reason.
+  ``ImageDecodeError`` with the right reason. Under ``--protocol official`` the GPU
+  decoder is never used (:func:`use_gpu_decoder`): nvJPEG's IDCT and chroma upsampling
+  are not libjpeg's, so its pixels can differ by a few levels from the release's decoder
+  (PIL), and the official protocol decodes like the release.
 - CPU-decoded images bound for CUDA are copied into pinned host memory by the decoding
   thread and uploaded with ``non_blocking=True`` on a side stream by the assembler; the
   stream is synchronised before the batch is handed over.
@@ -76,10 +79,32 @@ __all__ = [
     "batched_jpeg_available",
     "image_size_hw",
     "jpeg_fast_path_size_hw",
+    "use_gpu_decoder",
 ]
 
 #: What a batch entry holds: (H, W, 3) uint8 numpy, (3, H, W) uint8 tensor, or the error.
 DecodedImage = Union[np.ndarray, torch.Tensor, ImageDecodeError]
+
+
+def use_gpu_decoder(requested: bool | None, cuda: bool, protocol: str = "full") -> bool:
+    """Whether the loader decodes JPEGs with the batched torchvision decoder (nvJPEG on CUDA).
+
+    ``requested`` None: on a CUDA device when torchvision is importable, except under
+    ``protocol == "official"``, which decodes like the release (PIL/libjpeg on the CPU,
+    the decoder the parity tests check): nvJPEG's pixels may differ from it. ``True``
+    forces it (a ValueError under ``official``, or without torchvision); ``False``: never.
+    """
+    if protocol == "official":
+        if requested:
+            raise ValueError("gpu_decode=True: expected the release's CPU decoder under --protocol official "
+                             "(nvJPEG's pixels may differ from it), got a request for the batched decoder")
+        return False
+    if requested is None:
+        return cuda and batched_jpeg_available()
+    if requested and not batched_jpeg_available():
+        raise ValueError("gpu_decode=True needs torchvision (torchvision.io.decode_jpeg), which is not importable")
+    return bool(requested)
+
 
 @dataclass
 class LoaderStats:
@@ -153,6 +178,8 @@ class ImageLoader:
         executor: a thread pool to read and decode in (e.g. one kept for many shards);
             ``num_threads`` is then ignored, and the pool is not shut down by :meth:`close`
             (only this loader's pending work is cancelled). Default: a pool of its own.
+        protocol: the run's ``--protocol``; ``official`` decodes every image with the
+            release's CPU decoder (:func:`use_gpu_decoder`).
 
     Iterate once; use as a context manager (or call :meth:`close`) to stop the threads
     early. ``stats`` (:class:`LoaderStats`) is updated as batches are produced.
@@ -172,6 +199,7 @@ class ImageLoader:
         pin_memory: bool | None = None,
         name_fn: Callable[[Any], str] | None = None,
         executor: ThreadPoolExecutor | None = None,
+        protocol: str = "full",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -191,11 +219,7 @@ class ImageLoader:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         cuda = self.device.type == "cuda"
-        if gpu_decode is None:
-            gpu_decode = cuda and batched_jpeg_available()
-        elif gpu_decode and not batched_jpeg_available():
-            raise ValueError("gpu_decode=True needs torchvision (torchvision.io.decode_jpeg), which is not importable")
-        self.gpu_decode = bool(gpu_decode)
+        self.gpu_decode = use_gpu_decoder(gpu_decode, cuda, protocol)
         self.pin_memory = bool(cuda if pin_memory is None else pin_memory) and cuda
         self.name_fn = name_fn or _default_name
         self.stats = LoaderStats()

@@ -97,7 +97,8 @@ class ShardProcessor:
 
         At most ``prefetch_batches`` batches are read and decoded ahead (memory stays
         bounded even for a shard of 4000x3000 photos); on CUDA, plain JPEGs are decoded
-        on the GPU and images arrive as device tensors. With a ``crash_log``: one image
+        on the GPU (not under ``--protocol official``: the release's CPU decoder) and images
+        arrive as device tensors. With a ``crash_log``: one image
         at a time, nothing ahead, each named in the log before it is read; the images
         it lists as crashed are left out.
         """
@@ -115,6 +116,7 @@ class ShardProcessor:
         loader = ImageLoader(
             items, read, batch_size=batch_size, prefetch=prefetch, max_pixels=self.options.max_pixels,
             device=self.engine.device, name_fn=lambda item: item[0].file_name, executor=self._io,
+            protocol=getattr(self.engine.config, "protocol", "full"),  # official: the release's CPU decoder
         )
         with loader:
             for batch in loader:

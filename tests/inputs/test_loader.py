@@ -209,3 +209,55 @@ def test_shared_executor_is_used_and_left_running():
                 assert len(_collect(loader)) == 5
         assert pool.submit(lambda: 1).result() == 1  # still usable
     assert names and all(n.startswith("shared") for n in names)
+
+
+# ----------------------------------------------------------------------------- --protocol official (issue 21.9)
+
+
+def test_official_protocol_never_takes_the_gpu_decoder(monkeypatch):
+    """On CUDA with torchvision, the batched (nvJPEG) decoder is the default, except under
+    --protocol official, which decodes like the release (PIL on the CPU); forcing it
+    there is refused. (The choice is checked without a GPU.)"""
+    from annotator.inputs import loader
+    from annotator.inputs.loader import use_gpu_decoder
+
+    monkeypatch.setattr(loader, "batched_jpeg_available", lambda: True)
+    assert use_gpu_decoder(None, cuda=True, protocol="full") is True
+    assert use_gpu_decoder(None, cuda=True, protocol="official") is False
+    assert use_gpu_decoder(None, cuda=False, protocol="full") is False
+    assert use_gpu_decoder(False, cuda=True, protocol="full") is False
+    with pytest.raises(ValueError, match="release's CPU decoder under --protocol official"):
+        use_gpu_decoder(True, cuda=True, protocol="official")
+    assert ImageLoader([], lambda item: b"", gpu_decode=True).gpu_decode  # torchvision's CPU decoder, for tests
+    with pytest.raises(ValueError, match="--protocol official"):
+        ImageLoader([], lambda item: b"", gpu_decode=True, protocol="official")
+
+
+def test_the_shard_processor_hands_the_protocol_to_the_loader(monkeypatch, tmp_path):
+    """What ShardProcessor builds its loader with: the engine's protocol."""
+    from annotator.config import EngineConfig
+    from annotator.engine import Engine
+    from annotator.inputs.vocab import Vocabulary
+    from annotator.shards import processor as processor_module
+    from annotator.shards.processor import ShardProcessor
+    from annotator.shards.task import RunOptions, make_shards
+    from tests.synthetic import VOCAB, write_dataset
+
+    images, _, _ = write_dataset(tmp_path, 2, size_hw=(32, 48), nested=False)
+    seen: list[str] = []
+
+    class SpyLoader(ImageLoader):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("protocol", "full"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(processor_module, "ImageLoader", SpyLoader)
+    for protocol in ("official", "full"):
+        engine = Engine(EngineConfig(model="toy", saliency="toy", device="cpu", protocol=protocol),
+                        Vocabulary.from_names(VOCAB))
+        proc = ShardProcessor(engine, RunOptions(output=str(tmp_path / protocol), metadata={}))
+        try:
+            list(proc._decoded(make_shards(list_images(str(images)), 2)[0], {"read": 0.0, "decode": 0.0}))
+        finally:
+            proc.close()
+    assert seen == ["official", "full"]
