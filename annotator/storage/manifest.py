@@ -398,12 +398,13 @@ def open_output(
     existing manifest must be compatible (else OutputConflictError), and part files
     without a manifest are refused (their origin is unknown).
     """
+    replaced = False  # an unreadable manifest.json replaced: the folder was a run's (only its files go)
     try:
         existing = Manifest.load(output, storage_options)
     except ManifestError:
         if not overwrite:
             raise
-        existing = None
+        existing, replaced = None, True
         clear(output, storage_options)  # an unreadable manifest of ours: --overwrite replaces it
     if existing is None:
         stray = list_parts(output, storage_options)
@@ -413,7 +414,7 @@ def open_output(
                 "resumed safely, and --overwrite replaces only a run's own output: move them away, or choose "
                 "another output."
             )
-        foreign = foreign_entries(output, storage_options)
+        foreign = [] if replaced else foreign_entries(output, storage_options)
         if foreign:
             raise OutputConflictError(
                 f"output {output} is not empty and holds no {MANIFEST_NAME}: it is not an annotator run folder "
