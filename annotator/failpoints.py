@@ -11,7 +11,8 @@ Grammar: entries separated by ``;``, each ``POINT=TYPE[(ERRNO)][:MESSAGE][*COUNT
 
 - ``POINT``: one of :data:`POINTS` (``engine.forward``: the engine's batch forward;
   ``parts.write``: a part file's write; ``actor.start``: an actor's start-up;
-  ``listing``: the listing of the source).
+  ``listing``: the listing of the source; ``image.read``: each attempt at reading one
+  image file).
 - ``TYPE``: one of :data:`ERROR_TYPES`: ``RuntimeError``, ``OSError``, ``MemoryError``,
   ``TimeoutError``, ``ConnectionError``, or ``torch.cuda.OutOfMemoryError`` (raised as
   such when torch is already imported in the failing process, else as its base class
@@ -71,6 +72,7 @@ POINTS = {
     "parts.write": "a part file's write (annotator.storage.parts.write_part)",
     "actor.start": "an actor's start-up (annotator.distributed.ray_runner)",
     "listing": "the listing of the source (annotator.inputs.listing)",
+    "image.read": "one image file's read, each attempt (annotator.inputs.listing.read_image_bytes)",
 }
 TORCH_OOM = "torch.cuda.OutOfMemoryError"
 _BUILTIN_TYPES: dict[str, type[BaseException]] = {

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from annotator import __version__
 from annotator.config import ConfigError, EngineConfig
@@ -30,6 +30,7 @@ from annotator.inputs.vocab import Vocabulary, load_vocabulary
 from annotator.models import ResolvedWeights, describe_weights, resolve_weights
 from annotator.records.metadata import RunMetadata
 from annotator.request import SAMPLES_DIR, RunRequest, image_list_entries
+from annotator.shards.retry_failed import describe_tally, scan_failed, tally
 from annotator.shards.task import (
     RunOptions,
     SchedulingStats,
@@ -86,6 +87,9 @@ class OpenedOutput:
     tasks: list[ShardTask]
     pending: list[ShardTask]
     options: RunOptions
+    #: ``--retry-failed``: the error rows of the finished shards that run again, as the run
+    #: found them, ``{shard_index: {image_id: reason}}`` (:func:`annotator.shards.retry_failed.scan_failed`)
+    retried: dict[int, dict[int, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,8 @@ def run_job(request: RunRequest) -> RunResult:
         opened = open_run_output(request, checked, inputs)
         t0 = time.perf_counter()
         stats = annotate_shards(request, checked, opened)
-        return finish(request, checked, inputs, stats, time.perf_counter() - t0)
+        return finish(request, checked, inputs, stats, time.perf_counter() - t0,
+                      retried=opened.retried if request.write.retry_failed else None)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -174,6 +179,9 @@ def open_run_output(request: RunRequest, checked: Validated, inputs: Inputs) -> 
                                 weights=described)
     chash = config_hash(identity)
     tasks = make_shards(inputs.refs, shard_size, inputs.hf)
+    if write.retry_failed and Manifest.load(write.output, checked.storage_options) is None:
+        raise ConfigError(f"--retry-failed: expected an existing run output at {redact_uri(write.output)} (its "
+                          "error rows run again), got none; run without --retry-failed to start it")
     manifest = open_output(
         write.output, config_hash=chash, listing_fingerprint=listing_fingerprint(inputs.refs.file_names()),
         num_shards=len(tasks), shard_size=shard_size, overwrite=write.overwrite,
@@ -184,7 +192,10 @@ def open_run_output(request: RunRequest, checked: Validated, inputs: Inputs) -> 
     manifest.flush_interval_s = MANIFEST_FLUSH_INTERVAL_S
     manifest.adopt_unlisted_parts(lambda i: len(tasks[i].refs))
     done_before = manifest.verified_finished_shards()  # resume trusts only parts that verify
-    pending = [t for t in tasks if t.shard_index not in done_before]
+    retried = scan_failed(write.output, done_before, checked.storage_options) if write.retry_failed else {}
+    for i in retried:  # only the error rows' images run again; the part is replaced, ok rows copied as they are
+        tasks[i].retry_failed = True
+    pending = [t for t in tasks if t.shard_index not in done_before or t.shard_index in retried]
     for i in sorted(shards_with_logs(write.output, checked.storage_options) - done_before):
         if i < len(tasks):
             tasks[i].careful = True  # its worker died in an earlier run: one image at a time
@@ -194,9 +205,13 @@ def open_run_output(request: RunRequest, checked: Validated, inputs: Inputs) -> 
                          output_storage_options=checked.storage_options,
                          max_pixels=max_pixels, max_bytes=read.max_bytes,
                          gt_spec=read.gt, gt_format=read.gt_format)
-    print(f"annotator {__version__}: {listing_line(len(inputs.refs), len(tasks), pending)} from "
-          f"{inputs.description}; output {redact_uri(write.output)}", file=sys.stderr)
-    return OpenedOutput(manifest, tasks, pending, options)
+    line = listing_line(len(inputs.refs), len(tasks), [t for t in pending if not t.retry_failed])
+    if write.retry_failed:
+        failed = sum(len(f) for f in retried.values())
+        line += f"; --retry-failed: {_plural(failed, 'failed row')} in {_plural(len(retried), 'shard')} run again"
+    print(f"annotator {__version__}: {line} from {inputs.description}; output {redact_uri(write.output)}",
+          file=sys.stderr)
+    return OpenedOutput(manifest, tasks, pending, options, retried)
 
 
 def annotate_shards(request: RunRequest, checked: Validated, opened: OpenedOutput, *,
@@ -235,8 +250,12 @@ def annotate_shards(request: RunRequest, checked: Validated, opened: OpenedOutpu
 
 
 def finish(request: RunRequest, checked: Validated, inputs: Inputs, stats: SchedulingStats | None,
-           elapsed_s: float) -> RunResult:
-    """Stage 5: merge, COCO, summary, metrics, report; the verdict as the exit code."""
+           elapsed_s: float, *, retried: dict[int, dict[int, str]] | None = None) -> RunResult:
+    """Stage 5: merge, COCO, summary, metrics, report; the verdict as the exit code.
+
+    ``retried`` (``--retry-failed``): the error rows that ran again, as the run found them;
+    what became of them (recovered, still failing, by reason) is added to ``summary.json``
+    under ``retry_failed`` and to the ``done:`` line."""
     from annotator.outputs.merge import format_summary, reduce_output
 
     output, report = request.write.output, request.write.report
@@ -245,11 +264,18 @@ def finish(request: RunRequest, checked: Validated, inputs: Inputs, stats: Sched
                             image_storage_options=inputs.storage_options or None, verify=False)
     if stats:  # timings vary between runs: kept out of summary.json, which must be reproducible
         write_scheduling(output, checked.storage_options, stats)
+    retry_clause = ""
+    if retried is not None:
+        summary["retry_failed"] = tally(retried, scan_failed(output, retried, checked.storage_options))
+        data = json.dumps(summary, indent=2, sort_keys=True).encode("utf-8")
+        atomic_write_bytes(layout.join_url(output, layout.SUMMARY_NAME), data, checked.storage_options, retries=3)
+        retry_clause = f"; {describe_tally(summary['retry_failed'])}"
     print(format_summary(summary), file=sys.stderr)
     done, failed = summary["expected_images"] or summary["images"], summary["failed"]  # over listed images
     look_at = layout.REPORT_NAME if report else layout.SUMMARY_NAME
     print(f"done: {done} images ({failed} failed) in {elapsed_s:.1f} s; "
-          f"{summary['annotations']} annotations; see {redact_uri(output)}/{look_at}", file=sys.stderr)
+          f"{summary['annotations']} annotations{retry_clause}; see {redact_uri(output)}/{look_at}",
+          file=sys.stderr)
     rate = failed / done if done else 0.0
     if rate > max_failure_rate:
         print(f"error: {failed}/{done} images failed ({rate:.1%}), above --max-failure-rate "

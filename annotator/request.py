@@ -62,6 +62,7 @@ NOT_ROW_AFFECTING = {
     "quiet": "the progress bar",
     "no_report": "report.html and the previews, written after the rows",
     "overwrite": "what to do with an output of another configuration",
+    "retry_failed": "which rows of an output of this configuration run again (its error rows), not what a row holds",
     "max_failure_rate": "the verdict (the exit code), not the rows",
     "storage_options": "credentials and endpoints: never stored",
     "output": "where the rows go",
@@ -146,6 +147,9 @@ class ReadSpec:
             raise ConfigError("--source and --hf-dataset are mutually exclusive; got both")
         if (self.hf_split or self.hf_image_column) and not self.hf_dataset:
             raise ConfigError("--hf-split/--hf-image-column need --hf-dataset")
+        if self.hf_allow_paths_outside and not self.hf_dataset:
+            raise ConfigError("--hf-allow-paths-outside: expected --hf-dataset (it is about a dataset's image cells), "
+                              "got no --hf-dataset")
         if self.gt_format is not None and self.gt_format not in GT_FORMATS:
             raise ConfigError(f"--gt-format: expected one of {GT_FORMATS}, got {self.gt_format!r}")
         if self.gt_is_hf_column and not self.hf_dataset:
@@ -178,17 +182,22 @@ class ModelSpec:
 class WriteSpec:
     """Where to write: the output folder or fsspec URL (a ``user:password@`` in it is
     moved into ``RunRequest.storage_options`` by the request); ``overwrite`` replaces an output
-    made with another configuration or listing; ``report`` writes report.html and the
-    previews."""
+    made with another configuration or listing; ``retry_failed`` runs the error rows of an
+    existing output of the same configuration again (:mod:`annotator.shards.retry_failed`);
+    ``report`` writes report.html and the previews."""
 
     output: str = DEFAULT_OUTPUT
     overwrite: bool = False
     report: bool = True
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
         if not self.output:
             raise ConfigError("--output: expected a folder or an fsspec URL, got an empty string")
+        if self.retry_failed and self.overwrite:
+            raise ConfigError("--retry-failed: expected an output to resume (its error rows run again), got "
+                              "--overwrite too, which replaces the output: choose one")
 
 
 @dataclass(frozen=True)
@@ -339,7 +348,8 @@ class RunRequest:
                           max_bytes=args.max_bytes, max_pixels=args.max_pixels, gt=args.gt,
                           gt_format=args.gt_format),
             model=ModelSpec(engine=engine_config_from_args(args), vocab=args.vocab),
-            write=WriteSpec(output=args.output, overwrite=args.overwrite, report=not args.no_report),
+            write=WriteSpec(output=args.output, overwrite=args.overwrite, report=not args.no_report,
+                            retry_failed=getattr(args, "retry_failed", False)),
             schedule=ScheduleSpec(shard_size=args.shard_size, num_actors=args.num_actors, address=args.address,
                                   max_failure_rate=args.max_failure_rate, quiet=args.quiet),
             storage_options=parse_storage_options(args.storage_options),

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output", default=DEFAULT_OUTPUT, help="output folder or fsspec URL")
     io.add_argument("--overwrite", action="store_true",
                     help="replace an existing output made with another configuration or listing")
+    io.add_argument("--retry-failed", action="store_true",
+                    help="resume an output of this configuration and run its error rows again (unreadable, "
+                         "missing, inference-failed, ...); ok rows are kept as they are (default: a resume "
+                         "leaves finished shards alone)")
     io.add_argument("--image-list", default=None, metavar="FILE",
                     help="only these images: one relative path, stem, or id:N (an image id) per line; an entry "
                          "naming two images is refused (e.g. VOC's ImageSets/Segmentation/val.txt; default: every "

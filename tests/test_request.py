@@ -87,7 +87,8 @@ def _leaves(obj, prefix: str = "") -> dict[str, object]:
 #: Values that the generic rule below would get wrong, and options that need another.
 VALUES = {"--device": "cpu", "--templates": "a {} here", "--storage-options": '{"anon": true}',
           "--patch-sizes": "128,64", "--scale-weights": "1,2,3", "--address": "auto"}
-COMPANIONS = {"--hf-split": ["--hf-dataset", "d"], "--hf-image-column": ["--hf-dataset", "d"]}
+COMPANIONS = {"--hf-split": ["--hf-dataset", "d"], "--hf-image-column": ["--hf-dataset", "d"],
+              "--hf-allow-paths-outside": ["--hf-dataset", "d"]}
 #: EngineConfig fields that no option sets (the engine's internals and the options'
 #: credentials, which come from --storage-options at the top of the request).
 NOT_OPTIONS = {"model.engine.crop_chunk", "model.engine.seed", "model.engine.storage_options"}
@@ -151,6 +152,9 @@ def test_a_request_is_frozen(spec):
     (lambda: RunRequest(read=WriteSpec()), "RunRequest.read: expected ReadSpec, got WriteSpec"),
     (lambda: ReadSpec(source="a", hf_dataset="b"), "--source and --hf-dataset are mutually exclusive"),
     (lambda: ReadSpec(hf_split="train"), "--hf-split/--hf-image-column need --hf-dataset"),
+    (lambda: ReadSpec(hf_allow_paths_outside=True),
+     "--hf-allow-paths-outside: expected --hf-dataset .*got no --hf-dataset"),
+    (lambda: WriteSpec(retry_failed=True, overwrite=True), "--retry-failed: .*got --overwrite too"),
     (lambda: ReadSpec(gt="hf-column:label"), "expected --hf-dataset"),
     (lambda: ReadSpec(gt_format="yolo"),
      r"--gt-format: expected one of \('coco', 'voc-png', 'hf-column'\), got 'yolo'"),
@@ -275,3 +279,18 @@ def test_a_finished_run_refuses_a_changed_row_setting(dataset, tmp_path, ray_ses
     assert rc == 2 and "image_list" in err, err
     assert (out / "manifest.json").read_bytes() == manifest
     assert {p.name: p.read_bytes() for p in (out / "parts").iterdir()} == parts
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hf-allow-paths-outside"], "error: --hf-allow-paths-outside: expected --hf-dataset"),
+    (["--retry-failed", "--overwrite"], "error: --retry-failed: expected an output to resume"),
+])
+def test_an_option_without_its_companion_is_refused_by_the_command(argv, message, tmp_path, capsys):
+    """Exit 2 with one error line, before anything is written (like --hf-split without --hf-dataset)."""
+    from annotator.run import main
+
+    out = tmp_path / "out"
+    assert main([*argv, "--output", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not out.exists()

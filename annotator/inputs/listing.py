@@ -261,6 +261,7 @@ def read_image_bytes(ref_or_uri: ImageRef | str, storage_options: dict | None = 
     shown = redact_uri(uri)
 
     def attempt() -> bytes:
+        failpoint("image.read")  # ANNOTATOR_FAILPOINTS (annotator.failpoints): a storage read that fails
         fs, path = local_or_url_fs(clean, options)
         _check_readable(fs, path, shown, max_bytes)
         with fs.open(path, "rb") as f:

@@ -31,6 +31,7 @@ from annotator.device import DeviceFaultError, free_device_cache, is_device_faul
 from annotator.inputs.decode import ImageDecodeError
 from annotator.inputs.listing import ImageRef, read_image_bytes
 from annotator.inputs.loader import DecodedImage, ImageLoader, image_size_hw
+from annotator.shards import retry_failed
 from annotator.shards.scoring import ImageScore, ShardScorer, ShardScores
 from annotator.shards.task import SHARDS_AT_ONCE, RunOptions, ShardResult, ShardTask
 from annotator.storage import parts
@@ -205,9 +206,12 @@ class ShardProcessor:
         """
         t_start = time.perf_counter()
         times: dict[str, float] = defaultdict(float)
-        hf_names = self.scorer.shard_started(task, _read_hf_labels) if self.scorer is not None else []
         out_opts = self.options.output_storage_options
         out_opts = self.options.storage_options if out_opts is None else out_opts
+        kept = None
+        if task.retry_failed:  # --retry-failed: only the images whose row is not ok run again
+            task, kept = retry_failed.split_task(task, self.options.output, out_opts)
+        hf_names = self.scorer.shard_started(task, _read_hf_labels) if self.scorer is not None else []
         crash_log = CrashLog.open(self.options.output, task.shard_index, out_opts) if task.careful else None
         try:
             recs, scores = self._run_images(task, times, crash_log)
@@ -222,6 +226,8 @@ class ShardProcessor:
         if self.scorer is not None:
             meta["confusion"] = None if scores.confusion is None else scores.confusion.tolist()
             meta["gt_errors"] = scores.gt_errors
+        if kept is not None:  # the old part's ok rows, as they were, beside the retried images' rows
+            recs, meta = kept.merge(recs, meta)
         t0 = time.perf_counter()
         path = parts.part_path(self.options.output, task.shard_index)
         sha = parts.write_part(recs, path, meta, out_opts)

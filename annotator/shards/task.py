@@ -37,6 +37,9 @@ class ShardTask:
     after_device_fault: bool = False
     #: Which attempt this is (0: the first), for the part's provenance in the manifest.
     attempt: int = 0
+    #: ``--retry-failed``: the shard's part exists; only its images whose row is not ``ok``
+    #: run again, the ok rows are copied as they are (:mod:`annotator.shards.retry_failed`).
+    retry_failed: bool = False
 
 
 @dataclass
