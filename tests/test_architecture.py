@@ -330,3 +330,77 @@ def test_every_module_is_in_the_tree_of_docs_design_md():
         + (f"\n  modules not in the tree (add each, with its one job): {missing}" if missing else "")
         + (f"\n  in the tree, not in annotator/: {absent}" if absent else "")
         + (f"\n  named twice: {repeated}" if repeated else ""))
+
+
+# ------------------------------------------------------------ the driver stays small
+
+#: The driver's entry points: what a run, a merge and a report load before any actor runs.
+DRIVER = ("annotator.run", "annotator.job", "annotator.reduce", "annotator.report")
+#: What only an actor (or the engine) may load: hundreds of MB of RSS with a CUDA build.
+ACTOR_ONLY = ("torch", "open_clip", "torchvision")
+
+
+def _module_level_imports(name: str) -> set[str]:
+    """What importing ``name`` imports at once: the imports of its module-level code
+    (class bodies, ``if``/``try``/``with`` blocks included), not those inside functions
+    nor under ``if TYPE_CHECKING:``; with each imported module's parent packages, whose
+    ``__init__`` runs first."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                found.add(mod)
+                found.update(f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in MODULES)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list):
+                    visit(inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    return {".".join(m.split(".")[:i]) for m in found for i in range(1, len(m.split(".")) + 1)}
+
+
+def _chain_to(start: str, targets: tuple[str, ...]) -> list[str] | None:
+    """The shortest chain of module-level imports from ``start`` to a module of
+    ``targets`` (``[start, ..., 'torch']``), or None."""
+    parent: dict[str, str | None] = {start: None}
+    queue = [start]
+    while queue:
+        current = queue.pop(0)
+        for imported in sorted(_module_level_imports(current)):
+            if imported.split(".")[0] in targets:
+                chain = [imported, current]
+                while parent[chain[-1]] is not None:
+                    chain.append(parent[chain[-1]])  # type: ignore[arg-type]
+                return chain[::-1]
+            if imported in MODULES and imported not in parent:
+                parent[imported] = current
+                queue.append(imported)
+    return None
+
+
+def test_the_driver_imports_no_torch_at_module_level():
+    """docs/design.md: the driver (``run``, ``job``, ``reduce``, ``report`` and what they
+    import at module level) loads neither torch nor open_clip; a module the driver imports
+    that needs them where the actor runs imports them inside that function. Static, and
+    naming the chain; ``tests/inputs/test_catalog.py`` runs the driver and checks
+    ``sys.modules``."""
+    chains = {start: _chain_to(start, ACTOR_ONLY) for start in DRIVER}
+    found = {start: chain for start, chain in chains.items() if chain}
+    assert not found, "the driver imports an actor-only library at module level:\n" + "\n".join(
+        "  " + " -> ".join(chain) for chain in found.values())
