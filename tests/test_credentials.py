@@ -41,6 +41,11 @@ EXPORT_MOVED = ("output", "--to", "--images-root")
 EXPORT_REFUSED = ("--image-url-prefix", "--push")
 EXPORT_OTHER = ("--storage-options", "--api-key", "--classes", "--instances", "--ls-from-name", "--ls-to-name",
                 "--model-version", "--project", "--dataset", "--format", "--iscrowd")
+#: ``python -m annotator.serve labelstudio``: it reads no storage options, so every URL or
+#: path option refuses credentials (``--saliency`` in its ``precomputed:`` form).
+SERVE_REFUSED = ("--label-studio-url", "--vocab", "--pretrained", "--dino-weights", "--found-weights",
+                 "--weights-dir", "--saliency")
+SERVE_OTHER = ("--host", "--model-version", "--instances", "--model", "--templates", "--device")
 
 
 def _string_options(parser) -> set[str]:
@@ -53,8 +58,19 @@ def _string_options(parser) -> set[str]:
     return out
 
 
+def _serve_parser():
+    """The parser of ``python -m annotator.serve labelstudio``."""
+    import argparse
+
+    from annotator.serve.__main__ import build_parser as serve_parser
+
+    (sub,) = [a for a in serve_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices["labelstudio"]
+
+
 def test_the_walk_covers_every_string_option_of_the_parsers():
     assert _string_options(run_parser()) == set(RUN_MOVED + RUN_REFUSED + RUN_OTHER)
+    assert _string_options(_serve_parser()) == set(SERVE_REFUSED + SERVE_OTHER)
     assert _string_options(export_parser()) <= set(EXPORT_MOVED + EXPORT_REFUSED + EXPORT_OTHER)
     assert set(EXPORT_MOVED + EXPORT_REFUSED) <= _string_options(export_parser())
 
@@ -269,4 +285,29 @@ def test_a_run_whose_urls_carry_the_credentials_writes_them_nowhere(store, local
         data = fs.cat(path)
         for marker in MARKERS:
             assert marker.encode() not in data, f"{marker} written into s3://{path}"
+    _assert_no_marker([captured.out, captured.err, caplog.text], tmp_path)
+
+
+
+@pytest.mark.parametrize("option", SERVE_REFUSED)
+def test_a_secret_in_a_serve_option_is_refused_and_never_shows(option, local, tmp_path, capsys, caplog,
+                                                               monkeypatch):
+    """``annotator.serve labelstudio``: credentials in a URL or path option are refused
+    (exit 2, one line, the secret masked) before the model loads or a port is opened."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    from annotator.serve.__main__ import main as serve_main
+
+    def never(*args, **kwargs):  # the server must not start
+        raise AssertionError("the backend started")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    value = f"https://{USERINFO}ls.example.invalid/x"
+    argv = {"--vocab": str(local["vocab"]), "--model": "toy", "--saliency": "toy", "--device": "cpu"}
+    argv[option] = f"precomputed:{value}" if option == "--saliency" else value
+    rc = serve_main(["labelstudio", *(x for kv in argv.items() for x in kv)])
+    captured = capsys.readouterr()
+    assert rc == 2, captured.err
+    assert captured.err.startswith(f"error: {option}") and "expected no credentials" in captured.err, captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
     _assert_no_marker([captured.out, captured.err, caplog.text], tmp_path)

@@ -18,6 +18,9 @@ from annotator.cli import HelpFormatter, add_engine_arguments, engine_config_fro
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090  # the port of Label Studio's own ML backend examples
+#: The options (argparse dest) whose value is a URL, a local file or a name: a user:password@ in
+#: them is refused (README, "Paths, credentials, untrusted strings").
+SERVE_REFUSED = ("label_studio_url", "vocab", "pretrained", "dino_weights", "found_weights", "weights_dir")
 
 
 def _classes(text: str) -> tuple[str, ...]:
@@ -110,9 +113,15 @@ def build_app(args: argparse.Namespace):
     from annotator.models import resolve_weights
     from annotator.models.registry import describe_weights
     from annotator.serve.labelstudio_backend import BackendOptions, create_app, load_backend
+    from annotator.storage.redact import refuse_credentials, take_arg_credentials
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: expected 1..65535, received {args.port}")
+    # The one credential rule (annotator.storage.redact): serve reads no storage options, so a
+    # user:password@ in a URL or path option is refused (exit 2), as the export's --push is.
+    take_arg_credentials(args, refuse=SERVE_REFUSED)
+    if (args.saliency or "").startswith("precomputed:"):
+        refuse_credentials(args.saliency.split(":", 1)[1], "--saliency precomputed:")
     if args.max_queue < 0 or args.image_timeout <= 0 or args.max_image_bytes < 1:
         raise ConfigError("--max-queue >= 0, --image-timeout > 0 and --max-image-bytes >= 1 expected, received "
                           f"{args.max_queue}, {args.image_timeout}, {args.max_image_bytes}")
