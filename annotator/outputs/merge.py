@@ -40,7 +40,7 @@ from annotator.storage.layout import (
     SUMMARY_NAME,
     join_url,
 )
-from annotator.storage.state_schema import check_part_footer
+from annotator.storage.state_schema import check_part_footer, refuse_stray_parts
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
     manifest = _manifest(output, storage_options)
     if manifest is not None:
-        refuse_strays(output, paths, manifest.num_shards)
+        refuse_stray_parts(paths, manifest.num_shards, join_url(output, PARTS_DIR))
     if manifest is not None and verify:
         verify_parts(paths, manifest, storage_options)
     footers = read_footers(paths, storage_options, manifest.config_hash if manifest is not None else None)
@@ -224,17 +224,6 @@ def _manifest(output: str, storage_options: dict | None):
 #: run, resumed, recomputes every shard whose part does not verify or does not belong.
 _REDO = ("run annotator.run with this run's arguments again: it recomputes that shard (or move the file out of "
          f"the {PARTS_DIR} folder)")
-
-
-def refuse_strays(output: str, paths: list[str], num_shards: int) -> None:
-    """Part files whose shard index is not one of the run's ``num_shards`` (another run's,
-    copied in) are refused by name: nothing would ever recompute or remove them."""
-    strays = [p for p in paths if (parts.part_index(p) or 0) >= num_shards]
-    if strays:
-        more = f" and {len(strays) - 1} more" if len(strays) > 1 else ""
-        raise ReduceError(f"{strays[0]}{more}: not a part of this run (shard {parts.part_index(strays[0])}; the "
-                          f"run has {num_shards} shards, 0..{num_shards - 1}); move it out of "
-                          f"{join_url(output, PARTS_DIR)} and run the same command again")
 
 
 def _footer(path: str, storage_options: dict | None) -> dict:

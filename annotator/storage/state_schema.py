@@ -18,12 +18,14 @@ never an ``AttributeError`` deep in the code, never a re-run that cannot finish.
 from __future__ import annotations
 
 import logging
+import posixpath
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from annotator.errors import AnnotatorError
 from annotator.records.schema import SchemaValidationError, validate
+from annotator.storage.layout import PART_NAME_RE
 
 __all__ = [
     "MANIFEST_VERSION_READ",
@@ -31,6 +33,7 @@ __all__ = [
     "check_manifest_doc",
     "check_part_footer",
     "misplaced_entries",
+    "refuse_stray_parts",
     "validate_lock_doc",
     "warn_future_times",
 ]
@@ -154,6 +157,23 @@ def warn_future_times(doc: dict, path: str, keys: tuple[str, ...] = ("created", 
 
 
 # ----------------------------------------------------------------------------- part footer
+
+
+def refuse_stray_parts(paths: list[str], num_shards: int, parts_dir: str) -> None:
+    """:class:`StateFileError` naming the first of ``paths`` that is a part file of a
+    shard outside the run's ``num_shards`` (another run's, copied in): nothing would ever
+    recompute or remove it, and its rows would be read twice."""
+    def index(p: str) -> int:
+        m = PART_NAME_RE.match(posixpath.basename(p))
+        return int(m.group(1)) if m else -1
+
+    strays = [p for p in paths if index(p) >= num_shards]
+    if strays:
+        more = f" and {len(strays) - 1} more" if len(strays) > 1 else ""
+        raise StateFileError(f"{strays[0]}{more}: not a part of this run (shard {index(strays[0])}; the run has "
+                             f"{num_shards} shards, 0..{num_shards - 1}); move it out of {parts_dir} and run the "
+                             "same command again")
+
 
 
 def check_part_footer(meta: Any, path: str, way_out: str) -> dict:
