@@ -17,18 +17,21 @@ unless the user asks for a partial export, and then the summary says what is mis
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from annotator.export.common import ExportError
-from annotator.storage.layout import LOCK_NAME, join_url, url_to_fs
+from annotator.storage.layout import LOCK_NAME, PARTS_DIR, join_url, url_to_fs
 from annotator.storage.redact import redact_text
 from annotator.storage.results import read_metadata, resolve_inputs
+from annotator.storage.state_schema import refuse_stray_parts
 
 __all__ = ["Completeness", "IncompleteRunError", "check_run", "live_lease"]
 
@@ -104,8 +107,11 @@ def _listed(output: str, paths: list[str], storage_options: dict | None) -> int 
 
     try:
         manifest = Manifest.load(output, storage_options)
-    except ManifestError:
+    except ManifestError as exc:  # told: the listing then comes from the parts
+        logging.getLogger(__name__).warning("%s; the listing is taken from the parts", exc)
         manifest = None
+    if manifest is not None:  # a part of another run copied in would be read twice (issue 22.6)
+        refuse_stray_parts(paths, manifest.num_shards, join_url(output, PARTS_DIR))
     if manifest is not None and isinstance(manifest.num_images, int):
         return manifest.num_images
     listed = read_metadata(paths, storage_options).get("num_images")
@@ -116,8 +122,12 @@ def _rows(paths: list[str], storage_options: dict | None) -> int:
     total = 0
     for path in paths:
         fs, p = url_to_fs(path, storage_options)
-        with fs.open(p, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
+        try:
+            with fs.open(p, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:  # cut short, not Parquet (issue 22.6): named, not a bug
+            raise ExportError(f"{redact_text(path)}: not a readable Parquet file ({exc}); run annotator.run with the "
+                              "run's arguments again (it recomputes a damaged part and merges the parts again)") from None
     return total
 
 

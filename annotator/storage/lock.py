@@ -278,6 +278,12 @@ def current_holder(output: str, storage_options: dict | None = None) -> str | No
     if not tokens:
         return None
     doc = leases.read(tokens[-1])
+    try:  # a lease that is not one of ours holds nothing a reader must wait for (a writer refuses it)
+        doc = doc if doc is None else validate_lock_doc(doc, join_url(redact_uri(output), LOCK_NAME,
+                                                                      lease_name(tokens[-1])), tokens[-1])
+    except ValueError as exc:
+        log.warning("%s", exc)
+        return None
     if doc is None or _holder_gone(doc):
         return None
     return f"{doc.get('holder', 'another writer')} (lease {tokens[-1]})"
