@@ -46,6 +46,7 @@ __all__ = [
     "is_expected_error",
     "is_own_error",
     "report_error",
+    "report_interrupt",
 ]
 
 #: Exit codes (README, "Failure behaviour").
@@ -126,6 +127,19 @@ def install_interrupt_handlers() -> None:
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_interrupted)
+
+
+#: Exit codes of an interruption (README, "Failure behaviour").
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def report_interrupt(exc: BaseException, after: str, *, stream: TextIO | None = None) -> int:
+    """The end of every command's ``except KeyboardInterrupt``: one ``error:`` line,
+    "interrupted by SIGINT|SIGTERM; ``after``" (what is kept, what to do), and the exit
+    code, 130 for SIGINT (a plain ``KeyboardInterrupt`` too), 143 for SIGTERM."""
+    name = getattr(exc, "signal_name", "SIGINT")
+    print(f"error: interrupted by {name}; {after}", file=stream if stream is not None else sys.stderr, flush=True)
+    return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
 
 
 def is_own_error(exc: BaseException) -> bool:

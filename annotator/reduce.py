@@ -8,19 +8,15 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from annotator.cli import parse_storage_options
-from annotator.errors import (
-    Interrupted,
-    describe_error,
-    install_interrupt_handlers,
-    is_expected_error,
-)
+from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
 from annotator.outputs import merge as _merge
 from annotator.outputs.merge import format_summary, reduce_output
 from annotator.storage.lock import OutputLock
-from annotator.storage.redact import take_arg_credentials
+from annotator.storage.redact import install_log_redaction, redact_uri, take_arg_credentials
+from annotator.storage.retry import as_storage_error
 
 __doc__ = _merge.__doc__
 
@@ -34,18 +30,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-report", action="store_true", help="skip report.html and previews")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # log lines pass through the one redaction, as error lines do
     install_interrupt_handlers()
+    output, opts = None, None  # the output's URL may hold credentials until they are taken
     try:
         take_arg_credentials(args, move=("output",))  # the one credential rule (issue 22.1)
         opts = parse_storage_options(args.storage_options) or None
+        output = args.output
         with OutputLock(args.output, opts, what="annotator.reduce", create=False):  # one writer per output
             summary = reduce_output(args.output, opts, report=not args.no_report)
-    except Interrupted as e:
-        print(f"error: interrupted by {e.signal_name}; nothing half-written is left", file=sys.stderr)
-        return 143 if e.signal_name == "SIGTERM" else 130
-    except Exception as e:  # noqa: BLE001 - one line, never a traceback
-        print(f"error: {describe_error(e)}", file=sys.stderr)
-        return 2 if is_expected_error(e) else 3
+    except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
+        return report_interrupt(e, "nothing half-written is left; run the same command again")
+    except Exception as e:  # noqa: BLE001 - one line; a bug's traceback goes to a crash log (exit 3)
+        what = f"annotator.reduce (output {redact_uri(output)})" if output else "annotator.reduce"
+        return report_error(as_storage_error(e, what), output, opts)
     print(format_summary(summary), file=sys.stderr)
     print(json.dumps({k: summary[k] for k in ("images", "ok", "failed", "annotations")}))
     return 0

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from annotator.cli import parse_storage_options
+from annotator.config import ConfigError
+from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
 from annotator.review.html_report import write_report
-from annotator.storage.redact import redact_text, redact_uri, take_arg_credentials
+from annotator.storage.redact import install_log_redaction, redact_uri, take_arg_credentials
+from annotator.storage.retry import as_storage_error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,14 +32,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fsspec storage options (JSON object) for OUTPUT and the images (default: none, the "
                              "backends' own configuration)")
     args = parser.parse_args(argv)
+    install_log_redaction()  # log lines pass through the one redaction, as error lines do
+    install_interrupt_handlers()
+    output, so = None, None  # the output's URL may hold credentials until they are taken
     try:
         take_arg_credentials(args, move=("output",))  # the one credential rule (issue 22.1)
         so = parse_storage_options(args.storage_options) or None
+        bad = {f"--{k.replace('_', '-')}": v for k in ("samples", "lowest", "max_failures")
+               if (v := getattr(args, k)) < 0}
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: expected >= 0, received {', '.join(map(str, bad.values()))}")
+        output = args.output
         path = write_report(args.output, samples=args.samples, lowest=args.lowest, storage_options=so,
                             max_failures=args.max_failures, seed=args.seed)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
+        return report_interrupt(e, "run the same command again to write the report")
+    except Exception as e:  # noqa: BLE001 - one line; a bug's traceback goes to a crash log (exit 3)
+        what = f"annotator.report (output {redact_uri(output)})" if output else "annotator.report"
+        return report_error(as_storage_error(e, what), output, so)
     print(f"wrote {redact_uri(path)}")
     return 0
 

@@ -20,15 +20,15 @@ from annotator.cli import (
 )
 from annotator.config import DEFAULT_SHARD_SIZE
 from annotator.errors import (
-    Interrupted,
-    describe_error,
     install_interrupt_handlers,
-    is_expected_error,
+    report_error,
+    report_interrupt,
 )
 from annotator.inputs.listing import DEFAULT_MAX_BYTES
 from annotator.job import run_job
 from annotator.request import DEFAULT_OUTPUT, GT_FORMATS, SAMPLES_DIR, RunRequest
-from annotator.storage.redact import install_log_redaction
+from annotator.storage.redact import install_log_redaction, redact_uri
+from annotator.storage.retry import as_storage_error
 
 log = logging.getLogger("annotator")
 
@@ -110,24 +110,26 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 def main(argv: Sequence[str] | None = None) -> int:
     """0 done; 1 done, failure rate above --max-failure-rate; 2 refused or failed (one
-    ``error:`` line); 3 internal error (a bug: one line, the traceback at DEBUG level);
-    130/143 interrupted by SIGINT/SIGTERM (finished shards kept: run it again to resume)."""
+    ``error:`` line: an :class:`~annotator.errors.AnnotatorError`, or a storage error
+    classified as such); 3 internal error (a bug: one ``error:`` line naming the crash
+    log that holds the traceback; :func:`annotator.errors.report_error`); 130/143
+    interrupted by SIGINT/SIGTERM (finished shards kept: run it again to resume)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()  # log lines and warnings pass through the one redaction, as error lines do
     install_interrupt_handlers()
+    request: RunRequest | None = None
     try:
-        return run_job(RunRequest.from_args(args)).exit_code
-    except Interrupted as e:
-        print(f"error: interrupted by {e.signal_name}; the finished shards are recorded, run the same command "
-              "again to resume", file=sys.stderr)
-        return EXIT_SIGTERM if e.signal_name == "SIGTERM" else EXIT_SIGINT
+        request = RunRequest.from_args(args)
+        return run_job(request).exit_code
+    except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
+        return report_interrupt(e, "the finished shards are recorded, run the same command again to resume")
     except Exception as e:  # noqa: BLE001 - every failure is one line, never a traceback
-        print(f"error: {describe_error(e)}", file=sys.stderr)
-        if not is_expected_error(e):
-            logging.getLogger("annotator").debug("internal error", exc_info=True)
-            return EXIT_INTERNAL
-        return EXIT_ERROR
+        # Before the request exists, the output's URL may still hold credentials: no crash log there.
+        output = request.write.output if request is not None else None
+        options = request.storage_options if request is not None else None
+        what = f"annotator.run (output {redact_uri(output)})" if output else "annotator.run"
+        return report_error(as_storage_error(e, what), output, options)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import re
 
+from annotator.config import ConfigError
+
 __all__ = ["RayConnectError", "check_reachable", "ray_address_file", "resolve_ray_address", "short_error"]
 
 
-class RayConnectError(RuntimeError):
+class RayConnectError(ConfigError, RuntimeError):
     """The Ray cluster named by ``--address`` / ``$RAY_ADDRESS`` could not be joined."""
 
 

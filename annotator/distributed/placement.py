@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from annotator.config import ConfigError
+
 __all__ = ["plan_placement", "threads_for_cpus"]
 
 
@@ -27,11 +29,11 @@ def plan_placement(device: str, num_actors: int | None, resources: dict) -> tupl
     the CPU count, so that every actor can be scheduled).
     """
     if num_actors is not None and num_actors < 1:
-        raise ValueError(f"--num-actors: expected >= 1, got {num_actors}")
+        raise ConfigError(f"--num-actors: expected >= 1, got {num_actors}")
     gpus = int(resources.get("GPU", 0))
     if device in ("auto",) and gpus > 0 or device.startswith("cuda"):
         if gpus == 0:
-            raise RuntimeError(f"--device {device}: the Ray cluster has no GPUs")
+            raise ConfigError(f"--device {device}: the Ray cluster has no GPUs")
         n = min(num_actors or gpus, gpus)
         return n, {"num_gpus": 1, "num_cpus": 1}, "cuda"
     cpus = float(resources.get("CPU", 1))

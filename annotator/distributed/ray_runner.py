@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Callable
 
-from annotator.config import EngineConfig
+from annotator.config import ConfigError, EngineConfig
 from annotator.distributed.address import (
     RayConnectError,
     check_reachable,
@@ -49,6 +49,7 @@ from annotator.distributed.address import (
 from annotator.distributed.placement import plan_placement, threads_for_cpus
 from annotator.distributed.policy import ActorSlot, SchedulePolicy
 from annotator.device import DeviceFaultError
+from annotator.errors import FailedShardsError
 from annotator.failpoints import failpoint
 from annotator.failpoints import runtime_env as failpoints_runtime_env
 from annotator.inputs.vocab import Vocabulary
@@ -85,7 +86,7 @@ ACTOR_RESTART_TIMEOUT_S = 600.0
 ACTOR_START_TIMEOUT_S = 1800.0
 
 
-class ShardFailedError(RuntimeError):
+class ShardFailedError(FailedShardsError, RuntimeError):
     """Shards that failed on every attempt (listed; never silently dropped)."""
 
 
@@ -207,7 +208,7 @@ def plan_actors(engine_config: EngineConfig, num_actors: int | None) -> tuple[in
     import ray
 
     if num_actors is not None and num_actors < 1:
-        raise ValueError(f"--num-actors: expected >= 1, got {num_actors}")
+        raise ConfigError(f"--num-actors: expected >= 1, got {num_actors}")
     return plan_placement(engine_config.device, num_actors, ray.cluster_resources())
 
 

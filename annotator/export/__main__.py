@@ -2,8 +2,10 @@
 
 Thin CLI over :data:`annotator.export.EXPORTERS`; ``main(argv)`` returns the exit
 status: 0 ok; 2 bad input or option (an option the format does not honour, a missing
-optional dependency, an incomplete run without ``--partial``, a failed write: the
-previous export is left as it was); 130 interrupted (Ctrl-C; the previous export too).
+optional dependency, an incomplete run without ``--partial``, a failed write classified
+as a storage error: the previous export is left as it was); 3 an internal error (a bug:
+one ``error:`` line naming the crash log, :func:`annotator.errors.report_error`);
+130/143 interrupted by SIGINT/SIGTERM (the previous export too).
 Each option's help names the formats that honour it (from the registry) and its default.
 """
 
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from annotator.cli import parse_storage_options
+from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
 from annotator.export import (
     DEFAULT_LS_IMAGE_URL_PREFIX,
     EXPORTERS,
@@ -25,8 +28,9 @@ from annotator.export import (
     prepare,
 )
 from annotator.export.common import HF_IMAGE_MODES, YOLO_IMAGE_MODES
-from annotator.export.formats import COMMON_OPTIONS, check_given, formats_taking
-from annotator.storage.redact import redact_text, take_arg_credentials
+from annotator.export.formats import COMMON_OPTIONS, MissingExtraError, check_given, formats_taking
+from annotator.storage.redact import install_log_redaction, redact_text, take_arg_credentials
+from annotator.storage.retry import as_storage_error
 
 
 def _scoped(dest: str, text: str) -> str:
@@ -215,31 +219,38 @@ def _run(args: argparse.Namespace, given: set[str]):
     return result
 
 
+def _is_optional_dependency(exc: ImportError) -> bool:
+    """An optional package that a format needs is not installed (a refusal, exit 2), as
+    opposed to an import that fails inside the project (a bug, exit 3)."""
+    name = exc.name or ""
+    return bool(name) and name.split(".")[0] != "annotator" and isinstance(exc, ModuleNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     target = args.to or f"{args.output.rstrip('/')}/exports/{args.format}"
     kept = ("the tasks imported so far stay in the project (pushing again imports the rest)" if args.push
             else f"{redact_text(target)} was left as it was")
+    install_log_redaction()  # a client's log lines (botocore's DEBUG request headers) pass the one redaction
+    install_interrupt_handlers()
+    options: dict | None = None
     try:
         take_arg_credentials(args, move=("output", "to", "images_root"), refuse=("image_url_prefix", "push"),
                              secrets=("api_key",))  # issue 22.1: the one credential rule (annotator.storage.redact)
-        result = _run(args, given_options(parser, argv))
-    except ExportError as exc:
-        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
-    except ImportError as exc:  # an optional dependency the registry does not declare
-        print(f"error: {exc}; install the extra of this format (see the README, 'Use the output')", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk, a lost mount: the previous export stays
-        print(f"error: the {args.format} export failed ({exc.strerror or exc}); {kept}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted; {kept}", file=sys.stderr)
-        return 130
+        options = parse_storage_options(args.storage_options) or None
+        try:
+            result = _run(args, given_options(parser, argv))
+        except ImportError as exc:
+            if isinstance(exc, ExportError) or not _is_optional_dependency(exc):
+                raise
+            raise MissingExtraError(f"{exc}; install the extra of this format (see the README, 'Use the "
+                                    "output')") from exc
+    except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
+        return report_interrupt(e, kept)
+    except Exception as e:  # noqa: BLE001 - one line; a bug's traceback goes to a crash log (exit 3)
+        # The crash log goes to the temporary directory: the run folder is the export's input.
+        return report_error(as_storage_error(e, f"the {args.format} export ({kept})"), None, options)
     print(result.summary())
     for path in result.paths:
         print(f"  {redact_text(path)}")

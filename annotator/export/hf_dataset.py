@@ -27,6 +27,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 
+from annotator.export.formats import MissingExtraError
 from annotator.export.common import ExportOptions, ExportResult, ExportRun
 from annotator.export.masks import label_map_png
 from annotator.records import labels_from_annotations
@@ -63,7 +64,7 @@ def export(output: str, to: str, options: ExportOptions) -> ExportResult:
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - a core dependency
-        raise ImportError("the hf export needs the datasets package: pip install datasets") from e
+        raise MissingExtraError("the hf export needs the datasets package: pip install datasets") from e
     run = ExportRun.open(output, options)
     metadata, class_names, keep, split, so = run.metadata, run.class_names, run.keep, run.split, run.storage_options
     image_so = dict(options.image_storage_options) if options.image_storage_options else so

@@ -35,6 +35,7 @@ from typing import Any
 
 import fsspec
 
+from annotator.errors import AnnotatorError
 from annotator.failpoints import failpoint
 from annotator.inputs.catalog import ImageRef, ImageRefs, ImageRefsBuilder
 from annotator.inputs.decode import ImageDecodeError
@@ -48,8 +49,10 @@ __all__ = [
     "ImageRef",
     "ImageRefs",
     "SourceError",
+    "check_options_taken",
     "has_image_extension",
     "list_images",
+    "options_not_taken",
     "read_image_bytes",
     "redact_uri",
     "resolve_source",
@@ -61,7 +64,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", "
 _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 
 
-class SourceError(ValueError):
+class SourceError(AnnotatorError, ValueError):
     """A source that cannot be listed: missing, empty, or of an unexpected shape."""
 
 
@@ -86,6 +89,50 @@ def resolve_source(uri: str, storage_options: dict | None = None) -> tuple[str, 
     if body.rstrip("/"):
         clean = clean[: len(clean) - (len(body) - len(body.rstrip("/")))]  # DIR/ and DIR are one source
     return clean, options
+
+
+#: Options that fsspec's AbstractFileSystem takes for every file system (its instance cache).
+_FS_BASE_OPTIONS = frozenset({"use_listings_cache", "listings_expiry_time", "max_paths", "skip_instance_cache"})
+
+
+def options_not_taken(uri: str, storage_options: dict | None) -> list[str]:
+    """The ``storage_options`` that the file system of ``uri`` does not take, sorted.
+
+    Decided for the file systems that hand unknown options on to a client that fails on
+    them at the first request (http/https: fsspec passes them to every aiohttp request,
+    so an S3 ``key``/``secret`` given for another store ended in a ``TypeError``): the
+    options it takes are its constructor's named parameters, fsspec's own and those of an
+    aiohttp request. Other file systems take or ignore unknown options themselves: [].
+    """
+    if not storage_options or "://" not in uri:
+        return []
+    protocol = uri.split("://", 1)[0].split("::")[0].lower()
+    if protocol not in ("http", "https"):
+        return []
+    import inspect
+
+    import aiohttp
+    from fsspec.implementations.http import HTTPFileSystem
+
+    def named(fn) -> set[str]:
+        return {n for n, p in inspect.signature(fn).parameters.items()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+
+    taken = named(HTTPFileSystem.__init__) | named(aiohttp.ClientSession._request) | _FS_BASE_OPTIONS
+    return sorted(k for k in storage_options if k not in taken)
+
+
+def check_options_taken(uri: str, storage_options: dict | None, what: str = "--source") -> None:
+    """SourceError naming the ``storage_options`` that ``uri``'s file system does not
+    take (:func:`options_not_taken`), before any request."""
+    extra = options_not_taken(uri, storage_options)
+    if extra:
+        protocol = uri.split("://", 1)[0]
+        raise SourceError(
+            f"--storage-options: {what} {redact_uri(uri)!r} ({protocol}) does not take the option(s) "
+            f"{', '.join(extra)} (options of another store, such as S3's key/secret?): expected only options "
+            "of an HTTP request (headers, auth, client_kwargs, ...)"
+        )
 
 
 # ---------------------------------------------------------------- listing
@@ -130,6 +177,7 @@ def list_images(source: str, storage_options: dict | None = None) -> ImageRefs:
     builder = ImageRefsBuilder()
     others: list[str] = []  # the first few other files (sorted), for the error message
     num_others = 0
+    check_options_taken(clean, options)
     try:
         failpoint("listing")  # ANNOTATOR_FAILPOINTS (annotator.failpoints): tests of a failed listing
         fs, path = local_or_url_fs(clean, options)

@@ -27,9 +27,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from annotator.config import ConfigError
+from annotator.errors import MissingWeightsError
 from annotator.models import weights as W
 
 log = logging.getLogger(__name__)
+
+
+class HubWeightsMissingError(MissingWeightsError, FileNotFoundError):
+    """A checkpoint that its Hugging Face repository does not hold (or could not send):
+    missing weights (exit 2); a FileNotFoundError for callers that catch those."""
 
 TABLE_PATH = Path(__file__).resolve().with_name("open_clip_names.json")
 #: open_clip's default file names in a Hugging Face repository (``open_clip.pretrained``)
@@ -111,14 +118,14 @@ def check_names(model: str, pretrained: str) -> None:
     """ValueError naming the valid values for an unknown model, or an unknown tag that is
     not a checkpoint file nor ``random``."""
     if model not in _models():
-        raise ValueError(
+        raise ConfigError(
             f"--model: unknown open_clip model {model!r}; expected one of open_clip.list_models() "
             f"(e.g. ViT-B-32, ViT-B-16) or the test models 'tiny-random', 'toy'"
         )
     if pretrained in NO_WEIGHTS or _looks_like_file(pretrained) or Path(pretrained).expanduser().is_file():
         return
     if not pretrained_source(model, pretrained):
-        raise ValueError(
+        raise ConfigError(
             f"--pretrained: unknown tag {pretrained!r} for {model}; expected one of {pretrained_tags(model)}, "
             f"a local checkpoint file, or 'random'"
         )
@@ -209,7 +216,7 @@ def _download(source: dict[str, str], weights_dir: str) -> str:
                 return hf_hub_download(repo_id=repo, filename=name, cache_dir=weights_dir)
             except Exception as e:  # noqa: BLE001 - the next name; the last error is reported
                 error = e
-        raise FileNotFoundError(f"no {' or '.join(names)} in {repo} ({error})")
+        raise HubWeightsMissingError(f"no {' or '.join(names)} in {repo} ({error})")
     url = source["url"]
     return str(W.download_verified(url, Path(weights_dir) / os.path.basename(url), _url_sha256(url) or None))
 

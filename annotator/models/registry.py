@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from annotator.config import EngineConfig
+from annotator.config import ConfigError, EngineConfig
 from annotator.models import open_clip_names
 from annotator.models import weights as W
 
@@ -181,7 +181,7 @@ def saliency_backend(name: str) -> SaliencyBackend:
     key = name.split(":", 1)[0] if ":" in name else name
     backend = SALIENCY_BACKENDS.get(key)
     if backend is None or backend.prefix != (":" in name):
-        raise ValueError(f"--saliency: expected one of {', '.join(SALIENCY_NAMES)}, got {name!r}")
+        raise ConfigError(f"--saliency: expected one of {', '.join(SALIENCY_NAMES)}, got {name!r}")
     return backend
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from annotator.errors import MissingWeightsError
+
 if TYPE_CHECKING:  # imported where tensors are loaded: resolving weights needs no torch
     import torch
 
@@ -61,7 +63,7 @@ DRY_RUN_HINT = ("To try the pipeline without any weights, use the test models: -
                 "(they segment saturated colours; the repository's jobs/vocab/colours.txt suits them).")
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(MissingWeightsError, RuntimeError):
     """One or more weight files could not be found locally nor downloaded."""
 
     def __init__(self, missing: list[MissingWeight]):

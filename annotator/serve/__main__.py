@@ -4,7 +4,8 @@ Starts a Label Studio ML backend (:mod:`annotator.serve.labelstudio_backend`): t
 once, then Label Studio's project *Settings* -> *Model* -> *Connect model* with the
 printed URL. Exit status: 0 stopped (Ctrl-C); 2 refused (a bad option, a missing
 vocabulary, the ``serve`` extra not installed: one ``error:`` line with the install
-command); 3 internal error.
+command); 3 internal error (one ``error:`` line naming the crash log with the traceback,
+:func:`annotator.errors.report_error`); 130/143 interrupted while the model loads.
 """
 
 from __future__ import annotations
@@ -87,13 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         print(f"error: {install_hint()} (missing: {exc.name})", file=sys.stderr)
         return 2
-    from annotator.errors import describe_error, is_expected_error
+    from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
+    from annotator.storage.retry import as_storage_error
 
+    install_interrupt_handlers()  # while the model loads; uvicorn installs its own while it serves
     try:
         app, url = build_app(args)
-    except Exception as e:  # noqa: BLE001 - one line, never a traceback
-        print(f"error: {describe_error(e)}", file=sys.stderr)
-        return 2 if is_expected_error(e) else 3
+    except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
+        return report_interrupt(e, "the backend was not started")
+    except Exception as e:  # noqa: BLE001 - one line; a bug's traceback goes to a crash log (exit 3)
+        return report_error(as_storage_error(e, "annotator.serve"))
     print(f"Label Studio ML backend on {url} (model version {app.state.backend.model_version}); connect it in the "
           "project's Settings -> Model -> Connect model", file=sys.stderr, flush=True)
     try:

@@ -40,6 +40,7 @@ __all__ = [
     "TRANSIENT",
     "TRANSIENT_CODES",
     "TRANSIENT_ERRNOS",
+    "as_storage_error",
     "is_transient_storage_error",
     "retry",
     "storage_error_kind",
@@ -238,3 +239,25 @@ def _is_storage_failure(exc: BaseException) -> bool:
                for c in type(e).__mro__)
         for e in _chain(exc)
     )
+
+
+def as_storage_error(exc: BaseException, what: str) -> BaseException:
+    """What a command reports for ``exc`` (:func:`annotator.errors.report_error`): a
+    storage or storage-client error that reached the command unclassified (an
+    ``OSError``, botocore's ``EndpointConnectionError``, an HTTP client's error) becomes a
+    :class:`~annotator.errors.StorageError` naming ``what`` (exit 2), its kind from
+    :func:`storage_error_kind`; anything else (the project's own error, a bug) is
+    returned as it is. Only the error itself is looked at, not what it was raised while
+    handling: a ``KeyError`` raised in an ``except OSError`` block stays a bug."""
+    from annotator.errors import AnnotatorError
+
+    if isinstance(exc, AnnotatorError) or not isinstance(exc, Exception):
+        return exc
+    client = any(c.__module__.split(".")[0] in ("botocore", "aiohttp", "gcsfs", "s3fs", "requests")
+                 for c in type(exc).__mro__)
+    if not (isinstance(exc, OSError) or client or _http_kind(exc) is not None
+            or _is_instance(exc, _TRANSIENT_CLIENT_TYPES + _PERMANENT_CLIENT_TYPES)):
+        return exc
+    error = StorageError(what, exc, storage_error_kind(exc))
+    error.__cause__ = exc
+    return error

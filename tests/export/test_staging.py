@@ -183,5 +183,5 @@ def test_a_real_sigint_is_exit_130_with_the_previous_export_intact(synthetic_out
     run = subprocess.run([sys.executable, "-c", _SIGINT_SCRIPT, output, "--format", "masks", "--to", str(to)],
                          capture_output=True, text=True, cwd=repo, timeout=300)
     assert run.returncode == 130, run.stderr[-2000:]
-    assert run.stderr.strip().splitlines() == [f"error: interrupted; {to} was left as it was"]
+    assert run.stderr.strip().splitlines() == [f"error: interrupted by SIGINT; {to} was left as it was"]
     assert _files(to) == before and _leftovers(to.parent) == []
