@@ -9,7 +9,7 @@ import math
 
 from annotator.config import ConfigError
 
-__all__ = ["plan_placement", "threads_for_cpus"]
+__all__ = ["actors_that_fit", "plan_placement", "threads_for_cpus"]
 
 
 def threads_for_cpus(assigned_cpus: float | None, planned: int) -> int:
@@ -40,3 +40,15 @@ def plan_placement(device: str, num_actors: int | None, resources: dict) -> tupl
     n = num_actors or max(1, int(cpus) // 2)
     per_actor = max(1, int(cpus) // n) if n <= cpus else math.floor(cpus / n * 1e4) / 1e4
     return n, {"num_cpus": per_actor}, "cpu"
+
+
+def actors_that_fit(device: str, num_actors: int | None, resources: dict, per_actor: dict) -> int:
+    """How many actors of ``per_actor`` resources (as :func:`plan_placement` gave them at
+    the start) the cluster's ``resources`` hold now, capped as :func:`plan_placement` caps
+    them: the target when nodes join a run in progress (one more actor per new GPU; on
+    CPUs, more only while ``--num-actors`` is not given)."""
+    n, _, _ = plan_placement(device, num_actors, resources)
+    if per_actor.get("num_gpus"):
+        return min(n, int(float(resources.get("GPU", 0)) / per_actor["num_gpus"] + 1e-9))
+    cpus = float(per_actor.get("num_cpus") or 0)
+    return min(n, int(float(resources.get("CPU", 0)) / cpus + 1e-9)) if cpus else n

@@ -86,6 +86,7 @@ class SchedulePolicy:
         self.died: set[int] = set()  # their actor died under them: retried carefully
         self.retries = 0
         self.device_retries = 0  # attempts that failed on a device fault (requeued free)
+        self.requeued: set[int] = set()  # shards that ran again, for any reason (counted or free)
 
     # -- handing out work
 
@@ -175,6 +176,7 @@ class SchedulePolicy:
         else:
             log.info("shard %d requeued to run alone (its actor died while it ran beside another shard: %s)", i, why)
         task.attempt += 1
+        self.requeued.add(i)
         self.queue.appendleft(task)
 
     def no_actor_left(self, slots: list[ActorSlot]) -> None:

@@ -25,6 +25,9 @@ Failure handling (see the README, "Failure behaviour"):
   error: :class:`~annotator.device.DeviceFaultError`) is retried without using up an
   attempt; an actor whose device fails ``MAX_DEVICE_FAULTS`` attempts in a row is retired
   (:meth:`~annotator.distributed.policy.SchedulePolicy.device_failed`).
+- The run starts as soon as one actor has loaded its engine; the others join when they
+  are ready. While shards are queued, the driver looks at the cluster's resources every
+  ``GROW_INTERVAL_S``: a node that joined gets actors (:func:`~annotator.distributed.placement.actors_that_fit`).
 - Shards that failed every attempt are listed in :class:`ShardFailedError`, raised after
   every other shard finished (their parts are written and recorded): never dropped.
 """
@@ -39,6 +42,7 @@ import time
 from collections.abc import Callable
 
 from annotator.config import ConfigError, EngineConfig
+from annotator.device import DeviceFaultError
 from annotator.distributed.address import (
     RayConnectError,
     check_reachable,
@@ -46,9 +50,8 @@ from annotator.distributed.address import (
     resolve_ray_address,
     short_error,
 )
-from annotator.distributed.placement import plan_placement, threads_for_cpus
+from annotator.distributed.placement import actors_that_fit, plan_placement, threads_for_cpus
 from annotator.distributed.policy import ActorSlot, SchedulePolicy
-from annotator.device import DeviceFaultError
 from annotator.errors import FailedShardsError
 from annotator.failpoints import failpoint
 from annotator.failpoints import runtime_env as failpoints_runtime_env
@@ -84,6 +87,8 @@ log = logging.getLogger(__name__)
 ACTOR_RESTART_TIMEOUT_S = 600.0
 #: How long actors may take to start (load the engine) before the run is abandoned.
 ACTOR_START_TIMEOUT_S = 1800.0
+#: How often, while shards are queued, the driver looks for nodes that joined the cluster.
+GROW_INTERVAL_S = 2.0
 
 
 class ShardFailedError(FailedShardsError, RuntimeError):
@@ -244,9 +249,15 @@ def run_shards(
     # and written (ShardProcessor serialises the device work; see worker.py).
     Actor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=SHARDS_AT_ONCE,
                        runtime_env=failpoints_runtime_env(), **resources)(_ShardActor)  # None unless armed
-    slots = [ActorSlot(Actor.remote(cfg, vocabulary, options, threads, make_processor)) for _ in range(n)]
+    def spawn() -> ActorSlot:
+        return ActorSlot(Actor.remote(cfg, vocabulary, options, threads, make_processor))
+
+    def target() -> int:  # nodes may join (or leave) while the run goes on
+        return actors_that_fit(device, num_actors, ray.cluster_resources(), resources)
+
+    slots = [spawn() for _ in range(n)]
     try:
-        stats = _schedule(tasks, slots, device, on_done, in_flight_per_actor or SHARDS_AT_ONCE)
+        stats = _schedule(tasks, slots, device, on_done, in_flight_per_actor or SHARDS_AT_ONCE, spawn, target)
         if threads:  # as the actors report it (what torch really runs with)
             with contextlib.suppress(Exception):  # an actor lost at the very end: keep the plan's figure
                 stats.threads_per_actor = threads_for_cpus(resources["num_cpus"], threads)
@@ -261,34 +272,48 @@ def run_shards(
 # One event loop over Ray's waits (results, restart probes, timeouts); every decision is
 # SchedulePolicy's, this only translates Ray's events for it.
 def _schedule(tasks: list[ShardTask], slots: list[ActorSlot], device: str, on_done: Callable[[ShardResult], None],
-              in_flight_per_actor: int) -> SchedulingStats:
+              in_flight_per_actor: int, spawn: Callable[[], ActorSlot] | None = None,
+              target: Callable[[], int] | None = None) -> SchedulingStats:
     """The driver's loop over ``slots`` (actors already created): Ray's waits and
-    results here, every decision in :class:`SchedulePolicy`; see :func:`run_shards`."""
+    results here, every decision in :class:`SchedulePolicy`; see :func:`run_shards`.
+    ``spawn``/``target``: create one more actor / how many the cluster holds now (a node
+    that joins mid-run gets actors; None: a fixed set)."""
     import ray
 
-    _wait_for_engines(slots)
+    joining = _wait_for_engines(slots)
     loop = _ShardLoop(SchedulePolicy(tasks, in_flight_per_actor), slots, on_done,
-                      SchedulingStats(actors=len(slots), device=device))
+                      SchedulingStats(actors=len(slots), device=device), spawn, target)
+    for s in joining:
+        loop.join(s)
     for s in slots:
         loop.fill(s)
     while loop.inflight or (loop.policy.queue and loop.probes):
         ready, _ = ray.wait(list(loop.inflight) + list(loop.probes), num_returns=1,
-                            timeout=1.0 if loop.probes else None)
+                            timeout=1.0 if loop.probes or (loop.policy.queue and spawn) else None)
         t_event = time.perf_counter()  # from here to the loop's end: the driver's own time
         loop.handle(ready[0] if ready else None, t_event)
         loop.stats.driver_overhead_s += time.perf_counter() - t_event
     return loop.finish()
 
 
-def _wait_for_engines(slots: list[ActorSlot]) -> None:
-    """Fail fast with the real error (e.g. missing weights) if engines cannot load."""
+def _wait_for_engines(slots: list[ActorSlot]) -> list[ActorSlot]:
+    """Wait until one engine has loaded, failing fast with the real error (e.g. missing
+    weights) when the first to answer cannot load; returns the slots still loading (they
+    join the run when ready, e.g. on a node that is still starting)."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+    refs = {s.handle.ready.remote(): s for s in slots}
     try:
-        ray.get([s.handle.ready.remote() for s in slots], timeout=ACTOR_START_TIMEOUT_S)
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=ACTOR_START_TIMEOUT_S)
+        if not ready:
+            raise GetTimeoutError(f"no actor was ready within {ACTOR_START_TIMEOUT_S:.0f} s")
+        ray.get(ready[0])
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        ray.get(done)
     except (RayActorError, RayTaskError, GetTimeoutError) as e:
         raise ShardFailedError(f"the Ray actors could not load the engine, no shard ran: {short_error(e)}") from e
+    return [s for ref, s in refs.items() if ref not in done]
 
 
 class _ShardLoop:
@@ -296,7 +321,11 @@ class _ShardLoop:
     the statistics) and what it does on each of Ray's events."""
 
     def __init__(self, policy: SchedulePolicy, slots: list[ActorSlot], on_done: Callable[[ShardResult], None],
-                 stats: SchedulingStats):
+                 stats: SchedulingStats, spawn: Callable[[], ActorSlot] | None = None,
+                 target: Callable[[], int] | None = None):
+        self.spawn = spawn
+        self.target = target
+        self.grown_at = time.perf_counter()
         self.policy = policy
         self.slots = slots
         self.on_done = on_done
@@ -308,6 +337,31 @@ class _ShardLoop:
         """Submit to ``s`` the shards the policy gives it."""
         for ref, task in self.policy.fill(s, lambda task: s.handle.process.remote(task)):
             self.inflight[ref] = (s, task)
+
+    def join(self, s: ActorSlot) -> None:
+        """An actor still loading its engine (a new one, or one on a node still starting):
+        it gets work once its ``ready()`` answers, like a restarted actor."""
+        s.probe = s.handle.ready.remote()
+        s.probe_since_s = time.perf_counter()
+        self.probes[s.probe] = s
+
+    def grow(self, now: float) -> None:
+        """Every ``GROW_INTERVAL_S`` while shards are queued: one more actor for each that
+        the cluster now holds beyond the live ones (a node joined)."""
+        if self.spawn is None or self.target is None or not self.policy.queue or now - self.grown_at < GROW_INTERVAL_S:
+            return
+        self.grown_at = now
+        try:
+            more = min(self.target() - sum(not s.retired for s in self.slots), len(self.policy.queue))
+        except Exception as e:  # noqa: BLE001 - the cluster's resources unreadable for a moment: later
+            log.debug("cluster resources: %s", short_error(e))
+            return
+        for _ in range(max(0, more)):
+            s = self.spawn()
+            self.slots.append(s)
+            self.stats.actors += 1
+            self.join(s)
+            log.info("a node joined: one more actor (%d)", len(self.slots))
 
     def start_probe(self, s: ActorSlot) -> None:
         """Ask a dead actor whether Ray has restarted it (``ready()``, retried by Ray)."""
@@ -332,6 +386,7 @@ class _ShardLoop:
             self._probe_returned(ref)
         elif ref is not None and ref in self.inflight:
             self._shard_returned(ref)
+        self.grow(now)
         self.policy.no_actor_left(self.slots)
         for s in self.slots:
             self.fill(s)  # serialising and submitting the next shards
@@ -382,6 +437,7 @@ class _ShardLoop:
         self.policy.close()
         self.stats.retries = self.policy.retries + self.policy.device_retries
         self.stats.device_faults = self.policy.device_retries
+        self.stats.shards_retried = len(self.policy.requeued)
         message = self.policy.failure_message()
         if message:
             raise ShardFailedError(message)

@@ -97,6 +97,8 @@ class SchedulingStats:
     retries: int = 0
     #: attempts that failed on a device fault (out of memory, a CUDA error) and ran again
     device_faults: int = 0
+    #: shards that ran more than once, whatever the cause (a failure, an actor or node lost)
+    shards_retried: int = 0
     restarts: int = 0
     shards_done: int = 0
     driver_overhead_s: float = 0.0
