@@ -273,6 +273,10 @@ class ShardProcessor:
                                     p.result()
                     if crash_log is not None:
                         crash_log.save(None)  # a death from here on is not the last image's
+                except DeviceFaultError:
+                    if crash_log is not None:  # the worker lives: not a death on the image in progress
+                        crash_log.save(None)
+                    raise
                 finally:
                     for k, v in self.engine.timings.items():  # only the device holder runs the engine
                         times[k] += v - engine_before.get(k, 0.0)

@@ -325,3 +325,26 @@ def test_an_error_about_one_image_is_still_its_row_at_once(dataset, engine, tmp_
     _, result, rows = _process(faulty, tmp_path, task)
     assert result.errors == 1
     assert [r["file_name"] for r in rows[0] if r["status"] != "ok"] == [bad]
+
+
+def test_a_device_fault_in_careful_mode_is_not_a_death_on_the_image(dataset, engine, tmp_path):
+    """A shard retried carefully (its actor died before) whose attempt fails on the device:
+    the crash log does not count a death on the image in progress (two such faults would
+    otherwise make it a worker-crashed row)."""
+    from annotator.device import DeviceFaultError
+    from annotator.storage.crashlog import CrashLog
+
+    images, _, _ = dataset
+    task = make_shards(list_images(str(images)), 4)[0]
+    task.careful = True
+    faulty = FaultyDevice(engine, lambda: RuntimeError("CUDA error: an illegal memory access was encountered"),
+                          faults=1)
+    meta = {"vocabulary": engine.vocabulary.names, "config_hash": "test"}
+    proc = ShardProcessor(faulty, RunOptions(output=str(tmp_path / "out"), metadata=meta))
+    try:
+        with pytest.raises(DeviceFaultError):
+            proc.process(task)
+    finally:
+        proc.close()
+    log = CrashLog.open(str(tmp_path / "out"), task.shard_index)
+    assert log.deaths == {} and log.crashed == []
