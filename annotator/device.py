@@ -219,11 +219,13 @@ class DeviceFaultError(RuntimeError):
 
 def _messages(exc: BaseException) -> str:
     """The lower-case messages of ``exc`` and of its causes (torch wraps some)."""
-    out, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        out.append(str(exc).lower())
-        exc = exc.__cause__ or exc.__context__
+    out: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        out.append(str(cur).lower())
+        cur = cur.__cause__ or cur.__context__
     return "\n".join(out)
 
 

@@ -63,6 +63,7 @@ class ActorSlot:
     probe_since_s: float = 0.0
     retired: str | None = None  # why it gets no more work
     device_faults: int = 0  # device-fault attempts in a row (reset when a shard finishes)
+    joining: bool = False  # loading its engine for the first time (its probe is ready())
 
     @property
     def available(self) -> bool:

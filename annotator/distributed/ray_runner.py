@@ -343,6 +343,7 @@ class _ShardLoop:
         it gets work once its ``ready()`` answers, like a restarted actor."""
         s.probe = s.handle.ready.remote()
         s.probe_since_s = time.perf_counter()
+        s.joining = True
         self.probes[s.probe] = s
 
     def grow(self, now: float) -> None:
@@ -381,7 +382,8 @@ class _ShardLoop:
     def handle(self, ref, now: float) -> None:
         """One turn of the loop: ``ref`` returned (None: the wait timed out) at ``now``."""
         for s in [s for s in self.probes.values() if now - s.probe_since_s > ACTOR_RESTART_TIMEOUT_S]:
-            self.retire(s, f"not back {ACTOR_RESTART_TIMEOUT_S:.0f} s after it died")
+            self.retire(s, f"not ready {ACTOR_RESTART_TIMEOUT_S:.0f} s after it was started" if s.joining
+                        else f"not back {ACTOR_RESTART_TIMEOUT_S:.0f} s after it died")
         if ref is not None and ref in self.probes:
             self._probe_returned(ref)
         elif ref is not None and ref in self.inflight:
@@ -398,9 +400,10 @@ class _ShardLoop:
         s.probe = None
         try:
             ray.get(ref)
-            log.info("an actor is back after a restart")
+            log.info("an actor joined the run" if s.joining else "an actor is back after a restart")
         except Exception as e:  # noqa: BLE001 - e.g. the engine no longer loads
-            self.retire(s, f"could not be restarted ({short_error(e)})")
+            self.retire(s, f"could not {'start' if s.joining else 'be restarted'} ({short_error(e)})")
+        s.joining = False
 
     def _shard_returned(self, ref) -> None:
         import ray

@@ -166,8 +166,7 @@ class ShardProcessor:
                     self.batch_size = max(1, min(self.batch_size, len(batch)) // 2)
                     log.warning("device out of memory on a batch of %d; this actor now uses batches of %d",
                                 len(batch), self.batch_size)
-        retrying = task is not None and task.after_device_fault and attempt is not None
-        if not retrying:
+        if task is None or not task.after_device_fault or attempt is None:
             raise DeviceFaultError(f"{type(e).__name__}: {e}", out_of_memory=oom) from e
         if len(batch) > 1:
             log.warning("device fault on a retried batch (%s); running its %d images one by one", e, len(batch))
