@@ -126,8 +126,9 @@ def _rows(paths: list[str], storage_options: dict | None) -> int:
             with fs.open(p, "rb") as f:
                 total += pq.ParquetFile(f).metadata.num_rows
         except (pa.ArrowException, OSError) as exc:  # cut short, not Parquet (issue 22.6): named, not a bug
-            raise ExportError(f"{redact_text(path)}: not a readable Parquet file ({exc}); run annotator.run with the "
-                              "run's arguments again (it recomputes a damaged part and merges the parts again)") from None
+            raise ExportError(f"{redact_text(path)}: not a readable Parquet file ({exc}); run annotator.run with "
+                              "the run's arguments again (it recomputes a damaged part and merges the parts again)"
+                              ) from None
     return total
 
 

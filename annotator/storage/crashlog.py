@@ -48,6 +48,7 @@ from annotator.storage.layout import (
 )
 from annotator.storage.parts import atomic_write_bytes, parts_dir_names
 from annotator.storage.redact import SECRET_KEYS, redact_text
+from annotator.storage.state_schema import check_crashlog_doc
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class CrashLog:
         except ValueError as exc:  # written atomically, so only a foreign file can be bad
             log.warning("%s: unreadable crash log (%s); starting a new one", self.path, exc)
             doc = {}
+        doc = check_crashlog_doc(doc, self.path)  # a list, mistyped deaths: started anew, told (issue 22.6)
         deaths = doc.get("deaths")
         self.deaths = {str(k): int(v) for k, v in deaths.items()} if isinstance(deaths, dict) else {}
         current = doc.get("current")

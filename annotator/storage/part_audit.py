@@ -100,6 +100,8 @@ def audit_unlisted_parts(
         if p in listed:
             continue
         index = part_index(p)
+        if index is None:  # list_parts lists part names only
+            continue
         why = None
         try:
             with fs.open(p, "rb") as f:

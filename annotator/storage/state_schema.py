@@ -12,6 +12,8 @@ never an ``AttributeError`` deep in the code, never a re-run that cannot finish.
   entries that point anywhere but their own shard's part (two shards at one part, a
   part outside the output), which the manifest forgets so that those shards run again;
   :func:`warn_future_times`: its times lying in the future (a wrong clock: told, harmless);
+- :func:`check_crashlog_doc`: a shard's crash log (``crashlog.schema.json``), started
+  anew when it is not one of ours;
 - :func:`check_part_footer`: the run metadata of a part file (``part-footer.schema.json``).
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import posixpath
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from annotator.errors import AnnotatorError
@@ -30,6 +32,7 @@ from annotator.storage.layout import PART_NAME_RE
 __all__ = [
     "MANIFEST_VERSION_READ",
     "StateFileError",
+    "check_crashlog_doc",
     "check_manifest_doc",
     "check_part_footer",
     "misplaced_entries",
@@ -141,19 +144,33 @@ def _parse_time(text: Any) -> datetime | None:
         t = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def warn_future_times(doc: dict, path: str, keys: tuple[str, ...] = ("created", "updated")) -> list[str]:
     """Warn about (and return) the ``keys`` of ``doc`` whose ISO 8601 time lies in the
     future: a clock set wrong, or a folder copied from one. Harmless here (no decision is
     taken on these times), so only told."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ahead = [k for k in keys if (t := _parse_time(doc.get(k))) is not None and t - now > FUTURE_SLACK]
     if ahead:
         log.warning("%s: %s lies in the future (%s); a clock is set wrong somewhere. Resuming anyway: no "
                     "decision depends on it", path, " and ".join(ahead), doc[ahead[0]])
     return ahead
+
+
+# ----------------------------------------------------------------------------- crash log
+
+
+def check_crashlog_doc(doc: Any, path: str) -> dict:
+    """``doc`` (a parsed shard crash log) when it matches ``crashlog.schema.json``, else
+    ``{}`` with a warning naming ``path``: the log is started anew (repaired), instead of
+    failing the shard on every attempt of every re-run."""
+    problem = _schema_problem(doc, "crashlog")
+    if problem is None:
+        return doc
+    log.warning("%s: not a crash log this annotator wrote (%s); starting a new one", path, problem)
+    return {}
 
 
 # ----------------------------------------------------------------------------- part footer
