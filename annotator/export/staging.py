@@ -32,6 +32,7 @@ import fsspec
 
 from annotator.export.common import ExportError
 from annotator.storage.redact import redact_text
+from annotator.storage.state_schema import check_export_marker
 
 __all__ = ["MARKER_NAME", "Staging", "final_location", "open_staging"]
 
@@ -138,6 +139,8 @@ def open_staging(target: str, format: str, storage_options: Mapping[str, Any] | 
         if fs.isdir(fs_target) and not replaceable:
             entries = fs.ls(fs_target, detail=False)
             names = {posixpath.basename(str(e).rstrip("/")) for e in entries}
+            if MARKER_NAME in names:  # read back: a marker that is not ours marks nothing (issue 22.6)
+                check_export_marker(fs.cat_file(posixpath.join(fs_target, MARKER_NAME)), f"{shown}/{MARKER_NAME}")
             if names and MARKER_NAME not in names:
                 raise ExportError(
                     f"--to {shown}: the folder holds {len(names)} entries and no {MARKER_NAME}, so it is not an "

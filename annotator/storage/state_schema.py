@@ -14,11 +14,14 @@ never an ``AttributeError`` deep in the code, never a re-run that cannot finish.
   :func:`warn_future_times`: its times lying in the future (a wrong clock: told, harmless);
 - :func:`check_crashlog_doc`: a shard's crash log (``crashlog.schema.json``), started
   anew when it is not one of ours;
+- :func:`check_export_marker`: an earlier export's ``.annotator-export.json``, before
+  the folder it marks is replaced;
 - :func:`check_part_footer`: the run metadata of a part file (``part-footer.schema.json``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 from collections.abc import Callable
@@ -33,6 +36,7 @@ __all__ = [
     "MANIFEST_VERSION_READ",
     "StateFileError",
     "check_crashlog_doc",
+    "check_export_marker",
     "check_manifest_doc",
     "check_part_footer",
     "misplaced_entries",
@@ -171,6 +175,25 @@ def check_crashlog_doc(doc: Any, path: str) -> dict:
         return doc
     log.warning("%s: not a crash log this annotator wrote (%s); starting a new one", path, problem)
     return {}
+
+
+# ----------------------------------------------------------------------------- export marker
+
+
+def check_export_marker(raw: bytes, path: str) -> dict:
+    """The marker ``path`` of an earlier export (``export-marker.schema.json``), else
+    :class:`StateFileError`: a folder whose marker is not ours may hold the user's own
+    files, and an export replaces its folder as a whole."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        problem: str | None = f"not JSON: {exc}"
+    else:
+        problem = _schema_problem(doc, "export-marker")
+    if problem is not None:
+        raise StateFileError(f"{path}: not an export marker this annotator wrote ({problem}), so its folder may not "
+                             "be an earlier export that this one may replace; choose a new or empty folder for --to")
+    return doc
 
 
 # ----------------------------------------------------------------------------- part footer

@@ -136,6 +136,16 @@ def _crashlog(text: str) -> Callable[[Path], None]:
     return damage
 
 
+def _marker(text: str) -> Callable[[Path], None]:
+    """An earlier export in the export's --to (tmp_path/export, beside ``out``) with its marker damaged."""
+    def damage(out: Path) -> None:
+        folder = out.parent / "export"
+        folder.mkdir()
+        (folder / "mine.txt").write_text("a file the user keeps")
+        (folder / ".annotator-export.json").write_text(text)
+    return damage
+
+
 def _copy_part(src: str, dst: str) -> Callable[[Path], None]:
     return lambda out: shutil.copyfile(out / "parts" / src, out / "parts" / dst)
 
@@ -275,6 +285,17 @@ CASES = {
                                       command="export", way_out=_run_again),
     "export-part-not-parquet": Case(_without_merged(_raw("parts/" + P1, "garbage")), P1, command="export",
                                     way_out=_run_again),
+    # an earlier export's marker in --to: not ours -> the folder is not replaced (the user's files stay)
+    "export-marker-not-json": Case(_marker("{not json"), ".annotator-export.json", command="export",
+                                   way_out=lambda out, ds: shutil.rmtree(out.parent / "export")),
+    "export-marker-list": Case(_marker("[]"), ".annotator-export.json", command="export",
+                               way_out=lambda out, ds: shutil.rmtree(out.parent / "export")),
+    "export-marker-null": Case(_marker("null"), ".annotator-export.json", command="export",
+                               way_out=lambda out, ds: shutil.rmtree(out.parent / "export")),
+    "export-marker-foreign": Case(_marker(json.dumps({"name": "site", "files": []})), ".annotator-export.json",
+                                  command="export", way_out=lambda out, ds: shutil.rmtree(out.parent / "export")),
+    "export-marker-wrong-type": Case(_marker(json.dumps({"format": 3})), ".annotator-export.json",
+                                     command="export", way_out=lambda out, ds: shutil.rmtree(out.parent / "export")),
     "export-stray-foreign-part": Case(_without_merged(_copy_part("part-00000.parquet", "part-00007.parquet")),
                                       "part-00007.parquet", command="export",
                                       way_out=_move_out("parts/part-00007.parquet")),
@@ -310,6 +331,8 @@ def test_damaged_state_is_refused_with_a_way_out_or_repaired(name, ds, reference
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert rc == 2 and len(errors) == 1, err
         assert case.names in errors[0], errors[0]
+        if (out.parent / "export" / "mine.txt").exists():  # a refused export replaced nothing
+            assert (out.parent / "export" / "mine.txt").read_text() == "a file the user keeps"
         if case.way_out is None:
             return
         if case.way_out == "overwrite":
@@ -356,3 +379,13 @@ def test_footer_schema_accepts_a_real_part(reference):
 
     for part in sorted((reference / "parts").glob("part-*.parquet")):
         check_part_footer(read_part_metadata(str(part)), str(part), "")
+
+
+@pytest.mark.parametrize("name", ["lease", "part-footer", "crashlog", "export-marker", "manifest"])
+def test_state_schemas_are_valid_json_schema(name):
+    import jsonschema
+
+    from annotator.records.schema import load_schema
+
+    schema = load_schema(name)
+    jsonschema.validators.validator_for(schema).check_schema(schema)
