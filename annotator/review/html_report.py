@@ -49,7 +49,7 @@ from annotator.review.palette import class_colors, hex_color
 from annotator.storage import parts
 from annotator.storage.layout import METRICS_NAME, PREVIEWS_DIR, REPORT_NAME, join_url
 from annotator.storage.redact import redact_value
-from annotator.storage.results import image_score, read_metadata, resolve_inputs
+from annotator.storage.results import background_confidence, image_score, read_metadata, resolve_inputs
 
 __all__ = ["ReportStats", "write_report"]
 
@@ -369,7 +369,8 @@ def write_report(
     lowest_keeper, background_keeper = _Keeper(lowest), _Keeper(lowest)
     sample_keeper = _Keeper(samples + 2 * lowest)
     for record in parts.iter_records(paths, dict(storage_options or {}) or None):
-        score = image_score(record)  # foreground confidence; background confidence when background only
+        # foreground confidence; background confidence when background only (image_score gives those 0)
+        score = image_score(record) if record.annotations else background_confidence(record)
         stats.add(record, score, max_failures)
         if record.status != "ok":
             continue

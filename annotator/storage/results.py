@@ -18,7 +18,7 @@ from annotator.storage import parts
 from annotator.storage.layout import ANNOTATIONS_NAME, join_url
 from annotator.storage.redact import redact_text
 
-__all__ = ["RunOutputError", "image_score", "read_metadata", "resolve_inputs"]
+__all__ = ["RunOutputError", "background_confidence", "image_score", "read_metadata", "resolve_inputs"]
 
 
 class RunOutputError(AnnotatorError, ValueError):
@@ -69,11 +69,21 @@ def read_metadata(paths: list[str], storage_options: Mapping[str, Any] | None = 
 
 
 def image_score(record: Any) -> float | None:
-    """One confidence number per image, in [0, 1], or None for an error row.
+    """One confidence number per image, in [0, 1], for sorting a review queue (the
+    Label Studio prediction ``score``, the FiftyOne sample's and the hf export's
+    ``score``); None for an error row (no prediction).
 
-    The area-weighted mean of the annotation scores (= the mean confidence over the
-    foreground pixels); for an image without annotations, the mean of its confidence
-    map (``confidence_png``); None when neither is available.
+    - An image with annotations: the area-weighted mean of its annotation scores (= the
+      mean confidence over its labelled pixels): the model's confidence in what it drew.
+    - An image labelled background only: **0.0**. Its prediction is "nothing here", and a
+      reviewer who sorts by score, lowest first, must meet it first: an empty prediction
+      is where a whole object is likeliest to be missed (a weak mask costs a correction, a
+      missed object a whole annotation nobody is prompted to make). The mean of its
+      confidence map would say the opposite: a saliency that found nothing makes the
+      background look certain, which ranked these images as the most confident of the
+      run. How certain the background is stays available as
+      :func:`background_confidence` (the review report orders its "nothing found" list
+      by it).
     """
     if getattr(record, "status", "ok") != "ok":
         return None
@@ -81,8 +91,14 @@ def image_score(record: Any) -> float | None:
     total_area = sum(int(a.area) for a in annotations)
     if total_area > 0:
         return float(sum(float(a.score) * int(a.area) for a in annotations) / total_area)
-    if record.confidence_png:
+    return 0.0
 
-        conf = records.decode_confidence_png(record.confidence_png)
-        return float(conf.mean()) if conf.size else None
-    return None
+
+def background_confidence(record: Any) -> float | None:
+    """How certain the background of a background-only image is: the mean of its
+    confidence map (``confidence_png``), in [0, 1]; None for an error row, an image with
+    annotations, or no confidence map."""
+    if getattr(record, "status", "ok") != "ok" or list(record.annotations or []) or not record.confidence_png:
+        return None
+    conf = records.decode_confidence_png(record.confidence_png)
+    return float(conf.mean()) if conf.size else None
