@@ -20,7 +20,8 @@ One sample per ok image of the run, with these fields:
 - ``confidence``: ``fo.Heatmap`` whose ``map`` is the run's 8-bit confidence map
   (round(255 * confidence), ``range=[0, 255]``);
 - ``score``: the image's confidence (:func:`annotator.storage.results.image_score`),
-  so that ``dataset.sort_by("score")`` shows the least confident pre-labels first.
+  so that ``dataset.sort_by("score")`` shows the least confident pre-labels first (the
+  background-only images, scored 0, before all others).
 
 Failed images are not samples: they are counted (``failed_images``), named in the
 export's warnings and in ``dataset.info["failed_images"]`` (the first

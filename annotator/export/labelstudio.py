@@ -19,7 +19,8 @@ produced by the SDK's ``label_studio_sdk.converter.brush.mask2rle`` on the mask 
 255. The SDK is an optional dependency (``pip install 'annotator[labelstudio]'``).
 
 The prediction ``score`` is :func:`annotator.export.image_score`: the area-weighted mean
-of the annotation scores (the mean confidence over the labelled pixels).
+of the annotation scores (the mean confidence over the labelled pixels); 0 for an image
+labelled background only, so that it comes first for review.
 
 Images: ``data.image`` is ``image_url_prefix`` followed by the percent-encoded
 ``file_name``. The default prefix ``/data/local-files/?d=`` serves the files from Label
