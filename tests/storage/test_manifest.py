@@ -172,3 +172,20 @@ def test_unlisted_parts_are_taken_back_only_when_they_belong(tmp_path, caplog):
     assert "part-00007.parquet: not taken back (shard 7 is outside this run's 5 shards)" in text
     assert "part-00004.parquet: not taken back (unreadable" in text
     assert m.adopt_unlisted_parts(lambda i: 2) == []
+
+
+def test_where_a_part_was_made_is_recorded_and_old_entries_still_load(tmp_path):
+    """``made_by`` (issue 21.6): node id, host, actor, pid and attempt, kept through a
+    save and a load; an entry without it (an older manifest, a part taken back) loads as
+    before; a mistyped one is refused when it is added."""
+    output = str(tmp_path)
+    m = Manifest.create(output, "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", 2, 10)
+    made_by = {"node_id": "ab" * 28, "host": "worker-3", "actor": "cd" * 16, "pid": 4242, "attempt": 1}
+    m.mark_finished(0, part_path(output, 0), 10, sha256="0" * 64, made_by=made_by)
+    m.mark_finished(1, part_path(output, 1), 10, sha256="1" * 64)  # as an older version wrote it
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert doc["finished"]["0"]["made_by"] == made_by and "made_by" not in doc["finished"]["1"]
+    loaded = Manifest.load(output)
+    assert loaded.finished["0"]["made_by"] == made_by and "made_by" not in loaded.finished["1"]
+    with pytest.raises(ValueError, match="not a valid manifest entry"):
+        m.mark_finished(0, part_path(output, 0), 10, sha256="0" * 64, made_by={"attempt": -1})
