@@ -209,3 +209,34 @@ def test_retry_failed_is_refused_without_an_output_or_with_another_configuration
     rc, err = _run(capsys, _argv(dataset, images, out, "--retry-failed", "--max-bytes", "1000000"))
     assert rc == 2 and "error: " in err and "--overwrite" in err, err  # refused like any resume
     assert _parts(out) == before
+
+
+# ----------------------------------------------------------------------------- the module's parts
+
+
+def test_tally_counts_recovered_rows_by_their_old_reason_and_the_others_by_their_new_one():
+    from annotator.shards.retry_failed import describe_tally, tally
+
+    before = {0: {1: "missing", 2: "unreadable"}, 3: {10: "worker-crashed"}}
+    after = {0: {2: "truncated"}}  # shard 3 has no error row left
+    counts = tally(before, after)
+    assert counts == {"retried": 3, "recovered": 2, "recovered_by_reason": {"missing": 1, "worker-crashed": 1},
+                      "still_failing": 1, "still_failing_by_reason": {"truncated": 1}}
+    assert describe_tally(counts) == "retried 3 failed rows: 2 recovered, 1 still failing (truncated: 1)"
+
+
+def test_kept_rows_add_their_scores_to_the_retried_images():
+    from annotator.shards.retry_failed import KeptRows
+
+    kept_record = type("R", (), {"file_name": "a.png"})()
+    kept = KeptRows([kept_record], {"confusion": [[3, 1], [0, 2]],
+                                    "gt_errors": [{"file_name": "a.png", "error": "x"},
+                                                  {"file_name": "b.png", "error": "y"}]})
+    recs, meta = kept.merge(["new"], {"shard_index": 0, "confusion": [[1, 0], [1, 1]], "gt_errors": []})
+    assert recs == [kept_record, "new"]
+    assert meta["confusion"] == [[4, 1], [1, 3]]
+    assert meta["gt_errors"] == [{"file_name": "a.png", "error": "x"}]  # b.png ran again: its old entry goes
+    _, meta = kept.merge([], {"confusion": None, "gt_errors": []})  # no retried image scored
+    assert meta["confusion"] == [[3, 1], [0, 2]]
+    _, meta = KeptRows([], {}).merge([], {"shard_index": 1})  # no ground truth: the footer as the attempt made it
+    assert meta == {"shard_index": 1}

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from annotator.records import ImageRecord, error_reason
@@ -57,7 +58,7 @@ def scan_failed(output: str, shard_indices: Iterable[int], storage_options: dict
     paths = [parts.part_path(output, i) for i in indices]
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="retry-scan") as pool:
         found = list(pool.map(lambda path: _failed_rows(path, storage_options), paths))
-    return {i: failed for i, failed in zip(indices, found) if failed}
+    return {i: failed for i, failed in zip(indices, found, strict=True) if failed}
 
 
 @dataclass
@@ -78,7 +79,7 @@ class KeptRows:
             if old is None or new is None:
                 merged["confusion"] = new if old is None else old
             else:
-                merged["confusion"] = [[a + b for a, b in zip(ra, rb)] for ra, rb in zip(old, new)]
+                merged["confusion"] = (np.asarray(old, dtype=np.int64) + np.asarray(new, dtype=np.int64)).tolist()
             kept_names = {r.file_name for r in self.records}
             merged["gt_errors"] = ([e for e in self.footer.get("gt_errors") or [] if e.get("file_name") in kept_names]
                                    + list(meta.get("gt_errors") or []))
