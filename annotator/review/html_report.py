@@ -50,6 +50,7 @@ from annotator.storage import parts
 from annotator.storage.layout import METRICS_NAME, PREVIEWS_DIR, REPORT_NAME, join_url
 from annotator.storage.redact import redact_value
 from annotator.storage.results import background_confidence, image_score, read_metadata, resolve_inputs
+from annotator.storage.state_schema import check_metrics_doc
 
 __all__ = ["ReportStats", "write_report"]
 
@@ -242,8 +243,7 @@ def _read_metrics(output: str, storage_options: Mapping[str, Any] | None) -> dic
     if not fs.exists(p):
         return None
     with fs.open(p, "rb") as f:
-        doc = json.loads(f.read())
-    return doc if isinstance(doc, dict) else None
+        return check_metrics_doc(f.read(), path)  # not ours: left out, told (issue 22.6)
 
 
 # Long on purpose: the report page, section by section, in reading order.

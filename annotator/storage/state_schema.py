@@ -16,6 +16,8 @@ never an ``AttributeError`` deep in the code, never a re-run that cannot finish.
   anew when it is not one of ours;
 - :func:`check_export_marker`: an earlier export's ``.annotator-export.json``, before
   the folder it marks is replaced;
+- :func:`check_metrics_doc`: ``metrics.json`` as the report reads it back (left out,
+  told, when it is not ours);
 - :func:`check_part_footer`: the run metadata of a part file (``part-footer.schema.json``).
 """
 
@@ -31,12 +33,14 @@ from typing import Any
 from annotator.errors import AnnotatorError
 from annotator.records.schema import SchemaValidationError, validate
 from annotator.storage.layout import PART_NAME_RE
+from annotator.storage.redact import redact_uri
 
 __all__ = [
     "MANIFEST_VERSION_READ",
     "StateFileError",
     "check_crashlog_doc",
     "check_export_marker",
+    "check_metrics_doc",
     "check_manifest_doc",
     "check_part_footer",
     "misplaced_entries",
@@ -194,6 +198,26 @@ def check_export_marker(raw: bytes, path: str) -> dict:
         raise StateFileError(f"{path}: not an export marker this annotator wrote ({problem}), so its folder may not "
                              "be an earlier export that this one may replace; choose a new or empty folder for --to")
     return doc
+
+
+# ----------------------------------------------------------------------------- metrics.json
+
+
+def check_metrics_doc(raw: bytes, path: str) -> dict | None:
+    """A run's ``metrics.json`` read back (the report shows it) when it matches
+    ``metrics.schema.json``, else None with a warning naming it and the way out (the
+    reducer rewrites it from the parts)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        problem: str | None = f"not JSON: {exc}"
+    else:
+        problem = _schema_problem(doc, "metrics")
+    if problem is None:
+        return doc
+    log.warning("%s: not a metrics.json this annotator wrote (%s); left out of the report. Run annotator.reduce "
+                "on the run folder to write it again", redact_uri(path), problem)
+    return None
 
 
 # ----------------------------------------------------------------------------- part footer

@@ -31,6 +31,7 @@ import pytest
 
 from annotator.export.__main__ import main as export_main
 from annotator.reduce import main as reduce_main
+from annotator.report import main as report_main
 from annotator.run import main as run_main
 from annotator.storage import lock
 from annotator.storage.parts import METADATA_KEY, part_sha256
@@ -181,7 +182,7 @@ def _without_merged(damage: Callable[[Path], None]) -> Callable[[Path], None]:
 class Case:
     damage: Callable[[Path], None]
     names: str  # the file the error line or the warning must name
-    command: str = "run"  # run, reduce, export
+    command: str = "run"  # run, reduce, export, report
     refused: bool = True
     #: refused: a change to the folder (or another command), then the same command; "overwrite": the
     #: run with --overwrite
@@ -274,6 +275,12 @@ CASES = {
                                 refused=False, told_by_driver=False),
     "crashlog-foreign": Case(_crashlog(json.dumps({"deaths": ["x"], "current": {"a": 1}})), CRASHLOG,
                              refused=False, told_by_driver=False),
+    # metrics.json, read back by the report: left out of it, told
+    "report-metrics-not-json": Case(_raw("metrics.json", "{not json"), "metrics.json", command="report",
+                                    refused=False),
+    "report-metrics-list": Case(_raw("metrics.json", "[]"), "metrics.json", command="report", refused=False),
+    "report-metrics-missing-keys": Case(_raw("metrics.json", json.dumps({"miou": 0.5})), "metrics.json",
+                                        command="report", refused=False),
     # the export reads the lease, the manifest, annotations.parquet or the parts
     "export-lease-list": Case(_lease([]), "lease-00000001.json", command="export", refused=False),
     "export-lease-foreign": Case(_lease({"Version": "2012-10-17"}), "lease-00000001.json", command="export",
@@ -305,6 +312,8 @@ CASES = {
 def _command(case: Case, ds: dict, out: Path, tmp_path: Path) -> tuple[Callable, list[str]]:
     if case.command == "reduce":
         return reduce_main, [str(out), "--no-report"]
+    if case.command == "report":
+        return report_main, [str(out)]
     if case.command == "export":
         return export_main, [str(out), "--format", "coco", "--to", str(tmp_path / "export")]
     return run_main, _argv(ds, out)
