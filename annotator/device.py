@@ -10,7 +10,9 @@ that device: no model, no Ray (the engine's helpers, usable on their own).
 - :func:`class_stats_torch`: per-class pixel counts and confidence sums on the device;
 - :class:`StageTimer`: seconds per named stage (synchronising CUDA when profiling);
 - :func:`is_device_fault`: whether an engine exception is the device's (out of memory,
-  CUDA/cuDNN/cuBLAS/driver errors, a lost device) rather than one image's;
+  CUDA/cuDNN/cuBLAS/driver errors, a lost device) rather than one image's (the error a
+  shard attempt then fails with, ``DeviceFaultError``, is :mod:`annotator.shards.task`'s:
+  the driver, which imports no torch, must unpickle it);
   :func:`is_out_of_memory` the out-of-memory part of it; :func:`free_device_cache`
   what is done before the device is used again after one.
 """
@@ -29,7 +31,6 @@ from annotator.config import ConfigError
 __all__ = [
     "DEVICE_FAULT_MARKERS",
     "OUT_OF_MEMORY_MARKERS",
-    "DeviceFaultError",
     "StageTimer",
     "autocast",
     "class_stats_torch",
@@ -203,20 +204,6 @@ DEVICE_FAULT_MARKERS = (
 )
 
 
-class DeviceFaultError(RuntimeError):
-    """An engine forward failed because of the device, not of its images: the shard's
-    attempt fails (the scheduler runs it again, and retires an actor whose device keeps
-    failing) instead of writing ``inference-failed`` rows. ``out_of_memory`` tells the
-    next attempt to use a smaller batch."""
-
-    def __init__(self, message: str, out_of_memory: bool = False):
-        super().__init__(message)
-        self.out_of_memory = out_of_memory
-
-    def __reduce__(self):  # crosses process boundaries (Ray) with its flag
-        return (DeviceFaultError, (str(self), self.out_of_memory))
-
-
 def _messages(exc: BaseException) -> str:
     """The lower-case messages of ``exc`` and of its causes (torch wraps some)."""
     out: list[str] = []
@@ -231,10 +218,11 @@ def _messages(exc: BaseException) -> str:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is the device running out of memory: ``torch.cuda.OutOfMemoryError``
-    (or a :class:`DeviceFaultError` saying so), or a ``RuntimeError`` carrying one of
-    :data:`OUT_OF_MEMORY_MARKERS`. A host ``MemoryError`` is not (it is the machine's)."""
-    if isinstance(exc, DeviceFaultError):
-        return exc.out_of_memory
+    (or a :class:`~annotator.shards.task.DeviceFaultError` saying so), or a ``RuntimeError``
+    carrying one of :data:`OUT_OF_MEMORY_MARKERS`. A host ``MemoryError`` is not (it is the
+    machine's)."""
+    if getattr(exc, "device_fault", False):  # a DeviceFaultError (shards.task), without importing it
+        return bool(getattr(exc, "out_of_memory", False))
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
     if oom is not None and isinstance(exc, oom):
         return True
@@ -245,12 +233,12 @@ def is_device_fault(exc: BaseException) -> bool:
     """Whether an exception from the engine is about the device rather than one image.
 
     By type first (``torch.cuda.OutOfMemoryError``, ``torch.AcceleratorError`` where this
-    torch has it, a :class:`DeviceFaultError`), then, since torch raises a plain
+    torch has it, a :class:`~annotator.shards.task.DeviceFaultError`), then, since torch raises a plain
     ``RuntimeError`` for most CUDA, cuDNN and cuBLAS failures, by the markers of
     :data:`DEVICE_FAULT_MARKERS` in a ``RuntimeError``'s message (or its causes'). Other
     types (``ValueError``, ``TypeError``, ``IndexError``, ...) are never device faults:
     they are the image's or a bug's."""
-    if isinstance(exc, DeviceFaultError) or is_out_of_memory(exc):
+    if getattr(exc, "device_fault", False) or is_out_of_memory(exc):
         return True
     for name in ("AcceleratorError",):  # torch >= 2.8 raises this for CUDA runtime errors
         cls = getattr(torch, name, None)

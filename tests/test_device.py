@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from annotator.device import DeviceFaultError, free_device_cache, is_device_fault, is_out_of_memory
+from annotator.device import free_device_cache, is_device_fault, is_out_of_memory
+from annotator.shards.task import DeviceFaultError
 
 
 @pytest.mark.parametrize("exc", [

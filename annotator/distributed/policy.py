@@ -15,7 +15,7 @@ The rules:
 - A shard whose actor died under it is retried *carefully* (one image at a time, each
   named in a crash log first; see :mod:`annotator.storage.crashlog`).
 - A shard whose attempt failed on a device fault (out of memory, a CUDA error: the
-  processor raises :class:`~annotator.device.DeviceFaultError` instead of writing error
+  processor raises :class:`~annotator.shards.task.DeviceFaultError` instead of writing error
   rows) is requeued without using up an attempt (up to ``MAX_FREE_REQUEUES`` times), marked
   ``after_device_fault`` so that its next attempt can tell an image's own fault from the
   device's. The fault is the actor's: after ``MAX_DEVICE_FAULTS`` device-fault attempts in
@@ -128,7 +128,7 @@ class SchedulePolicy:
         self.requeue(task, counted=True, why=why)
 
     def device_failed(self, slot: ActorSlot, ref: Hashable, task: ShardTask, why: str) -> str | None:
-        """``task`` failed on ``slot``'s device (a :class:`~annotator.device.DeviceFaultError`):
+        """``task`` failed on ``slot``'s device (a :class:`~annotator.shards.task.DeviceFaultError`):
         requeued without using up an attempt, marked ``after_device_fault``. Returns why
         ``slot`` must be retired (its ``MAX_DEVICE_FAULTS``-th device fault in a row), or None."""
         self._returned(slot, ref)

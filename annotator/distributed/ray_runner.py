@@ -22,7 +22,7 @@ Failure handling (see the README, "Failure behaviour"):
   ``ACTOR_RESTART_TIMEOUT_S`` or cannot be restarted. When no actor is left the remaining
   shards fail.
 - A shard whose attempt failed on a device fault (out of memory, a CUDA/cuDNN/driver
-  error: :class:`~annotator.device.DeviceFaultError`) is retried without using up an
+  error: :class:`~annotator.shards.task.DeviceFaultError`) is retried without using up an
   attempt; an actor whose device fails ``MAX_DEVICE_FAULTS`` attempts in a row is retired
   (:meth:`~annotator.distributed.policy.SchedulePolicy.device_failed`).
 - The run starts as soon as one actor has loaded its engine; the others join when they
@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 
 from annotator.config import ConfigError, EngineConfig
-from annotator.device import DeviceFaultError
 from annotator.distributed.address import (
     RayConnectError,
     check_reachable,
@@ -52,12 +51,13 @@ from annotator.distributed.address import (
 )
 from annotator.distributed.placement import actors_that_fit, plan_placement, threads_for_cpus
 from annotator.distributed.policy import ActorSlot, SchedulePolicy
-from annotator.errors import FailedShardsError
+from annotator.errors import FailedShardsError, Interrupted, install_interrupt_handlers
 from annotator.failpoints import failpoint
 from annotator.failpoints import runtime_env as failpoints_runtime_env
 from annotator.inputs.vocab import Vocabulary
 from annotator.shards.task import (
     SHARDS_AT_ONCE,
+    DeviceFaultError,
     RunOptions,
     SchedulingStats,
     ShardResult,
@@ -151,12 +151,89 @@ def _where() -> dict:
 RAY_CONNECT_TIMEOUT_S = 60.0
 
 
+#: The processes of the local Ray that :func:`init_ray` started (raylet, GCS, dashboard,
+#: agents), as psutil.Process objects; [] when Ray was joined or already running.
+_LOCAL_RAY: list = []
+#: Whether :func:`init_ray` started or joined this process's Ray (what :func:`stop_ray` ends).
+_RAY_STARTED_HERE: list[bool] = [False]
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM wait until the block is over, then raise
+    :class:`~annotator.errors.Interrupted` (the first one): ``ray.init`` and
+    ``ray.shutdown`` are never cut in the middle (a SIGTERM while Ray started had ended in
+    Ray's handler, exit 134 with a C++ stack dump; a Ctrl-C in Ray's atexit shutdown left
+    its agents running). Ray's own SIGTERM handler is kept out (its ``set_sigterm_handler``
+    is a no-op during the block) and our handlers are installed again afterwards. In a
+    thread other than the main one: nothing is deferred."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import ray._private.utils as ray_utils
+
+    received: list[str] = []
+
+    def record(signum, frame) -> None:
+        received.append(signal.Signals(signum).name)
+
+    saved = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, record)
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = saved
+        install_interrupt_handlers()
+    if received:
+        shutdown_ray()
+        raise Interrupted(received[0])
+
+
+def stop_ray() -> None:
+    """:func:`shutdown_ray` if :func:`init_ray` started or joined this process's Ray (a
+    command's last step, so that nothing is left for Ray's atexit handler); a Ray that
+    was already running in this process (a test's, a notebook's) is left alone."""
+    if _RAY_STARTED_HERE[0]:
+        shutdown_ray()
+
+
 def shutdown_ray() -> None:
-    """Shut down this process's Ray, if one is initialised (for benchmarks and tools)."""
+    """Shut down this process's Ray, if one is initialised, signals deferred; then end
+    whatever is left of a local Ray that :func:`init_ray` started, and their children (its
+    dashboard and runtime-env agents can outlive ``ray.shutdown``): SIGTERM, then SIGKILL
+    after 5 s."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    with _signals_deferred():
+        _RAY_STARTED_HERE[0] = False
+        left = []
+        if _LOCAL_RAY:
+            import psutil
+
+            for p in _LOCAL_RAY:  # the tree before ray.shutdown orphans it
+                with contextlib.suppress(psutil.Error):
+                    if p.is_running():
+                        left += [p, *p.children(recursive=True)]
+            _LOCAL_RAY.clear()
+        if ray.is_initialized():
+            ray.shutdown()
+        if left:
+            import psutil
+
+            left = [p for p in left if p.is_running()]
+            for p in left:
+                with contextlib.suppress(psutil.Error):
+                    p.terminate()
+            _, alive = psutil.wait_procs(left, timeout=5)
+            for p in alive:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(alive, timeout=5)
 
 
 def init_ray(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> str:
@@ -171,8 +248,21 @@ def init_ray(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> s
         return "using the Ray already initialised in this process"
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
     target = resolve_ray_address(address)
+    failpoint("ray.start")  # ANNOTATOR_FAILPOINTS: the interruption tests signal here
+    # The driver's core worker installs no C++ failure-signal handler: a SIGTERM is ours (exit 143).
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     if target is None:
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        import psutil
+
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        with _signals_deferred():
+            _RAY_STARTED_HERE[0] = True
+            try:
+                ray.init(address="local", include_dashboard=False, **kwargs)
+            finally:  # what it started, also when it failed half-way: shutdown_ray ends it
+                _LOCAL_RAY[:] = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
         return f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
     check_reachable(target, min(timeout_s, 10.0))
     outcome: list = []
@@ -183,6 +273,7 @@ def init_ray(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> s
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             outcome.append(e)
 
+    _RAY_STARTED_HERE[0] = True
     worker = threading.Thread(target=join, name="ray-init", daemon=True)
     worker.start()
     worker.join(timeout_s)
@@ -304,6 +395,7 @@ def _wait_for_engines(slots: list[ActorSlot]) -> list[ActorSlot]:
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
     refs = {s.handle.ready.remote(): s for s in slots}
+    failpoint("actors.wait")  # ANNOTATOR_FAILPOINTS: the interruption tests signal here
     try:
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=ACTOR_START_TIMEOUT_S)
         if not ready:
@@ -431,6 +523,7 @@ class _ShardLoop:
         else:
             self.policy.finished(s, ref, task)
             self.on_done(result)
+            failpoint("shard.done")  # ANNOTATOR_FAILPOINTS: the interruption tests signal here
             self.stats.shard_seconds += result.seconds
             self.stats.shards_done += 1
 

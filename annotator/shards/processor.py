@@ -27,13 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from annotator import records
-from annotator.device import DeviceFaultError, free_device_cache, is_device_fault, is_out_of_memory
+from annotator.device import free_device_cache, is_device_fault, is_out_of_memory
 from annotator.inputs.decode import ImageDecodeError
 from annotator.inputs.listing import ImageRef, read_image_bytes
 from annotator.inputs.loader import DecodedImage, ImageLoader, image_size_hw
 from annotator.shards import retry_failed
 from annotator.shards.scoring import ImageScore, ShardScorer, ShardScores
-from annotator.shards.task import SHARDS_AT_ONCE, RunOptions, ShardResult, ShardTask
+from annotator.shards.task import SHARDS_AT_ONCE, DeviceFaultError, RunOptions, ShardResult, ShardTask
 from annotator.storage import parts
 from annotator.storage.crashlog import CRASHED_REASON, CrashLog
 
@@ -134,7 +134,7 @@ class ShardProcessor:
         image by image, to isolate the culprit: its exception becomes its row.
 
         A device fault (out of memory, a CUDA/cuDNN/driver error, a lost device) fails the
-        whole attempt (:class:`~annotator.device.DeviceFaultError`, after the device's cache
+        whole attempt (:class:`~annotator.shards.task.DeviceFaultError`, after the device's cache
         is freed; an out-of-memory halves this processor's batch size), so the scheduler
         runs the shard again. Only on that retry (``task.after_device_fault``) is a
         faulting batch run image by image, and an image that faults ALONE while others

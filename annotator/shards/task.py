@@ -11,11 +11,28 @@ from annotator.inputs.decode import DEFAULT_MAX_PIXELS
 from annotator.inputs.hf import HFSource
 from annotator.inputs.listing import DEFAULT_MAX_BYTES, ImageRef
 
-__all__ = ["SHARDS_AT_ONCE", "RunOptions", "SchedulingStats", "ShardResult", "ShardTask", "make_shards"]
+__all__ = ["SHARDS_AT_ONCE", "DeviceFaultError", "RunOptions", "SchedulingStats", "ShardResult", "ShardTask", "make_shards"]
 
 #: Shards a processor runs at once (a Ray actor's ``max_concurrency``): one holds the
 #: device while the other reads, decodes, encodes and writes.
 SHARDS_AT_ONCE = 2
+
+
+class DeviceFaultError(RuntimeError):
+    """A shard's attempt failed because of the device, not of its images (out of memory, a
+    CUDA/cuDNN/driver error: :func:`annotator.device.is_device_fault`): the scheduler runs
+    it again and retires an actor whose device keeps failing, instead of the part getting
+    ``inference-failed`` rows. ``out_of_memory`` tells the next attempt to use a smaller
+    batch. Defined here, with no torch, because the driver unpickles it."""
+
+    device_fault = True  # how annotator.device recognises it without importing this module
+
+    def __init__(self, message: str, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its flag
+        return (DeviceFaultError, (str(self), self.out_of_memory))
 
 
 @dataclass
@@ -31,7 +48,7 @@ class ShardTask:
     #: One image at a time, each named in a crash log first (see :mod:`annotator.storage.crashlog`):
     #: the driver sets it for a shard whose actor died.
     careful: bool = False
-    #: The previous attempt failed on a device fault (:class:`~annotator.device.DeviceFaultError`):
+    #: The previous attempt failed on a device fault (:class:`DeviceFaultError`):
     #: a faulting batch is now run image by image, and an image that faults alone while
     #: others pass becomes its own ``inference-failed`` row (set by the driver).
     after_device_fault: bool = False

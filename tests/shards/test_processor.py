@@ -246,7 +246,7 @@ def test_a_device_fault_fails_the_attempt_and_the_retry_gives_the_same_part(data
     """A CUDA out-of-memory on the first batch: no part, no error row, a DeviceFaultError
     (the scheduler runs the shard again); the processor's batch is halved, and the retry's
     part holds the same rows as a run without the fault."""
-    from annotator.device import DeviceFaultError
+    from annotator.shards.task import DeviceFaultError
 
     images, _, _ = dataset
     task = make_shards(list_images(str(images)), 4)[0]
@@ -274,7 +274,7 @@ def test_an_image_that_breaks_the_device_alone_is_its_own_row_on_the_retry(datas
     first attempt fails (the device's fault, as far as it can tell); the retry runs that
     batch image by image, the image faults alone while the others pass: one
     ``inference-failed`` row, the others ok."""
-    from annotator.device import DeviceFaultError
+    from annotator.shards.task import DeviceFaultError
 
     images, _, _ = dataset
     task = make_shards(list_images(str(images)), 4)[0]
@@ -300,7 +300,7 @@ def test_an_image_that_breaks_the_device_alone_is_its_own_row_on_the_retry(datas
 def test_a_device_that_still_fails_on_the_retry_fails_the_attempt_again(dataset, engine, tmp_path):
     """On the retry every image faults alone too: the device, not the images: the attempt
     fails again (no part of error rows)."""
-    from annotator.device import DeviceFaultError
+    from annotator.shards.task import DeviceFaultError
 
     images, _, _ = dataset
     task = make_shards(list_images(str(images)), 4)[0]
@@ -331,7 +331,7 @@ def test_a_device_fault_in_careful_mode_is_not_a_death_on_the_image(dataset, eng
     """A shard retried carefully (its actor died before) whose attempt fails on the device:
     the crash log does not count a death on the image in progress (two such faults would
     otherwise make it a worker-crashed row)."""
-    from annotator.device import DeviceFaultError
+    from annotator.shards.task import DeviceFaultError
     from annotator.storage.crashlog import CrashLog
 
     images, _, _ = dataset
