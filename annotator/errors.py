@@ -47,6 +47,7 @@ __all__ = [
     "is_own_error",
     "report_error",
     "report_interrupt",
+    "run_command",
 ]
 
 #: Exit codes (README, "Failure behaviour").
@@ -140,6 +141,35 @@ def report_interrupt(exc: BaseException, after: str, *, stream: TextIO | None = 
     name = getattr(exc, "signal_name", "SIGINT")
     print(f"error: interrupted by {name}; {after}", file=stream if stream is not None else sys.stderr, flush=True)
     return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
+
+
+def _exit_quietly(signum, frame) -> None:
+    """A signal after the command returned (in the interpreter's exit, its atexit
+    handlers): one line and the exit code, no traceback, no "Exception ignored"."""
+    import os
+
+    name = signal.Signals(signum).name
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - exiting anyway
+            pass
+    os.write(2, f"error: interrupted by {name} after the command ended; what it wrote is complete\n".encode())
+    os._exit(EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT)
+
+
+def run_command(main, after: str = "run the same command again") -> None:
+    """``python -m annotator.X``'s last line: ``sys.exit(main())``, where a SIGINT or
+    SIGTERM that arrives after ``main`` returned (while Python exits) still ends in one
+    ``error:`` line and 130/143, never a traceback or "Exception ignored in atexit"."""
+    try:
+        code = main()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _exit_quietly)
+    except KeyboardInterrupt as e:  # between main's return and the quiet handlers
+        code = report_interrupt(e, after)
+    sys.exit(code)
 
 
 def is_own_error(exc: BaseException) -> bool:

@@ -16,11 +16,15 @@ Grammar: entries separated by ``;``, each ``POINT=TYPE[(ERRNO)][:MESSAGE][*COUNT
 - ``TYPE``: one of :data:`ERROR_TYPES`: ``RuntimeError``, ``OSError``, ``MemoryError``,
   ``TimeoutError``, ``ConnectionError``, or ``torch.cuda.OutOfMemoryError`` (raised as
   such when torch is already imported in the failing process, else as its base class
-  ``RuntimeError``; this module never imports torch).
+  ``RuntimeError``; this module never imports torch); or one of :data:`SIGNALS`,
+  ``SIGINT`` / ``SIGTERM``: the point raises nothing, the process sends itself that
+  signal, at once or, with ``:SECONDS``, that many seconds later from a timer thread
+  (so that it arrives while the code after the point runs: inside ``ray.init``, a wait).
+  E.g. ``ray.start=SIGTERM:0.5`` is a SIGTERM half a second into Ray's start-up.
 - ``(ERRNO)``: for ``OSError`` only, an errno name (``ENOSPC``, ``EIO``, ...): the error's
   ``errno``, as a real one would carry.
 - ``MESSAGE``: the error's message (default: ``failpoint POINT``); it may hold ``:``
-  and ``=``, not ``;``.
+  and ``=``, not ``;``. For a signal: the delay in seconds (default 0).
 - ``COUNT``: how many times the point fires in the whole run (default 1), all actors,
   processes and attempts together; after that it passes.
 
@@ -54,6 +58,7 @@ __all__ = [
     "ENV",
     "ERROR_TYPES",
     "POINTS",
+    "SIGNALS",
     "Failpoint",
     "configure",
     "failpoint",
@@ -73,6 +78,14 @@ POINTS = {
     "actor.start": "an actor's start-up (annotator.distributed.ray_runner)",
     "listing": "the listing of the source (annotator.inputs.listing)",
     "image.read": "one image file's read, each attempt (annotator.inputs.listing.read_image_bytes)",
+    # The phases of a command, for the interruption tests (a signal TYPE), in the driver:
+    "ray.start": "just before Ray starts or is joined (annotator.distributed.ray_runner.init_ray)",
+    "actors.wait": "the driver's wait for the actors' engines (annotator.distributed.ray_runner)",
+    "shard.done": "the driver's record of a finished shard, other shards still running (annotator.job)",
+    "merge": "the final merge of the parts, before it starts (annotator.job.finish)",
+    "run.done": "after the run's done: line, before the command returns (annotator.run)",
+    "report": "python -m annotator.report, before the report is written (annotator.report)",
+    "export": "python -m annotator.export, before the export or the Label Studio push (annotator.export)",
 }
 TORCH_OOM = "torch.cuda.OutOfMemoryError"
 _BUILTIN_TYPES: dict[str, type[BaseException]] = {
@@ -82,8 +95,10 @@ _BUILTIN_TYPES: dict[str, type[BaseException]] = {
     "TimeoutError": TimeoutError,
     "ConnectionError": ConnectionError,
 }
-#: The error types a failpoint may raise.
-ERROR_TYPES = (*_BUILTIN_TYPES, TORCH_OOM)
+#: The signals a failpoint may send to its own process instead of raising.
+SIGNALS = ("SIGINT", "SIGTERM")
+#: The error types a failpoint may raise (and the signals it may send).
+ERROR_TYPES = (*_BUILTIN_TYPES, TORCH_OOM, *SIGNALS)
 
 _ENTRY_RE = re.compile(
     r"^(?P<point>[^=]+)=(?P<type>[A-Za-z_][A-Za-z0-9_.]*)(?:\((?P<errno>[A-Z][A-Z0-9]*)\))?"
@@ -160,6 +175,15 @@ def parse(spec: str) -> dict[str, Failpoint]:
             raise _config_error(f"{where}: expected a count *N with N an integer >= 1, received "
                                 f"*{count_text!r}")
         message = m["message"] if m["message"] is not None else f"failpoint {point}"
+        if m["type"] in SIGNALS:
+            message = m["message"] if m["message"] is not None else "0"
+            try:
+                delay = float(message)
+            except ValueError:
+                delay = -1.0
+            if not 0 <= delay <= 3600:
+                raise _config_error(f"{where}: expected a delay in seconds in [0, 3600] after {m['type']}:, "
+                                    f"received {message!r}")
         out[point] = Failpoint(point, m["type"], message, count, code)
     return out
 
@@ -245,7 +269,24 @@ def failpoint(name: str) -> None:
     fp = _active.get(name)
     if fp is None or name in _exhausted or not _claim(fp):
         return
+    if fp.error_type in SIGNALS:
+        _send_signal(fp)
+        return
     raise fp.make_error()
+
+
+def _send_signal(fp: Failpoint) -> None:
+    """The process sends itself ``fp``'s signal, now or ``fp.message`` seconds later."""
+    import signal
+    import threading
+
+    signum, delay = getattr(signal, fp.error_type), float(fp.message)
+    if delay <= 0:
+        os.kill(os.getpid(), signum)
+        return
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 configure(os.environ.get(ENV))

@@ -22,6 +22,7 @@ from annotator import __version__
 from annotator.config import ConfigError, EngineConfig
 from annotator.distributed import ray_runner
 from annotator.errors import install_interrupt_handlers
+from annotator.failpoints import failpoint
 from annotator.inputs.catalog import ImageRef, ImageRefs, ImageRefsBuilder
 from annotator.inputs.decode import DEFAULT_MAX_PIXELS
 from annotator.inputs.hf import HFSource, list_hf_dataset
@@ -260,6 +261,7 @@ def finish(request: RunRequest, checked: Validated, inputs: Inputs, stats: Sched
 
     output, report = request.write.output, request.write.report
     max_failure_rate = request.schedule.max_failure_rate
+    failpoint("merge")  # ANNOTATOR_FAILPOINTS: the interruption tests signal here
     summary = reduce_output(output, storage_options=checked.storage_options or None, report=report,
                             image_storage_options=inputs.storage_options or None, verify=False)
     if stats:  # timings vary between runs: kept out of summary.json, which must be reproducible

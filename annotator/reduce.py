@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from annotator.cli import parse_storage_options
-from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
+from annotator.errors import install_interrupt_handlers, report_error, report_interrupt, run_command
 from annotator.outputs import merge as _merge
 from annotator.outputs.merge import format_summary, reduce_output
 from annotator.storage.lock import OutputLock
@@ -50,4 +50,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

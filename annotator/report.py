@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from annotator.cli import parse_storage_options
 from annotator.config import ConfigError
-from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
+from annotator.errors import install_interrupt_handlers, report_error, report_interrupt, run_command
+from annotator.failpoints import failpoint
 from annotator.review.html_report import write_report
 from annotator.storage.redact import install_log_redaction, redact_uri, take_arg_credentials
 from annotator.storage.retry import as_storage_error
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bad:
             raise ConfigError(f"{', '.join(bad)}: expected >= 0, received {', '.join(map(str, bad.values()))}")
         output = args.output
+        failpoint("report")  # ANNOTATOR_FAILPOINTS: the interruption tests signal here
         path = write_report(args.output, samples=args.samples, lowest=args.lowest, storage_options=so,
                             max_failures=args.max_failures, seed=args.seed)
     except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
@@ -55,4 +56,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

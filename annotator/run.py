@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
 from annotator.cli import (
@@ -19,11 +18,14 @@ from annotator.cli import (
     add_engine_arguments,
 )
 from annotator.config import DEFAULT_SHARD_SIZE
+from annotator.distributed.ray_runner import stop_ray
 from annotator.errors import (
     install_interrupt_handlers,
     report_error,
     report_interrupt,
+    run_command,
 )
+from annotator.failpoints import failpoint
 from annotator.inputs.listing import DEFAULT_MAX_BYTES
 from annotator.job import run_job
 from annotator.request import DEFAULT_OUTPUT, GT_FORMATS, SAMPLES_DIR, RunRequest
@@ -120,8 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_interrupt_handlers()
     request: RunRequest | None = None
     try:
-        request = RunRequest.from_args(args)
-        return run_job(request).exit_code
+        try:
+            request = RunRequest.from_args(args)
+            code = run_job(request).exit_code
+            failpoint("run.done")  # ANNOTATOR_FAILPOINTS: the interruption tests signal after the done: line
+            return code
+        finally:  # the Ray this run started ends here (signals deferred), not in Ray's atexit handler
+            stop_ray()
     except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
         return report_interrupt(e, "the finished shards are recorded, run the same command again to resume")
     except Exception as e:  # noqa: BLE001 - every failure is one line, never a traceback
@@ -133,4 +140,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "the finished shards are recorded, run the same command again to resume")

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from annotator.cli import parse_storage_options
-from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
+from annotator.errors import install_interrupt_handlers, report_error, report_interrupt, run_command
 from annotator.export import (
     DEFAULT_LS_IMAGE_URL_PREFIX,
     EXPORTERS,
@@ -29,6 +29,7 @@ from annotator.export import (
 )
 from annotator.export.common import HF_IMAGE_MODES, YOLO_IMAGE_MODES
 from annotator.export.formats import COMMON_OPTIONS, MissingExtraError, check_given, formats_taking
+from annotator.failpoints import failpoint
 from annotator.storage.redact import install_log_redaction, redact_text, take_arg_credentials
 from annotator.storage.retry import as_storage_error
 
@@ -240,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              secrets=("api_key",))  # issue 22.1: the one credential rule (annotator.storage.redact)
         options = parse_storage_options(args.storage_options) or None
         try:
+            failpoint("export")  # ANNOTATOR_FAILPOINTS: the interruption tests signal here
             result = _run(args, given_options(parser, argv))
         except ImportError as exc:
             if isinstance(exc, ExportError) or not _is_optional_dependency(exc):
@@ -266,4 +268,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)
