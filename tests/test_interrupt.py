@@ -149,3 +149,29 @@ def test_an_export_interrupted_leaves_nothing_and_runs_again(dataset, baseline):
     again = _command("annotator.export", args, None, dataset)
     assert again.returncode == 0, again.stderr[-3000:]
     assert any(to.rglob("*.json"))
+
+
+def test_a_signal_failpoint_sends_the_signal_once_and_a_bad_delay_is_refused(tmp_path):
+    import signal
+
+    from annotator import failpoints
+    from annotator.config import ConfigError
+    from annotator.errors import Interrupted, install_interrupt_handlers
+
+    assert failpoints.parse("ray.start=SIGTERM:0.5")["ray.start"].message == "0.5"
+    for bad in ("merge=SIGINT:soon", "merge=SIGINT:-1"):
+        with pytest.raises(ConfigError, match="delay in seconds"):
+            failpoints.parse(bad)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        install_interrupt_handlers()
+        failpoints.configure("merge=SIGTERM", tmp_path / "fp")
+        with pytest.raises(Interrupted) as caught:
+            failpoints.failpoint("merge")
+            time.sleep(5)  # the handler runs at the next bytecode; never reached
+        assert caught.value.signal_name == "SIGTERM"
+        failpoints.failpoint("merge")  # its one firing is used: nothing now
+    finally:
+        failpoints.configure(os.environ.get(failpoints.ENV))
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
