@@ -90,7 +90,8 @@ def validate_lock_doc(doc: Any, path: str, token: int | None = None) -> dict:
     """``doc`` (a parsed lease ``path``) when it is a lease this annotator wrote, else
     :class:`StateFileError`: its holder could never refresh it, so no one would ever
     remove it. ``token``: the ``N`` of its file name, which the document must repeat."""
-    problem = _schema_problem(doc, "lease")
+    # {}: what the lock's reader makes of a file that is not JSON (or could not be read just now)
+    problem = "empty, not JSON, or not readable just now" if doc == {} else _schema_problem(doc, "lease")
     if problem is None and token is not None and doc["token"] != token:
         problem = f"it says token {doc['token']} but its name says {token}"
     if problem is not None:
