@@ -246,7 +246,7 @@ def init_ray(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> s
 
     if ray.is_initialized():
         return "using the Ray already initialised in this process"
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}  # ray.init types each option
     target = resolve_ray_address(address)
     failpoint("ray.start")  # ANNOTATOR_FAILPOINTS: the interruption tests signal here
     # The driver's core worker installs no C++ failure-signal handler: a SIGTERM is ours (exit 143).
