@@ -180,14 +180,16 @@ def _signals_deferred():
     def record(signum, frame) -> None:
         received.append(signal.Signals(signum).name)
 
-    saved = ray_utils.set_sigterm_handler
-    ray_utils.set_sigterm_handler = lambda handler: None
+    saved = getattr(ray_utils, "set_sigterm_handler", None)  # Ray's private API: absent in another version
+    if saved is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, record)
     try:
         yield
     finally:
-        ray_utils.set_sigterm_handler = saved
+        if saved is not None:
+            ray_utils.set_sigterm_handler = saved
         install_interrupt_handlers()
     if received:
         shutdown_ray()
