@@ -116,8 +116,9 @@ def run_job(request: RunRequest) -> RunResult:
     their handlers are installed (finished shards are kept: run it again to resume)."""
     checked = validate(request)
     inputs = list_inputs(request, checked)
-    with OutputLock(request.write.output, checked.storage_options, what="annotator.run"):  # one writer per output
+    with OutputLock(request.write.output, checked.storage_options, what="annotator.run") as lock:  # one writer
         opened = open_run_output(request, checked, inputs)
+        opened.manifest.fence = lock.check_fence  # a writer that lost the output records nothing more
         t0 = time.perf_counter()
         stats = annotate_shards(request, checked, opened)
         return finish(request, checked, inputs, stats, time.perf_counter() - t0,

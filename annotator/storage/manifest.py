@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from annotator.records.schema import SchemaValidationError, validate
 from annotator.storage.compatibility import OutputConflictError, RunIdentity, differences
@@ -38,8 +38,6 @@ from annotator.storage.layout import (
     url_to_fs,
 )
 from annotator.storage.ownership import clear, foreign_entries
-from annotator.storage.redact import redact_uri
-from annotator.storage.state_schema import StateFileError, check_manifest_doc, misplaced_entries, warn_future_times
 from annotator.storage.part_audit import audit_unlisted_parts, digest_parts
 from annotator.storage.parts import (
     atomic_write_bytes,
@@ -47,6 +45,8 @@ from annotator.storage.parts import (
     part_path,
     part_sha256,
 )
+from annotator.storage.redact import redact_uri
+from annotator.storage.state_schema import StateFileError, check_manifest_doc, misplaced_entries, warn_future_times
 
 __all__ = [
     "MANIFEST_NAME",
@@ -72,7 +72,7 @@ class ManifestError(StateFileError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -99,6 +99,10 @@ class Manifest:
     num_images: int | None = None
     #: Seconds between rewrites by :meth:`mark_finished` (0: every call); see :meth:`flush`.
     flush_interval_s: float = field(default=0.0, repr=False, compare=False)
+    #: Called before every write of manifest.json: the output lease's fence
+    #: (:meth:`~annotator.storage.lock.OutputLock.check_fence`), which raises when this
+    #: writer lost the output to another, so that its late parts are never recorded.
+    fence: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     _dirty: bool = field(default=False, repr=False, compare=False)
     _saved_at: float = field(default=0.0, repr=False, compare=False)
     _save_s: float = field(default=0.0, repr=False, compare=False)
@@ -126,7 +130,9 @@ class Manifest:
         }
 
     def save(self, retries: int = 3) -> None:
-        """Rewrite manifest.json atomically."""
+        """Rewrite manifest.json atomically, after checking :attr:`fence` (the lease)."""
+        if self.fence is not None:
+            self.fence()
         t0 = time.monotonic()
         self.updated = _now()
         doc = self.to_dict()

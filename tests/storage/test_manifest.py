@@ -189,3 +189,30 @@ def test_where_a_part_was_made_is_recorded_and_old_entries_still_load(tmp_path):
     assert loaded.finished["0"]["made_by"] == made_by and "made_by" not in loaded.finished["1"]
     with pytest.raises(ValueError, match="not a valid manifest entry"):
         m.mark_finished(0, part_path(output, 0), 10, sha256="0" * 64, made_by={"attempt": -1})
+
+
+def test_a_writer_that_lost_its_lease_records_nothing_more(tmp_path, monkeypatch):
+    """Every manifest write checks the lease's fence (job.run_job sets it): a writer
+    paused past the staleness limit, whose output another writer took over, stops at its
+    next manifest write naming the new holder, and its late part is never recorded."""
+    from annotator.storage import lock as lock_mod
+    from annotator.storage.lock import LeaseLostError, OutputLock
+
+    monkeypatch.setattr(lock_mod, "STALE_S", 0.5)
+    output = str(tmp_path / "run")
+    first = OutputLock(output, None, what="annotator.run (first)").acquire()
+    m = Manifest.create(output, "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", num_shards=2, shard_size=2)
+    m.fence = first.check_fence
+    p0 = part_path(output, 0)
+    write_part(_records([1, 2]), p0, META)
+    m.mark_finished(0, p0, rows=2)
+    first._stop_heartbeat()  # paused: a stopped VM, a long GC, a partition
+    second = OutputLock(output, None, what="annotator.run (second)").acquire()
+    p1 = part_path(output, 1)
+    write_part(_records([3, 4]), p1, META)  # the late part of the paused writer
+    with pytest.raises(LeaseLostError) as info:
+        m.mark_finished(1, p1, rows=2)
+    assert "annotator.run (second)" in str(info.value) and info.value.exit_code == 2
+    assert set(Manifest.load(output).finished) == {"0"}  # the late part is not recorded
+    second.release()
+    first.release()
