@@ -116,7 +116,8 @@ def run_job(request: RunRequest) -> RunResult:
     their handlers are installed (finished shards are kept: run it again to resume)."""
     checked = validate(request)
     inputs = list_inputs(request, checked)
-    with OutputLock(request.write.output, checked.storage_options, what="annotator.run") as lock:  # one writer
+    with OutputLock(request.write.output, checked.storage_options, what="annotator.run",  # one writer
+                    best_effort=request.write.best_effort_lease or None) as lock:
         opened = open_run_output(request, checked, inputs)
         opened.manifest.fence = lock.check_fence  # a writer that lost the output records nothing more
         t0 = time.perf_counter()

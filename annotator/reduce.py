@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help="fsspec storage options as JSON (default: none, the backends' own configuration)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and previews")
+    p.add_argument("--best-effort-lease", action="store_true",
+                   help="on a store without an atomic create, accept a best-effort lease instead of refusing "
+                        "the output (default: refused; also $ANNOTATOR_BEST_EFFORT_LEASE=1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()  # log lines pass through the one redaction, as error lines do
@@ -37,8 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         take_arg_credentials(args, move=("output",))  # the one credential rule (issue 22.1)
         opts = parse_storage_options(args.storage_options) or None
         output = args.output
-        with OutputLock(args.output, opts, what="annotator.reduce", create=False):  # one writer per output
-            summary = reduce_output(args.output, opts, report=not args.no_report)
+        with OutputLock(args.output, opts, what="annotator.reduce", create=False,  # one writer per output
+                        best_effort=args.best_effort_lease or None) as lock:
+            summary = reduce_output(args.output, opts, report=not args.no_report, fence=lock.check_fence)
     except KeyboardInterrupt as e:  # errors.Interrupted: SIGINT or SIGTERM
         return report_interrupt(e, "nothing half-written is left; run the same command again")
     except Exception as e:  # noqa: BLE001 - one line; a bug's traceback goes to a crash log (exit 3)

@@ -63,6 +63,7 @@ NOT_ROW_AFFECTING = {
     "no_report": "report.html and the previews, written after the rows",
     "overwrite": "what to do with an output of another configuration",
     "retry_failed": "which rows of an output of this configuration run again (its error rows), not what a row holds",
+    "best_effort_lease": "how the output's one writer is enforced on a store without an atomic create",
     "max_failure_rate": "the verdict (the exit code), not the rows",
     "storage_options": "credentials and endpoints: never stored",
     "output": "where the rows go",
@@ -184,12 +185,15 @@ class WriteSpec:
     moved into ``RunRequest.storage_options`` by the request); ``overwrite`` replaces an output
     made with another configuration or listing; ``retry_failed`` runs the error rows of an
     existing output of the same configuration again (:mod:`annotator.shards.retry_failed`);
-    ``report`` writes report.html and the previews."""
+    ``report`` writes report.html and the previews; ``best_effort_lease`` accepts a
+    best-effort lease on a store that offers no atomic create (:mod:`annotator.storage.lock`;
+    refused otherwise)."""
 
     output: str = DEFAULT_OUTPUT
     overwrite: bool = False
     report: bool = True
     retry_failed: bool = False
+    best_effort_lease: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -349,7 +353,8 @@ class RunRequest:
                           gt_format=args.gt_format),
             model=ModelSpec(engine=engine_config_from_args(args), vocab=args.vocab),
             write=WriteSpec(output=args.output, overwrite=args.overwrite, report=not args.no_report,
-                            retry_failed=getattr(args, "retry_failed", False)),
+                            retry_failed=getattr(args, "retry_failed", False),
+                            best_effort_lease=getattr(args, "best_effort_lease", False)),
             schedule=ScheduleSpec(shard_size=args.shard_size, num_actors=args.num_actors, address=args.address,
                                   max_failure_rate=args.max_failure_rate, quiet=args.quiet),
             storage_options=parse_storage_options(args.storage_options),

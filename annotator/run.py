@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resume an output of this configuration and run its error rows again (unreadable, "
                          "missing, inference-failed, ...); ok rows are kept as they are (default: a resume "
                          "leaves finished shards alone)")
+    io.add_argument("--best-effort-lease", action="store_true",
+                    help="on a store without an atomic create (a conditional write), accept a best-effort "
+                         "lease instead of refusing the output (default: refused; local folders, S3 and GCS "
+                         "have one; also $ANNOTATOR_BEST_EFFORT_LEASE=1)")
     io.add_argument("--image-list", default=None, metavar="FILE",
                     help="only these images: one relative path, stem, or id:N (an image id) per line; an entry "
                          "naming two images is refused (e.g. VOC's ImageSets/Segmentation/val.txt; default: every "

@@ -69,6 +69,23 @@ def test_the_failure_rate_is_the_exit_code_of_the_result(dataset, tmp_path, ray_
     assert (result.summary["images"], result.summary["failed"]) == (3, 1)
 
 
+def test_a_store_without_atomic_create_needs_best_effort_lease(dataset, tmp_path, ray_session, monkeypatch, capsys):
+    """On a store that offers no atomic create the run is refused before any work (exit 2
+    naming --best-effort-lease), and runs with it."""
+    from annotator.storage import lock as lock_mod
+
+    monkeypatch.delenv(lock_mod.BEST_EFFORT_ENV, raising=False)
+    monkeypatch.setattr(lock_mod, "supports_atomic_create", lambda fs: False)
+    argv = ["--source", str(dataset["images"]), "--model", "toy", "--saliency", "toy", "--device", "cpu",
+            "--vocab", str(dataset["vocab"]), "--output", str(tmp_path / "out"), "--no-report", "--num-actors", "1",
+            "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--best-effort-lease" in err and not (tmp_path / "out" / "parts").exists()
+    assert main([*argv, "--best-effort-lease"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == 10
+
+
 # ----------------------------------------------------------------------------- the command line
 
 

@@ -18,6 +18,7 @@ import logging
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fsspec
@@ -168,8 +169,13 @@ class MergeCounts:
 
 
 def reduce_output(output: str, storage_options: dict | None = None, *, report: bool = True,
-                  image_storage_options: dict | None = None, verify: bool = True) -> dict:
+                  image_storage_options: dict | None = None, verify: bool = True,
+                  fence: Callable[[], None] | None = None) -> dict:
     """Merge ``OUTPUT/parts`` into the final files; returns the summary dict.
+
+    fence: called before each file is written (the output lease's
+    :meth:`~annotator.storage.lock.OutputLock.check_fence`): raises when this reducer
+    lost the output to another writer, so that it writes nothing more.
 
     verify: check each recorded part's sha256 against the manifest first (the run passes
     False: it verified the parts it resumed and wrote the others itself, moments ago).
@@ -191,18 +197,22 @@ def reduce_output(output: str, storage_options: dict | None = None, *, report: b
     expected = meta.get("num_images")
     if manifest is not None and expected is not None:
         check_complete(paths, manifest, expected)
+    check_fence = fence or (lambda: None)
+    check_fence()
     counts = merge_parts(fs, root, paths, meta, storage_options)
     if expected is not None and len(counts.seen) != expected:
         fs.rm(join_url(root, ANNOTATIONS_NAME))
         raise ReduceError(f"{output}: {len(counts.seen)} of {expected} listed images have a row (a part holds "
                           "fewer rows than its shard has images); run annotator.run with this run's arguments again: "
                           "it recomputes such shards")
+    check_fence()
     coco_counts = write_coco(fs, root, output, meta, storage_options)
     summary = build_summary(counts, meta, coco_counts)
     summary["run"]["precision"] = describe_precisions(footers.precisions)
     scores = write_metrics(fs, root, footers, counts.class_names)
     if scores is not None:
         summary["miou"] = scores["miou"]
+    check_fence()
     _write_json(fs, join_url(root, SUMMARY_NAME), summary)
     if report:
         try:

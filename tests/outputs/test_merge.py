@@ -265,3 +265,33 @@ def test_summary_says_what_precision_the_parts_ran_at(tmp_path, caplog):
     summary = reduce_output(str(out), report=False)
     assert summary["run"]["precision"] == "mixed: bf16 (1 part), fp32 (1 part)"
     assert "different precisions" in caplog.text
+
+
+def test_a_reducer_that_lost_its_lease_writes_nothing(tmp_path):
+    """reduce_output checks the lease's fence before each file it writes."""
+    from annotator.storage.lock import LeaseLostError
+
+    out = str(tmp_path / "run")
+    _write(out, 0, [_ok(1), _ok(2)], num_images=2)
+
+    def lost() -> None:
+        raise LeaseLostError("output run: taken over by another annotator.reduce (token 2)")
+
+    with pytest.raises(LeaseLostError):
+        reduce_output(out, report=False, fence=lost)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["parts"]
+
+
+def test_reduce_takes_a_best_effort_lease_only_when_asked(tmp_path, monkeypatch, capsys):
+    """``--best-effort-lease`` (or $ANNOTATOR_BEST_EFFORT_LEASE=1): a store without an atomic
+    create is refused by default, exit 2 naming the flag, and reduced with it."""
+    from annotator.storage import lock as lock_mod
+
+    monkeypatch.delenv(lock_mod.BEST_EFFORT_ENV, raising=False)
+    monkeypatch.setattr(lock_mod, "supports_atomic_create", lambda fs: False)
+    out = str(tmp_path / "run")
+    _write(out, 0, [_ok(1), _ok(2)], num_images=2)
+    assert main([out, "--no-report"]) == 2
+    assert "--best-effort-lease" in capsys.readouterr().err
+    assert main([out, "--no-report", "--best-effort-lease"]) == 0
+    assert (tmp_path / "run" / "summary.json").is_file()
