@@ -223,8 +223,9 @@ def _design_layers() -> tuple[list[str], dict[str, list[str]], set[tuple[str, st
     """docs/design.md's "Layers and arrows": the rows bottom to top (``core/``,
     ``config.py``, ``export/__main__.py``: paths relative to ``annotator/``), what each
     may import, and the wrong-way arrows still listed, as (module, imported) pairs."""
-    section = _section(DESIGN.read_text(encoding="utf-8"), "## Layers and arrows")
-    arrows, wrong_way = _tables(section)[:2]
+    text = DESIGN.read_text(encoding="utf-8")
+    arrows = _tables(_section(text, "## Layers and arrows"))[0]
+    wrong_way = [row for table in _tables(_section(text, "### Wrong-way arrows still in the tree")) for row in table]
     order: list[str] = []
     allowed: dict[str, list[str]] = {}
     for _layer, row, may_import in arrows:
