@@ -1,13 +1,17 @@
 """Command-line pieces shared by every command (``run``, ``reduce``, ``report``,
-``export``, ``bench``): the help formatter, the engine options that map onto
-:class:`~annotator.config.EngineConfig`, and the ``--storage-options`` parser.
+``export``, ``serve``): the help formatter, the engine options that map onto
+:class:`~annotator.config.EngineConfig`, the ``--storage-options`` parser, and
+:func:`report_error`, how a command ends on an error (it writes crash logs, so it lives
+here, above ``storage``, and not in :mod:`annotator.errors`, which ``storage`` imports).
 One definition, here."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from annotator.config import (
     DEFAULT_MODEL,
@@ -19,8 +23,10 @@ from annotator.config import (
     EngineConfig,
     default_weights_dir,
 )
+from annotator.errors import EXIT_ERROR, EXIT_INTERNAL, describe_error, is_own_error
+from annotator.storage.crashlog import scrub_options_secrets, write_crash_report
 
-__all__ = ["HelpFormatter", "add_engine_arguments", "engine_config_from_args", "parse_storage_options"]
+__all__ = ["HelpFormatter", "add_engine_arguments", "engine_config_from_args", "parse_storage_options", "report_error"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -151,3 +157,34 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         stride_fraction=args.stride_fraction,
         scale_weights=args.scale_weights,
     )
+
+
+def report_error(
+    exc: BaseException,
+    output: str | None = None,
+    storage_options: dict | None = None,
+    *,
+    stream: TextIO | None = None,
+) -> int:
+    """The end of every command's ``except Exception``: print one ``error:`` line and
+    return the exit code.
+
+    - an :class:`AnnotatorError`: its message; returns 2.
+    - anything else: the type and message, and the path of a crash log holding the
+      traceback (written next to ``output`` when given and reachable, else in the
+      temporary directory; see :func:`annotator.storage.crashlog.write_crash_report`);
+      returns 3.
+    """
+    stream = stream if stream is not None else sys.stderr
+    line = scrub_options_secrets(describe_error(exc), storage_options)
+    if is_own_error(exc):
+        print(f"error: {line}", file=stream)
+        return EXIT_ERROR
+
+    if not line.startswith(f"{type(exc).__name__}:"):
+        line = f"{type(exc).__name__}: {line}"
+    where = write_crash_report(exc, output, storage_options)
+    tail = (f"; an internal error (a bug): the traceback is in {where}, please report it" if where else
+            "; an internal error (a bug), and no crash log could be written; please report it")
+    print(f"error: {line}{tail}", file=stream)
+    return EXIT_INTERNAL

@@ -25,9 +25,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
-
-from annotator.storage.redact import redact_text
 
 __all__ = [
     "EXIT_ERROR",
@@ -45,13 +44,25 @@ __all__ = [
     "install_interrupt_handlers",
     "is_expected_error",
     "is_own_error",
-    "report_error",
     "report_interrupt",
     "run_command",
 ]
 
 #: Exit codes (README, "Failure behaviour").
 EXIT_ERROR, EXIT_INTERNAL = 2, 3
+
+#: The redaction every message rendered here passes through (:func:`describe_error`, a
+#: :class:`StorageError`'s message). The foundation imports nothing of the package, so
+#: :mod:`annotator.storage.redact` installs its ``redact_text`` here when it is imported;
+#: everything that raises a StorageError or reports an error imports it first.
+_redact: Callable[[str], str] = str
+
+
+def set_redactor(redact: Callable[[str], str]) -> None:
+    """Install the text redaction of :func:`describe_error` (see :data:`_redact`)."""
+    global _redact
+    _redact = redact
+
 #: The two kinds of :class:`StorageError`.
 TRANSIENT, PERMANENT = "transient", "permanent"
 
@@ -205,37 +216,4 @@ def describe_error(exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
         if not is_own_error(exc) and (not is_expected_error(exc) or isinstance(exc, OSError)):
             text = f"{type(exc).__name__}: {text}"
-    return " ".join(redact_text(text.strip()).split())  # one line
-
-
-def report_error(
-    exc: BaseException,
-    output: str | None = None,
-    storage_options: dict | None = None,
-    *,
-    stream: TextIO | None = None,
-) -> int:
-    """The end of every command's ``except Exception``: print one ``error:`` line and
-    return the exit code.
-
-    - an :class:`AnnotatorError`: its message; returns 2.
-    - anything else: the type and message, and the path of a crash log holding the
-      traceback (written next to ``output`` when given and reachable, else in the
-      temporary directory; see :func:`annotator.storage.crashlog.write_crash_report`);
-      returns 3.
-    """
-    from annotator.storage.crashlog import scrub_options_secrets, write_crash_report
-
-    stream = stream if stream is not None else sys.stderr
-    line = scrub_options_secrets(describe_error(exc), storage_options)
-    if is_own_error(exc):
-        print(f"error: {line}", file=stream)
-        return EXIT_ERROR
-
-    if not line.startswith(f"{type(exc).__name__}:"):
-        line = f"{type(exc).__name__}: {line}"
-    where = write_crash_report(exc, output, storage_options)
-    tail = (f"; an internal error (a bug): the traceback is in {where}, please report it" if where else
-            "; an internal error (a bug), and no crash log could be written; please report it")
-    print(f"error: {line}{tail}", file=stream)
-    return EXIT_INTERNAL
+    return " ".join(_redact(text.strip()).split())  # one line

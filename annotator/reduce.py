@@ -10,8 +10,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from annotator.cli import parse_storage_options
-from annotator.errors import install_interrupt_handlers, report_error, report_interrupt, run_command
+from annotator.cli import parse_storage_options, report_error
+from annotator.errors import install_interrupt_handlers, report_interrupt, run_command
 from annotator.outputs import merge as _merge
 from annotator.outputs.merge import format_summary, reduce_output
 from annotator.storage.lock import OutputLock

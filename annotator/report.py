@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from annotator.cli import parse_storage_options
+from annotator.cli import parse_storage_options, report_error
 from annotator.config import ConfigError
-from annotator.errors import install_interrupt_handlers, report_error, report_interrupt, run_command
+from annotator.errors import install_interrupt_handlers, report_interrupt, run_command
 from annotator.failpoints import failpoint
 from annotator.review.html_report import write_report
 from annotator.storage.redact import install_log_redaction, redact_uri, take_arg_credentials

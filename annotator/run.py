@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from annotator.cli import (
     HelpFormatter,
     add_engine_arguments,
+    report_error,
 )
 from annotator.config import DEFAULT_SHARD_SIZE
 from annotator.distributed.ray_runner import stop_ray
 from annotator.errors import (
     install_interrupt_handlers,
-    report_error,
     report_interrupt,
     run_command,
 )
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """0 done; 1 done, failure rate above --max-failure-rate; 2 refused or failed (one
     ``error:`` line: an :class:`~annotator.errors.AnnotatorError`, or a storage error
     classified as such); 3 internal error (a bug: one ``error:`` line naming the crash
-    log that holds the traceback; :func:`annotator.errors.report_error`); 130/143
+    log that holds the traceback; :func:`annotator.cli.report_error`); 130/143
     interrupted by SIGINT/SIGTERM (finished shards kept: run it again to resume)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from annotator import errors
+from annotator.cli import report_error
 from annotator.config import ConfigError
 from annotator.errors import (
     AnnotatorError,
@@ -18,7 +19,6 @@ from annotator.errors import (
     MissingWeightsError,
     RefusedOutputError,
     StorageError,
-    report_error,
 )
 from annotator.storage.layout import CRASH_REPORT_PREFIX
 from annotator.storage.lock import OutputLockedError

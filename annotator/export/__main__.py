@@ -4,7 +4,7 @@ Thin CLI over :data:`annotator.export.EXPORTERS`; ``main(argv)`` returns the exi
 status: 0 ok; 2 bad input or option (an option the format does not honour, a missing
 optional dependency, an incomplete run without ``--partial``, a failed write classified
 as a storage error: the previous export is left as it was); 3 an internal error (a bug:
-one ``error:`` line naming the crash log, :func:`annotator.errors.report_error`);
+one ``error:`` line naming the crash log, :func:`annotator.cli.report_error`);
 130/143 interrupted by SIGINT/SIGTERM (the previous export too).
 Each option's help names the formats that honour it (from the registry) and its default.
 """
@@ -15,8 +15,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from annotator.cli import parse_storage_options
-from annotator.errors import install_interrupt_handlers, report_error, report_interrupt, run_command
+from annotator.cli import parse_storage_options, report_error
+from annotator.errors import install_interrupt_handlers, report_interrupt, run_command
 from annotator.export import (
     DEFAULT_LS_IMAGE_URL_PREFIX,
     EXPORTERS,

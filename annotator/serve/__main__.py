@@ -5,7 +5,7 @@ once, then Label Studio's project *Settings* -> *Model* -> *Connect model* with 
 printed URL. Exit status: 0 stopped (Ctrl-C); 2 refused (a bad option, a missing
 vocabulary, the ``serve`` extra not installed: one ``error:`` line with the install
 command); 3 internal error (one ``error:`` line naming the crash log with the traceback,
-:func:`annotator.errors.report_error`); 130/143 interrupted while the model loads.
+:func:`annotator.cli.report_error`); 130/143 interrupted while the model loads.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         print(f"error: {install_hint()} (missing: {exc.name})", file=sys.stderr)
         return 2
-    from annotator.errors import install_interrupt_handlers, report_error, report_interrupt
+    from annotator.cli import report_error
+    from annotator.errors import install_interrupt_handlers, report_interrupt
     from annotator.storage.retry import as_storage_error
 
     install_interrupt_handlers()  # while the model loads; uvicorn installs its own while it serves

@@ -4,7 +4,7 @@ user can send (:func:`write_crash_report`).
 
 Crash report: ``OUTPUT/annotator-crash-<UTC stamp>-<pid>.log`` (``layout.crash_report_name``)
 when the output exists and can be written, else the same name in the temporary
-directory; the command's one ``error:`` line names it (:func:`annotator.errors.report_error`).
+directory; the command's one ``error:`` line names it (:func:`annotator.cli.report_error`).
 It holds the version, the command line, the time and the full traceback, with
 credentials removed (URLs' userinfo and signed queries, and the values of the secret
 keys of the storage options). Written atomically, like every file of a run.

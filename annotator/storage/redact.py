@@ -285,3 +285,14 @@ def redact_value(key: str, value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact_value(key, v) for v in value]
     return value
+
+
+def _install_in_errors() -> None:
+    """:mod:`annotator.errors` (the foundation) renders messages through this module's
+    redaction without importing it (that would be an upward arrow and a cycle)."""
+    from annotator import errors
+
+    errors.set_redactor(redact_text)
+
+
+_install_in_errors()

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from annotator.errors import PERMANENT, TRANSIENT, StorageError
+from annotator.storage import redact as _redact  # noqa: F401 - installs the redaction of StorageError's message
 
 __all__ = [
     "PERMANENT",
@@ -242,7 +243,7 @@ def _is_storage_failure(exc: BaseException) -> bool:
 
 
 def as_storage_error(exc: BaseException, what: str) -> BaseException:
-    """What a command reports for ``exc`` (:func:`annotator.errors.report_error`): a
+    """What a command reports for ``exc`` (:func:`annotator.cli.report_error`): a
     storage or storage-client error that reached the command unclassified (an
     ``OSError``, botocore's ``EndpointConnectionError``, an HTTP client's error) becomes a
     :class:`~annotator.errors.StorageError` naming ``what`` (exit 2), its kind from
