@@ -60,7 +60,7 @@ def write_dataset(root: Path, n: int, size_hw=(240, 320), fmt: str = "png", seed
     out = {}
     for i in range(n):
         rgb, lab = make_image(seed + i, size_hw)
-        rel = f"{'sub%d/' % (i % 3) if nested else ''}img_{i:04d}.{fmt}"
+        rel = f"{f'sub{i % 3}/' if nested else ''}img_{i:04d}.{fmt}"
         p = images / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         if fmt in ("jpg", "jpeg"):

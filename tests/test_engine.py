@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -21,10 +23,10 @@ def test_toy_model_recovers_known_masks(protocol):
     engine = toy_engine(protocol=protocol, batch_size=4)
     data = [make_image(seed, size_hw=(200 + 20 * (seed % 3), 300)) for seed in range(12)]
     preds = engine.predict([rgb for rgb, _ in data])
-    cm = sum(metrics.confusion_matrix(p.labels_hw, lab, len(VOCAB) + 1) for p, (_, lab) in zip(preds, data))
+    cm = sum(metrics.confusion_matrix(p.labels_hw, lab, len(VOCAB) + 1) for p, (_, lab) in zip(preds, data, strict=True))
     scores = metrics.scores_from_confusion(cm, ["background", *VOCAB])
     assert scores["miou"] >= 0.9, scores
-    for p, (rgb, _) in zip(preds, data):
+    for p, (rgb, _) in zip(preds, data, strict=True):
         assert p.labels_hw.shape == rgb.shape[:2] and p.labels_hw.dtype == np.int32
         assert p.confidence_hw.dtype == np.float32 and 0 <= p.confidence_hw.min() and p.confidence_hw.max() <= 1
 
@@ -35,7 +37,7 @@ def test_without_saliency_the_toy_model_is_much_worse():
     res = {}
     for sal in ("toy", "none"):
         preds = toy_engine(saliency=sal).predict([rgb for rgb, _ in data])
-        cm = sum(metrics.confusion_matrix(p.labels_hw, lab, 5) for p, (_, lab) in zip(preds, data))
+        cm = sum(metrics.confusion_matrix(p.labels_hw, lab, 5) for p, (_, lab) in zip(preds, data, strict=True))
         res[sal] = metrics.scores_from_confusion(cm, ["background", *VOCAB])["miou"]
     assert res["toy"] > res["none"] + 0.2, res
 
@@ -47,7 +49,7 @@ def test_cpu_is_deterministic():
     e1 = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights())
     e2 = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights())
     a, b = e1.predict(data), e2.predict(data)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x.labels_hw, y.labels_hw)
         np.testing.assert_array_equal(x.confidence_hw, y.confidence_hw)
 
@@ -149,7 +151,7 @@ def test_large_image_is_done_in_several_bands_equal_to_one():
         banded = engine.predict([rgb])[0]
     assert seen[0] == [(0, 900)]
     assert len(seen[1]) == 10 and seen[1][0] == (0, 97) and seen[1][-1] == (873, 900)
-    assert all(a[1] == b[0] for a, b in zip(seen[1], seen[1][1:]))  # contiguous, no row twice
+    assert all(a[1] == b[0] for a, b in pairwise(seen[1]))  # contiguous, no row twice
     assert banded.labels_hw.shape == (900, 1400)
     np.testing.assert_array_equal(banded.labels_hw, whole.labels_hw)
     np.testing.assert_array_equal(banded.confidence_hw, whole.confidence_hw)
@@ -166,7 +168,7 @@ def test_default_bands_bound_the_class_tensor():
     bands = guidance.band_rows(81, (3000, 4000))
     assert len(bands) > 1 and bands[0][0] == 0 and bands[-1][1] == 3000
     assert all(81 * (y1 - y0) * 4000 <= 1 << 24 for y0, y1 in bands)
-    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(bands))
 
 
 @pytest.mark.parametrize(
@@ -256,7 +258,7 @@ def test_bf16_on_the_cpu_runs_and_mostly_agrees_with_fp32():
         engine = Engine(cfg, Vocabulary.from_names(["cat", "dog", "car"]), weights=ResolvedWeights())
         assert engine.precision == precision
         out[precision] = engine.predict(data)
-    agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["fp32"], out["bf16"])])
+    agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["fp32"], out["bf16"], strict=True)])
     assert agree > 0.5, agree
 
 
@@ -269,7 +271,7 @@ def test_cuda_matches_cpu_on_tiny_model():
         cfg = EngineConfig(model="tiny-random", saliency="found-tiny-random", pretrained="random", device=dev,
                            precision="fp32")
         out[dev] = Engine(cfg, Vocabulary.from_names(["cat", "dog"]), weights=ResolvedWeights()).predict(data)
-    agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["cpu"], out["cuda"])])
+    agree = np.mean([(a.labels_hw == b.labels_hw).mean() for a, b in zip(out["cpu"], out["cuda"], strict=True)])
     assert agree > 0.99
 
 
@@ -301,7 +303,7 @@ def test_device_class_stats_give_the_same_records():
     engine.device_class_stats = True
     stats = engine.predict(data)
     names = ["background", *VOCAB]
-    for i, (p, q) in enumerate(zip(plain, stats)):
+    for i, (p, q) in enumerate(zip(plain, stats, strict=True)):
         pixels, sums = q.class_stats
         assert pixels.dtype == np.int64 and sums.dtype == np.float64 and pixels.shape == (len(names),)
         np.testing.assert_array_equal(pixels, np.bincount(p.labels_hw.ravel(), minlength=len(names)))

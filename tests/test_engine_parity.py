@@ -146,7 +146,7 @@ def reference_ties(m_khw, names):
     top2 = m_khw.topk(2, dim=0)
     tied = ((top2.values[0] - top2.values[1]) < TIE_MARGIN).numpy()
     pairs = {}
-    for a, b in zip(top2.indices[0].numpy()[tied], top2.indices[1].numpy()[tied]):
+    for a, b in zip(top2.indices[0].numpy()[tied], top2.indices[1].numpy()[tied], strict=True):
         key = tuple(sorted((names[a], names[b])))
         pairs[key] = pairs.get(key, 0) + 1
     return tied, pairs
@@ -218,7 +218,7 @@ def test_official_protocol_matches_the_released_inference(engine_and_reference, 
         engine.saliency = saliency
     classes = ["background", *NAMES]
     figures = {}
-    for img, emb, pred in zip(images, patch_embs, preds):
+    for img, emb, pred in zip(images, patch_embs, preds, strict=True):
         size_hw = img.shape[:2]
         sal = reference_found(saliency.vit, saliency.decoder, img) if with_saliency else None
         ref, m = reference_labels(emb, engine.text_kd, sal, size_hw)
@@ -231,7 +231,7 @@ def test_official_protocol_matches_the_released_inference(engine_and_reference, 
         ys, xs = np.nonzero(untied_differ)
         assert not untied_differ.any(), (
             f"{size_hw}: {untied_differ.sum()} pixels differ from the reference where it does not tie, first at "
-            f"{list(zip(ys[:5].tolist(), xs[:5].tolist()))}: reference {ref[ys[:5], xs[:5]].tolist()}, "
+            f"{list(zip(ys[:5].tolist(), xs[:5].tolist(), strict=True))}: reference {ref[ys[:5], xs[:5]].tolist()}, "
             f"official {pred.labels_hw[ys[:5], xs[:5]].tolist()}")
         figures[size_hw] = {"agreement": float((~differ).mean()), "tied_pixels": int(tied.sum()),
                             "tied_classes": tied_pairs, "differing_tied_pixels": int(differ.sum())}

@@ -149,7 +149,7 @@ def assert_same_output(output: Path, reference: Path) -> None:
     ref_rows, ref_meta = read_output(reference)
     assert [r["image_id"] for r in rows] == list(range(1, N_IMAGES + 1))  # each image exactly once
     assert meta == ref_meta
-    for row, ref in zip(rows, ref_rows):
+    for row, ref in zip(rows, ref_rows, strict=True):
         assert row == ref, f"row {row['image_id']} ({row['file_name']}) differs from the reference run"
     for name in ("summary.json", "metrics.json"):
         assert json.loads((output / name).read_text()) == json.loads((reference / name).read_text()), name
@@ -294,7 +294,7 @@ def test_poison_image_costs_its_row_not_its_shard(dataset, reference, tmp_path, 
     rows, meta = read_output(out)
     ref_rows, ref_meta = read_output(reference)
     assert meta == ref_meta and [r["image_id"] for r in rows] == list(range(1, N_IMAGES + 1))
-    for row, ref in zip(rows, ref_rows):
+    for row, ref in zip(rows, ref_rows, strict=True):
         if row["file_name"] == poison:
             assert row["status"] == "error" and row["error"].startswith("worker-crashed: "), row
         else:

@@ -50,7 +50,7 @@ def test_coco_vocabulary_matches_coco_categories(tmp_path):
                 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
                 85, 86, 87, 88, 89, 90]
     assert len(coco_ids) == 80
-    categories = [{"id": i, "name": n, "supercategory": "x"} for i, n in zip(coco_ids, names)]
+    categories = [{"id": i, "name": n, "supercategory": "x"} for i, n in zip(coco_ids, names, strict=True)]
     instances = tmp_path / "instances.json"
     instances.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
     gt = COCOInstancesGT(str(instances), vocab.names)

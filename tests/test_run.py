@@ -114,7 +114,7 @@ def test_every_image_appears_exactly_once(e2e):
     manifest = json.loads((out / "manifest.json").read_text())
     validate(manifest, "manifest")
     assert sorted(int(k) for k in manifest["finished"]) == list(range(n_shards))
-    for k, entry in manifest["finished"].items():
+    for entry in manifest["finished"].values():
         assert entry["sha256"] == _sha256(out / entry["path"])
 
     summary = json.loads((out / "summary.json").read_text())
@@ -143,7 +143,7 @@ def test_masks_decode_to_the_engine_labels(e2e, engine):
     by_name = {r["file_name"]: r for r in _rows(e2e["output"] / "annotations.parquet")}
     names = sorted(by_name)[:: NUM_IMAGES // 4][:4]
     preds = engine.predict([_decode(e2e["images"] / n) for n in names], names=names)
-    for name, pred in zip(names, preds):
+    for name, pred in zip(names, preds, strict=True):
         rec = records.ImageRecord.from_row(by_name[name])
         decoded = records.labels_from_annotations(rec.annotations, rec.size_hw)
         assert decoded.shape == pred.labels_hw.shape == SIZE_HW
@@ -281,7 +281,11 @@ def test_parts_missing_from_the_manifest_are_taken_back(e2e, tmp_path, capsys):
     assert rc == 0, err
     assert f"in {len(before)} shards ({len(before)} shards, {NUM_IMAGES} images, already done)" in err
     assert {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (out / "parts").glob("part-*.parquet")} == before
-    assert json.loads((out / "manifest.json").read_text())["finished"] == listed
+    # the same parts, digests and row counts; where a taken-back part was made is not known
+    def same(entries: dict) -> dict:
+        return {k: {f: v for f, v in e.items() if f != "made_by"} for k, e in entries.items()}
+
+    assert same(json.loads((out / "manifest.json").read_text())["finished"]) == same(listed)
     assert _rows(out / "annotations.parquet") == _rows(e2e["output"] / "annotations.parquet")
 
 
@@ -361,7 +365,7 @@ def test_hugging_face_dataset_source(tmp_path, ray_session, capsys):
     assert [r["file_name"] for r in rows] == [f"{i:08d}.png" for i in range(6)]
     assert [r["uri"] for r in rows] == [f"hf://{tmp_path / 'hf'}/train/{i}" for i in range(6)]
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
-    for row, (_, lab) in zip(rows, pairs):
+    for row, (_, lab) in zip(rows, pairs, strict=True):
         rec = records.ImageRecord.from_row(row)
         pred = records.labels_from_annotations(rec.annotations, rec.size_hw)
         assert (pred == lab).mean() > 0.97, row["file_name"]

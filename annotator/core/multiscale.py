@@ -178,7 +178,7 @@ def dense_scores(
     h, w = size_hw
     y0, y1 = rows if rows is not None else (0, h)
     left, right = [], []
-    for grid, wt in zip(maps, weights):
+    for grid, wt in zip(maps, weights, strict=True):
         _, nr, nc = grid.shape
         left.append(bilinear_matrix(nr, h, device=grid.device)[y0:y1] * wt)  # (h', nr)
         right.append(torch.matmul(grid, bilinear_matrix(nc, w, device=grid.device).T))  # (K, nr, W)

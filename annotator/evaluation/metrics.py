@@ -79,7 +79,7 @@ def confusion_matrix(
 
 
 def _ratio_or_none(num: np.ndarray, den: np.ndarray) -> list[float | None]:
-    return [float(n) / float(d) if d > 0 else None for n, d in zip(num.tolist(), den.tolist())]
+    return [float(n) / float(d) if d > 0 else None for n, d in zip(num.tolist(), den.tolist(), strict=True)]
 
 
 def _mean_or_none(values: Sequence[float | None]) -> float | None:
@@ -123,10 +123,10 @@ def scores_from_confusion(
     total = int(cm.sum())
     return {
         "miou": _mean_or_none(iou),
-        "per_class_iou": dict(zip(class_names, iou)),
+        "per_class_iou": dict(zip(class_names, iou, strict=True)),
         "pixel_accuracy": float(tp.sum()) / total if total else None,
         "mean_accuracy": _mean_or_none(_ratio_or_none(tp, gt_pixels)),
-        "per_class_gt_pixels": dict(zip(class_names, (int(v) for v in gt_pixels))),
+        "per_class_gt_pixels": dict(zip(class_names, (int(v) for v in gt_pixels), strict=True)),
         "num_pixels": total,
         "num_classes_in_mean": sum(v is not None for v in iou),
         "empty_class": empty_class,

@@ -27,8 +27,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 
-from annotator.export.formats import MissingExtraError
 from annotator.export.common import ExportOptions, ExportResult, ExportRun
+from annotator.export.formats import MissingExtraError
 from annotator.export.masks import label_map_png
 from annotator.records import labels_from_annotations
 from annotator.storage.results import image_score

@@ -113,7 +113,7 @@ def decode_jpeg_batch(encoded: list[EncodedJpeg], device: torch.device) -> tuple
         torch.cuda.current_stream(device).synchronize()
     seconds = time.perf_counter() - t0
     checked: list[torch.Tensor | None] = []
-    for e, t in zip(encoded, out):
+    for e, t in zip(encoded, out, strict=True):
         ok = (
             isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 3
             and tuple(t.shape) == (3, *e.size_hw)

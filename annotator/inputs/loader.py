@@ -59,7 +59,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 #: What a batch entry holds: (H, W, 3) uint8 numpy, (3, H, W) uint8 tensor, or the error.
-DecodedImage = Union[np.ndarray, torch.Tensor, ImageDecodeError]
+DecodedImage = np.ndarray | torch.Tensor | ImageDecodeError
 
 
 def use_gpu_decoder(requested: bool | None, cuda: bool, protocol: str = "full") -> bool:
@@ -312,7 +312,7 @@ class ImageLoader:
             if enc:
                 decoded = self._decode_batch([results[j] for j in enc])
                 n_ok = 0
-                for j, t in zip(enc, decoded):
+                for j, t in zip(enc, decoded, strict=True):
                     if t is not None:
                         results[j] = t
                         n_ok += 1

@@ -210,7 +210,7 @@ def build_dino_vits8(state_dict: dict | None, seed: int = 0) -> nn.Module:
     vit = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0)
     if state_dict is not None:
         sd = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "fc_norm."))}
-        missing, unexpected = vit.load_state_dict(sd, strict=False)
+        missing, unexpected = vit.load_state_dict(sd, strict=True)
         missing = [m for m in missing if not m.startswith(("head.", "fc_norm."))]
         if missing or unexpected:
             raise ValueError(

@@ -418,7 +418,7 @@ def format_summary(summary: dict) -> str:
             for name, c in summary["per_class"].items()]
     header = ("class", "masks", "pixels", "mean score")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    line = "  ".join("{:<%d}" % widths[0] if i == 0 else "{:>%d}" % widths[i] for i in range(4))
+    line = "  ".join(f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{widths[i]}}}" for i in range(4))
     out = [line.format(*header), "-" * (sum(widths) + 6)]
     out += [line.format(*r) for r in rows]
     out.append(f"images: {summary['images']} ({summary['ok']} annotated, {summary['failed']} failed)")

@@ -120,7 +120,7 @@ def annotations_from_labels(
     rles = mask_utils.encode(masks)
     boxes = mask_utils.toBbox(rles)
     out = []
-    for c, rle, box in zip(present.tolist(), rles, boxes):
+    for c, rle, box in zip(present.tolist(), rles, boxes, strict=True):
         out.append(
             Annotation(
                 category_id=c,

@@ -107,7 +107,7 @@ class ShardProcessor:
         raw: list = [None] * len(refs)
         if task.hf is not None and refs:
             raw = _read_hf(task, lambda start, stop: task.hf.read_rows(start, stop))
-        items = list(zip(refs, raw))
+        items = list(zip(refs, raw, strict=True))
         del raw
         read, batch_size, prefetch = self._read, self.batch_size, self.options.prefetch_batches
         if crash_log is not None:
@@ -303,7 +303,7 @@ class ShardProcessor:
             if isinstance(img, ImageDecodeError):
                 pending.append(records.error_record(ref, img.reason, img.detail))
         if ok:
-            for (ref, img), pred in zip(ok, self._predict(ok, task, attempt)):
+            for (ref, img), pred in zip(ok, self._predict(ok, task, attempt), strict=True):
                 if isinstance(pred, Exception):
                     pending.append(records.error_record(ref, "inference-failed", f"{type(pred).__name__}: {pred}",
                                                         size_hw=image_size_hw(img)))

@@ -76,7 +76,7 @@ class ShardScorer:
             raise GroundTruthError(f"ground truth {self.options.gt_spec!r} reads a column of a Hugging Face "
                                    "dataset, but the source is not one (use --hf-dataset)")
         cells = read_cells(task, self.gt.column) if task.refs else []
-        self._hf_cells.update({ref.file_name: cell for ref, cell in zip(task.refs, cells)})
+        self._hf_cells.update({ref.file_name: cell for ref, cell in zip(task.refs, cells, strict=True)})
         self.gt.set_lookup(self._hf_cells.get)
         return [ref.file_name for ref in task.refs]
 

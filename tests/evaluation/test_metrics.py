@@ -40,7 +40,7 @@ def test_confusion_matrix_matches_naive_loop():
     gt[rng.random(gt.shape) < 0.1] = 255
     pred = rng.integers(0, 4, size=(20, 30))
     naive = np.zeros((4, 4), np.int64)
-    for g, p in zip(gt.ravel(), pred.ravel()):
+    for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
         if g != 255:
             naive[g, p] += 1
     np.testing.assert_array_equal(confusion_matrix(pred, gt, 4), naive)
@@ -109,10 +109,10 @@ def test_format_table():
     text = format_table(scores_from_confusion(cm, NAMES))
     lines = text.splitlines()
     assert lines[0].split() == ["class", "IoU", "%"]
-    assert any(l.split() == ["background", "62.50"] for l in lines)
-    assert any(l.split() == ["dog", "-"] for l in lines)
-    assert any(l.startswith("mIoU") and "51.25" in l and "(2 classes)" in l for l in lines)
-    assert any(l.startswith("pixel accuracy") and "70.00" in l for l in lines)
+    assert any(line.split() == ["background", "62.50"] for line in lines)
+    assert any(line.split() == ["dog", "-"] for line in lines)
+    assert any(line.startswith("mIoU") and "51.25" in line and "(2 classes)" in line for line in lines)
+    assert any(line.startswith("pixel accuracy") and "70.00" in line for line in lines)
 
 
 def test_resize_gt_short_side_matches_torchvision_rule():

@@ -129,5 +129,5 @@ def build_toy_run_output(tmp_path: Path) -> tuple[str, dict[str, np.ndarray], li
     proc.close()
     reduce_output(output, report=False)
     preds = engine.predict([np.asarray(Image.open(r.uri).convert("RGB")) for r in refs])
-    expected = {r.file_name: p.labels_hw for r, p in zip(refs, preds)}
+    expected = {r.file_name: p.labels_hw for r, p in zip(refs, preds, strict=True)}
     return output, expected, vocab.names

@@ -115,7 +115,7 @@ def test_label_studio_sdk_decodes_our_rle(synthetic_output, tmp_path):
     output, expected, class_names = synthetic_output
     tasks = load_json(export(output, "labelstudio", str(tmp_path / "ls")).paths[0])
     assert len(tasks) == len(expected)
-    for task, (file_name, labels) in zip(tasks, expected.items()):
+    for task, (file_name, labels) in zip(tasks, expected.items(), strict=True):
         assert task["data"]["image"] == image_url(file_name, DEFAULT_LS_IMAGE_URL_PREFIX)
         h, w = labels.shape
         painted = np.zeros_like(labels)

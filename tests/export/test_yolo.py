@@ -41,11 +41,10 @@ def _objects(output: str, min_area: int = 0) -> dict[str, int]:
 
 def _read_with_ultralytics(tmp_path: Path, data_yaml: Path, task: str) -> dict:
     """What Ultralytics reads of the export, from a process of its own (see ultralytics_read.py)."""
+    import importlib.util
     import json
     import subprocess
     import sys
-
-    import importlib.util
 
     if importlib.util.find_spec("ultralytics") is None:  # not imported here: see ultralytics_read.py
         pytest.skip("ultralytics is not installed")
@@ -76,7 +75,7 @@ def test_ultralytics_reads_the_export_of_a_real_run(tmp_path):
         stem = os.path.splitext(name)[0]
         ours = _lines(to / "labels" / subset / f"{stem}.txt")
         assert len(lb["segments"]) == len(ours) == len(lb["cls"])
-        for seg, line in zip(lb["segments"], ours):
+        for seg, line in zip(lb["segments"], ours, strict=True):
             assert np.allclose(seg, line[1:], atol=1e-6)
         assert lb["cls"] == [int(line[0]) for line in ours]
         seen[stem] = len(ours)
