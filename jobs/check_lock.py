@@ -11,9 +11,8 @@ Standard library + ``packaging`` (pip's own copy when it is not installed).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 try:
     from packaging.requirements import Requirement
