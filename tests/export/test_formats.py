@@ -19,10 +19,21 @@ from annotator.export import (
 from annotator.export.__main__ import build_parser, main
 
 
-@pytest.mark.parametrize("name", sorted(EXPORTERS))
+# a format that writes into a database, not files, has its own smoke test against that
+# database (tests/export/test_fiftyone.py); the registry test below checks that every
+# format is covered by one or the other
+FOLDER_FORMATS = sorted(name for name, exporter in EXPORTERS.items() if exporter.writes_folder)
+DATABASE_FORMAT_TESTS = {"fiftyone": "tests/export/test_fiftyone.py"}
+
+
+def test_every_format_has_a_smoke_test():
+    assert set(EXPORTERS) == set(FOLDER_FORMATS) | set(DATABASE_FORMAT_TESTS)
+    root = Path(__file__).resolve().parents[2]
+    assert all((root / path).is_file() for path in DATABASE_FORMAT_TESTS.values())
+
+
+@pytest.mark.parametrize("name", FOLDER_FORMATS)
 def test_every_exporter_runs(name, synthetic_output, tmp_path):
-    if not EXPORTERS[name].writes_folder:
-        pytest.skip(f"{name} writes into a database, not files (tests/export/test_{name}.py)")
     for module, _ in EXPORTERS[name].extras:
         pytest.importorskip(module)
     output, _, _ = synthetic_output

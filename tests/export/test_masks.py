@@ -130,7 +130,7 @@ def test_a_symlink_planted_in_the_target_is_never_followed(tmp_path):
     (to / "link").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ExportError, match="not an earlier export"):
         export(output, "masks", str(to))
-    (to / MARKER_NAME).write_text("{}")
+    (to / MARKER_NAME).write_text('{"format": "masks"}')  # an earlier export's marker
     export(output, "masks", str(to))
     assert not list((tmp_path / "elsewhere").iterdir())
     assert (to / "link").is_dir() and not (to / "link").is_symlink() and (to / "link" / "a.png").exists()
