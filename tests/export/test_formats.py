@@ -18,7 +18,6 @@ from annotator.export import (
 )
 from annotator.export.__main__ import build_parser, main
 
-
 # a format that writes into a database, not files, has its own smoke test against that
 # database (tests/export/test_fiftyone.py); the registry test below checks that every
 # format is covered by one or the other
