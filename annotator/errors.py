@@ -1,5 +1,6 @@
-"""How the commands fail: the project's own error types, one reporting function, and
-interruption by a signal.
+"""How the commands fail: the project's own error types, their exit codes, the one-line
+description of an error, and interruption by a signal. The foundation: it imports nothing
+of the package.
 
 The taxonomy (README, "Failure behaviour"):
 
@@ -15,9 +16,9 @@ The taxonomy (README, "Failure behaviour"):
   is one, else in the temporary directory), so that it can be reported.
 - **130 / 143**: SIGINT / SIGTERM (:class:`Interrupted`).
 
-Every command ends in :func:`report_error` (``except Exception as e: return
-report_error(e, output, storage_options)``), so run, reduce, export and report follow
-the same rules.
+Every command ends in :func:`annotator.cli.report_error` (``except Exception as e: return
+report_error(e, output, storage_options)``), so run, reduce, export, report and serve
+follow the same rules; it lives in ``cli`` because it writes crash logs (storage).
 """
 
 from __future__ import annotations
