@@ -86,6 +86,7 @@ POINTS = {
     "run.done": "after the run's done: line, before the command returns (annotator.run)",
     "report": "python -m annotator.report, before the report is written (annotator.report)",
     "export": "python -m annotator.export, before the export or the Label Studio push (annotator.export)",
+    "push.page": "a Label Studio push, after each page of tasks is imported (annotator.export.ls_push)",
 }
 TORCH_OOM = "torch.cuda.OutOfMemoryError"
 _BUILTIN_TYPES: dict[str, type[BaseException]] = {

@@ -33,6 +33,7 @@ from annotator.export.labelstudio import (
     labeling_config,
     task_for_record,
 )
+from annotator.failpoints import failpoint
 
 __all__ = ["API_KEY_ENV", "DEFAULT_PAGE_SIZE", "check_config", "push"]
 
@@ -184,6 +185,7 @@ def push(output: str, url: str, project: str, options: ExportOptions, *, api_key
             if bar is not None:
                 bar.update(len(page))
             page.clear()
+            failpoint("push.page")  # ANNOTATOR_FAILPOINTS: the interruption test signals here
 
     try:
         for record in run.records():

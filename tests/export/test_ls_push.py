@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -187,3 +188,26 @@ def test_push_checks_the_projects_config_before_it_writes(config, lacking, label
         for name in class_names[1:]:
             assert repr(name) in err[0], name
     assert _tasks(url, token, project_id) == []
+
+
+def test_a_push_interrupted_between_pages_exits_cleanly_and_pushing_again_imports_the_rest(label_studio, tmp_path):
+    """SIGINT after the first page of a push: exit 130 with one line (the imported tasks
+    stay), no traceback; the same command again imports the rest, nothing twice."""
+    url, token = label_studio
+    output, expected, _ = build_toy_run_output(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "ANNOTATOR_FAILPOINTS"}
+    env.update(LABEL_STUDIO_API_KEY=token, ANNOTATOR_FAILPOINTS="push.page=SIGINT",
+               ANNOTATOR_FAILPOINTS_DIR=str(tmp_path / "failpoints"))
+    argv = [sys.executable, "-m", "annotator.export", output, "--format", "labelstudio", "--push", url,
+            "--project", "interrupted-push", "--create-project", "--page-size", "2"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted by SIGINT" in errors[0] and "pushing again" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert token not in done.stdout + done.stderr
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)  # the point fired once
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "imported=4" in again.stdout and "skipped_existing=2" in again.stdout, again.stdout
+    project_id = int(again.stdout.split("project=")[1].split(")")[0].split(",")[0])
+    assert len(_tasks(url, token, project_id)) == len(expected) == 6
