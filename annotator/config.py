@@ -94,7 +94,7 @@ class EngineConfig:
             raise ConfigError(f"--batch-size: expected >= 1, got {self.batch_size}")
         if self.crop_chunk < 1:
             raise ConfigError(f"crop_chunk: expected >= 1, got {self.crop_chunk}")
-        if self.saliency_max_side != 0 and self.saliency_max_side < 8:
+        if self.saliency_max_side is not None and self.saliency_max_side != 0 and self.saliency_max_side < 8:
             raise ConfigError(
                 f"--saliency-max-side: expected 0 (no cap) or >= 8 pixels, got {self.saliency_max_side}"
             )

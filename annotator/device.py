@@ -110,7 +110,7 @@ def resolve_precision(precision: str, device: torch.device, protocol: str = "ful
 
 def precision_name(dtype: torch.dtype | None) -> str:
     """``bf16``, ``fp16`` or ``fp32``: what the encoders ran at (for metadata and benchmarks)."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype is not None else "fp32"
 
 
 def to_chw_uint8(image, device: torch.device) -> torch.Tensor:

@@ -153,12 +153,13 @@ def _pil_pass(x: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
     """One separable pass along ``dim`` (-1 or -2) of float32 integers 0..255:
     ``(sum + 2**21) >> 22`` clipped to 0..255, as int32 (same layout as ``x``)."""
     parts = _pil_matrices_on(int(x.shape[dim]), n_out, str(x.device))  # (3, n_out, n_in)
-    acc = None
+    acc: torch.Tensor | None = None
     with torch.autocast(device_type=x.device.type, enabled=False):  # a float16/bf16 result would round
         for shift, m in zip((0, 8, 16), parts, strict=True):
             part = torch.matmul(x, m.T) if dim == -1 else torch.matmul(m, x)
             part = part.to(torch.int32).bitwise_left_shift_(shift)
             acc = part if acc is None else acc.add_(part)
+    assert acc is not None  # three parts, always
     return ((acc + (1 << (_PIL_PRECISION_BITS - 1))) >> _PIL_PRECISION_BITS).clamp_(0, 255)
 
 

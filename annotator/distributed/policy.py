@@ -94,7 +94,7 @@ class SchedulePolicy:
     def fill(self, slot: ActorSlot, submit: Callable[[ShardTask], Hashable]) -> list[tuple[Hashable, ShardTask]]:
         """Give ``slot`` as many queued shards as it may run now; ``submit(task)`` starts
         one and returns its ref. Returns the (ref, task) pairs started."""
-        started = []
+        started: list = []
         if not slot.available:
             return started
         while self.queue and len(slot.inflight) < self.in_flight:

@@ -340,7 +340,8 @@ def run_shards(
     # Ray restarts a dead actor without limit; the driver bounds the attempts per shard.
     # Two shards at a time per actor: one on the device while the other is read, encoded
     # and written (ShardProcessor serialises the device work; see worker.py).
-    Actor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=SHARDS_AT_ONCE,
+    # ray's stubs for remote() lack the actor options (max_concurrency, max_restarts)
+    Actor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=SHARDS_AT_ONCE,  # type: ignore[call-overload]
                        runtime_env=failpoints_runtime_env(), **resources)(_ShardActor)  # None unless armed
     def spawn() -> ActorSlot:
         return ActorSlot(Actor.remote(cfg, vocabulary, options, threads, make_processor))

@@ -243,13 +243,14 @@ class COCOInstancesGT(GroundTruth):
                     keys = _name_keys(name)
                     if level < len(keys):
                         lookup.setdefault(keys[level], idx)
-        mapping, unmatched = {}, []
+        mapping: dict[int, int] = {}
+        unmatched: list[str] = []
         for cat in categories:
-            idx = next((lookup[k] for k in _name_keys(str(cat["name"])) if k in lookup), None)
-            if idx is None:
+            match = next((lookup[k] for k in _name_keys(str(cat["name"])) if k in lookup), None)
+            if match is None:
                 unmatched.append(str(cat["name"]))
             else:
-                mapping[int(cat["id"])] = idx
+                mapping[int(cat["id"])] = match
         return mapping, unmatched
 
     def image_id_for(self, file_name: str) -> int | None:
@@ -265,7 +266,7 @@ class COCOInstancesGT(GroundTruth):
             return None
         info = self._coco.imgs[img_id]
         h, w = int(info["height"]), int(info["width"])
-        labels = np.zeros((h, w), dtype=_label_dtype(self.num_classes))
+        labels: np.ndarray = np.zeros((h, w), dtype=_label_dtype(self.num_classes))
         for ann in self._coco.imgToAnns.get(img_id, []):  # annotation order of the JSON
             cls = self.category_to_class.get(int(ann["category_id"]))
             seg = ann.get("segmentation")

@@ -165,7 +165,7 @@ def _pil_resize_nearest(labels_hw: np.ndarray, size_hw: tuple[int, int]) -> np.n
         if lo < np.iinfo(np.int32).min or hi > np.iinfo(np.int32).max:
             raise ValueError(f"labels: expected values that fit int32, received [{lo}, {hi}]")
         img = Image.fromarray(np.ascontiguousarray(labels_hw, dtype=np.int32))
-    out = img.resize((int(size_hw[1]), int(size_hw[0])), resample=Image.NEAREST)
+    out = img.resize((int(size_hw[1]), int(size_hw[0])), resample=Image.Resampling.NEAREST)
     return np.asarray(out).astype(labels_hw.dtype, copy=False)
 
 

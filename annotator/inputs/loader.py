@@ -188,7 +188,7 @@ class ImageLoader:
     def __init__(
         self,
         items: Iterable[Any],
-        read_fn: Callable[[Any], bytes],
+        read_fn: Callable[[Any], bytes | ImageDecodeError],
         *,
         batch_size: int = 32,
         num_threads: int | None = None,
@@ -228,7 +228,7 @@ class ImageLoader:
         self._own_pool = executor is None
         self._inflight: deque = deque()
         self._assembler: ThreadPoolExecutor | None = None
-        self._stream = None
+        self._stream: torch.cuda.Stream | None = None
         self._started = False
         self._closed = False
 
@@ -363,8 +363,9 @@ class ImageLoader:
             chunk = list(itertools.islice(it, self.batch_size))
             if not chunk:
                 return False
+            assert self._pool is not None and (self._assembler is not None or not use_assembler)  # set in __iter__
             futures = [self._pool.submit(self._load_one, x) for x in chunk]
-            batch_future = self._assembler.submit(self._finish, position, futures) if use_assembler else None
+            batch_future = self._assembler.submit(self._finish, position, futures) if self._assembler else None
             inflight.append((position, futures, batch_future))
             position += len(chunk)
             return True

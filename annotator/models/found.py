@@ -17,6 +17,7 @@ Facts from the released FOUND code (valeoai/FOUND):
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -54,7 +55,7 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> 
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
-def last_block_qk(vit: nn.Module, images_b3hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def last_block_qk(vit: Any, images_b3hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries and keys of the last attention block of a timm ViT.
 
     Runs every block but the last in full, then only ``norm1`` and ``qkv`` of the last.
@@ -133,14 +134,14 @@ class FoundSaliency:
             raise ValueError(f"mode: expected 'found' or 'found-bkg', got {mode!r}")
         if mode == "found" and decoder is None:
             raise ValueError("mode 'found' needs a decoder")
-        self.vit = vit.to(device).eval().requires_grad_(False)
+        self.vit: Any = vit.to(device).eval().requires_grad_(False)  # a timm ViT: its attributes are dynamic
         self.decoder = decoder.to(device).eval().requires_grad_(False) if decoder is not None else None
         self.device = device
         self.mode = mode
         self.max_side = max_side
         self.autocast_dtype = autocast_dtype
         self.name = name
-        ps = vit.patch_embed.patch_size
+        ps = cast(Any, vit).patch_embed.patch_size  # a timm ViT: its attributes are dynamic
         self.patch = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
@@ -155,8 +156,8 @@ class FoundSaliency:
 
     def _prepare(self, img_3hw: torch.Tensor) -> torch.Tensor:
         x = img_3hw.unsqueeze(0).float()
-        size = self.working_size(tuple(x.shape[-2:]))
-        if size != tuple(x.shape[-2:]):
+        size = self.working_size(_size_hw(x))
+        if size != _size_hw(x):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
         h, w = x.shape[-2:]
@@ -178,6 +179,7 @@ class FoundSaliency:
         with ctx:
             q, k = last_block_qk(self.vit, batch_b3hw)
         if self.mode == "found":
+            assert self.decoder is not None and self.decoder.bias is not None  # mode 'found' has one (__init__)
             feats = keys_to_features(k, grid).float()
             logits = F.conv2d(feats, self.decoder.weight.float(), self.decoder.bias.float())
             logits = F.interpolate(logits, scale_factor=self.patch, mode="bilinear", align_corners=False)
@@ -189,11 +191,11 @@ class FoundSaliency:
         out: list[torch.Tensor | None] = [None] * len(images)
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(prepared):  # size buckets: one backbone call per padded size
-            buckets.setdefault(tuple(x.shape[-2:]), []).append(i)
+            buckets.setdefault(_size_hw(x), []).append(i)
         for idx in buckets.values():
             maps = self.maps_for_batch(torch.stack([prepared[i] for i in idx]))
             for j, i in enumerate(idx):
-                h, w = self.working_size(tuple(images[i].shape[-2:]))
+                h, w = self.working_size(_size_hw(images[i]))
                 if self.mode == "found":
                     out[i] = maps[j, :h, :w]
                 else:  # the released evaluation: the grid resized to the image, > 0.5
@@ -249,6 +251,13 @@ def load_found_decoder(path: str, in_channels: int = 384) -> nn.Conv2d:
     return conv
 
 
+def _size_hw(x: torch.Tensor) -> tuple[int, int]:
+    """(H, W) of a (..., H, W) tensor."""
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
 def save_found_decoder(conv: nn.Conv2d, path: str) -> None:
     """Write a decoder in FOUND's file format (for tests and for converted decoders)."""
+    if conv.bias is None:
+        raise ValueError("a FOUND decoder is a 1x1 conv with a bias; this one has none")
     torch.save({"decoder": {"weight": conv.weight.detach().cpu(), "bias": conv.bias.detach().cpu()}}, path)

@@ -50,9 +50,14 @@ class RecordError(ValueError):
 
 
 class ImageRefLike(Protocol):
-    image_id: int
-    file_name: str
-    uri: str
+    """What a row needs of an image reference (read-only: ``ImageRef`` is frozen)."""
+
+    @property
+    def image_id(self) -> int: ...
+    @property
+    def file_name(self) -> str: ...
+    @property
+    def uri(self) -> str: ...
 
 
 def _is_int(value: Any) -> bool:
@@ -150,7 +155,7 @@ class Annotation:
         """Inverse of `to_dict` (accepts `bbox` or `bbox_xywh`)."""
         if not isinstance(d, dict):
             raise RecordError(f"annotation: expected a dict, received {type(d).__name__}")
-        bbox = d["bbox"] if "bbox" in d else d.get("bbox_xywh")
+        bbox: Any = d["bbox"] if "bbox" in d else d.get("bbox_xywh")  # checked by the constructor
         try:
             return cls(
                 category_id=d["category_id"],
@@ -251,7 +256,7 @@ class ImageRecord:
 
     @property
     def size_hw(self) -> tuple[int, int] | None:
-        return None if self.height is None else (self.height, self.width)
+        return None if self.height is None or self.width is None else (self.height, self.width)
 
     def to_row(self) -> dict:
         """The row as the part schema names it (annotations as dicts, confidence_png bytes)."""

@@ -20,11 +20,10 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from annotator import records
 from annotator.device import free_device_cache, is_device_fault, is_out_of_memory
@@ -60,7 +59,10 @@ class _Attempt:
 
 def _read_hf_labels(task: ShardTask, column: str) -> list:
     """The shard's cells of a Hugging Face label column."""
-    return _read_hf(task, lambda start, stop: task.hf.read_labels(start, stop, column))
+    hf = task.hf
+    if hf is None:
+        raise ValueError("a label column needs a Hugging Face source")
+    return _read_hf(task, lambda start, stop: hf.read_labels(start, stop, column))
 
 
 class ShardProcessor:
@@ -93,7 +95,7 @@ class ShardProcessor:
             return ImageDecodeError("unreadable", f"{type(e).__name__}: {e}")
 
     def _decoded(self, task: ShardTask, times: dict[str, float],
-                 crash_log: CrashLog | None = None) -> Iterator[list[tuple[ImageRef, DecodedImage]]]:
+                 crash_log: CrashLog | None = None) -> Generator[list[tuple[ImageRef, DecodedImage]], None, None]:
         """Batches of decoded images from :class:`~annotator.inputs.loader.ImageLoader`.
 
         At most ``prefetch_batches`` batches are read and decoded ahead (memory stays
@@ -105,11 +107,13 @@ class ShardProcessor:
         """
         refs = task.refs
         raw: list = [None] * len(refs)
-        if task.hf is not None and refs:
-            raw = _read_hf(task, lambda start, stop: task.hf.read_rows(start, stop))
+        hf = task.hf
+        if hf is not None and refs:
+            raw = _read_hf(task, lambda start, stop: hf.read_rows(start, stop))
         items = list(zip(refs, raw, strict=True))
         del raw
-        read, batch_size, prefetch = self._read, self.batch_size, self.options.prefetch_batches
+        read: Callable[[Any], Any] = self._read
+        batch_size, prefetch = self.batch_size, self.options.prefetch_batches
         if crash_log is not None:
             crashed = set(crash_log.crashed)
             items = [item for item in items if item[0].file_name not in crashed]
@@ -125,7 +129,7 @@ class ShardProcessor:
         times["read"] += loader.stats.read_s
         times["decode"] += loader.stats.decode_s + loader.stats.batch_decode_s
 
-    def _predict(self, batch: list[tuple[ImageRef, np.ndarray]], task: ShardTask | None = None,
+    def _predict(self, batch: list[tuple[ImageRef, Any]], task: ShardTask | None = None,
                  attempt: _Attempt | None = None):
         """Engine on a batch: one prediction or exception per image.
 
@@ -315,11 +319,17 @@ class ShardProcessor:
         self._enc.shutdown(wait=False, cancel_futures=True)
 
 
+def _row_index(ref: ImageRef) -> int:
+    if ref.index is None:
+        raise ValueError(f"{ref.file_name}: expected the row index of a Hugging Face image, got none")
+    return ref.index
+
+
 def _read_hf(task: ShardTask, read: Callable[[int, int], list]) -> list:
     """``read(start, stop)`` over the row indices of ``task.refs``, one call per run of
     consecutive indices (an ``--image-list`` leaves gaps); one item per ref, in order."""
     out: list = []
-    indices = [ref.index for ref in task.refs]
+    indices = [_row_index(ref) for ref in task.refs]
     i = 0
     while i < len(indices):
         j = i + 1

@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,10 @@ class ShardScorer:
     def __init__(self, options: RunOptions, class_names: list[str]):
         self.options = options
         self.num_classes = len(class_names)
-        self.gt = load_gt(options.gt_spec, options.gt_format, class_names, storage_options=options.storage_options)
+        if options.gt_spec is None:
+            raise ValueError("a ShardScorer needs a ground truth (--gt)")
+        # Any: the loaded kind (COCO, VOC PNG, HF column) decides the attributes used below
+        self.gt: Any = load_gt(options.gt_spec, options.gt_format, class_names, storage_options=options.storage_options)
         self._hf_cells: dict = {}  # file_name -> label cell, for the shards in progress
 
     def score(self, file_name: str, labels_hw: np.ndarray) -> ImageScore:
