@@ -168,10 +168,14 @@ class ExportResult:
     missing_rows: int | None = None
     listed_images: int | None = None
 
-    def summary(self) -> str:
+    def headline(self) -> str:
+        """What was written, with the counts (the summary line without its partial note)."""
         n = len(self.paths) if self.files_written is None else self.files_written
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        line = f"{self.format}: wrote {n} file{'' if n == 1 else 's'} ({counts})"
+        return f"{self.format}: wrote {n} file{'' if n == 1 else 's'} ({counts})"
+
+    def summary(self) -> str:
+        line = self.headline()
         if self.missing_rows:
             of = f" of {self.listed_images}" if self.listed_images is not None else ""
             line += f"; partial: {self.missing_rows}{of} listed images have no row"

@@ -87,13 +87,9 @@ class FiftyOneResult(ExportResult):
 
     dataset: str = ""
 
-    def summary(self) -> str:
+    def headline(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        line = f"{self.format}: dataset {self.dataset!r} holds {self.counts.get('images', 0)} samples ({counts})"
-        if self.missing_rows:
-            of = f" of {self.listed_images}" if self.listed_images is not None else ""
-            line += f"; partial: {self.missing_rows}{of} listed images have no row"
-        return line
+        return f"{self.format}: dataset {self.dataset!r} holds {self.counts.get('images', 0)} samples ({counts})"
 
 
 def _filepath(record, images_root: str) -> str:

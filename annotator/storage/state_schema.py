@@ -83,6 +83,16 @@ def _schema_problem(doc: Any, schema: str) -> str | None:
     return None
 
 
+def _parsed(raw: bytes, schema: str) -> tuple[Any, str | None]:
+    """(the JSON document of ``raw``, None) when it matches ``schema``, else (what was
+    parsed or None, the first problem in words)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        return None, f"not JSON: {exc}"
+    return doc, _schema_problem(doc, schema)
+
+
 # ----------------------------------------------------------------------------- lease
 
 
@@ -189,12 +199,7 @@ def check_export_marker(raw: bytes, path: str) -> dict:
     """The marker ``path`` of an earlier export (``export-marker.schema.json``), else
     :class:`StateFileError`: a folder whose marker is not ours may hold the user's own
     files, and an export replaces its folder as a whole."""
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        problem: str | None = f"not JSON: {exc}"
-    else:
-        problem = _schema_problem(doc, "export-marker")
+    doc, problem = _parsed(raw, "export-marker")
     if problem is not None:
         raise StateFileError(f"{path}: not an export marker this annotator wrote ({problem}), so its folder may not "
                              "be an earlier export that this one may replace; choose a new or empty folder for --to")
@@ -208,12 +213,7 @@ def check_metrics_doc(raw: bytes, path: str) -> dict | None:
     """A run's ``metrics.json`` read back (the report shows it) when it matches
     ``metrics.schema.json``, else None with a warning naming it and the way out (the
     reducer rewrites it from the parts)."""
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        problem: str | None = f"not JSON: {exc}"
-    else:
-        problem = _schema_problem(doc, "metrics")
+    doc, problem = _parsed(raw, "metrics")
     if problem is None:
         return doc
     log.warning("%s: not a metrics.json this annotator wrote (%s); left out of the report. Run annotator.reduce "
